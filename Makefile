@@ -1,0 +1,66 @@
+# batchd — make targets. `make test` is what CI runs (.ci/run); `make demo`
+# runs everything locally. Both install what they need first (make deps).
+
+GO       ?= go
+BIN      := bin/batchd
+AZURITE  := tools/azurite/node_modules/.bin/azurite-blob
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+TESTFLAGS ?=
+
+.PHONY: all deps build test demo bench soak fuzz lint release clean
+
+all: build
+
+## deps: Go modules and Azurite (npm, into tools/azurite). Needs Go and Node.js.
+deps: $(AZURITE)
+	$(GO) mod download
+
+$(AZURITE): tools/azurite/package.json tools/azurite/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "make: npm not found. Azurite (the storage emulator used by tests and 'batchd dev') needs Node.js 20+ and npm: apt-get install -y nodejs npm" >&2; exit 1; }
+	cd tools/azurite && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## build: the batchd binary in bin/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/batchd
+
+## test: vet and the race-enabled test suite (what CI runs)
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -timeout 20m $(TESTFLAGS) ./...
+
+## demo: everything on this machine, no Azure account: `batchd dev`
+demo: deps build
+	./$(BIN) dev
+
+## bench: the benchmark suite (see docs/BENCHMARKS.md)
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+## soak: the chaos soak (SOAK=60s for the short form)
+SOAK ?= 10m
+soak: deps build
+	@echo "soak: not yet available"
+
+## fuzz: each fuzz target for FUZZTIME
+FUZZTIME ?= 30s
+fuzz: deps
+	@echo "fuzz: not yet available"
+
+## lint: vet, gofmt
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## release: static binaries for linux/amd64 and linux/arm64 with checksums
+release:
+	@mkdir -p dist
+	for arch in amd64 arm64; do \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/batchd-linux-$$arch ./cmd/batchd || exit 1; \
+	done
+	cd dist && sha256sum batchd-linux-* > SHA256SUMS
+
+clean:
+	rm -rf bin dist

@@ -1,0 +1,350 @@
+// Package config is the only place batchd reads its environment and its
+// files. It turns BATCHD_* variables (and the standard AZURE_* ones) into Env,
+// and the pipelines file into Pipelines, reporting every problem it finds
+// with the path of the field at fault, before anything starts.
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/batchd/batchd/jobs"
+)
+
+// rawEnv is the environment as strings. Every value is parsed afterwards, so
+// that one bad variable does not hide the next one: Load reports them all.
+type rawEnv struct {
+	Pipelines string `env:"BATCHD_PIPELINES, default=/etc/batchd/pipelines.yaml"`
+	StateDir  string `env:"BATCHD_STATE_DIR, default=/var/lib/batchd"`
+
+	NATSURL     string `env:"BATCHD_NATS_URL"`
+	NATSListen  string `env:"BATCHD_NATS_LISTEN"`
+	NATSCreds   string `env:"BATCHD_NATS_CREDS"`
+	NATSNKey    string `env:"BATCHD_NATS_NKEY"`
+	NATSTLSCA   string `env:"BATCHD_NATS_TLS_CA"`
+	NATSTLSCert string `env:"BATCHD_NATS_TLS_CERT"`
+	NATSTLSKey  string `env:"BATCHD_NATS_TLS_KEY"`
+
+	HTTPAddr      string `env:"BATCHD_HTTP_ADDR, default=127.0.0.1:8080"`
+	APIToken      string `env:"BATCHD_API_TOKEN"`
+	APITokenFile  string `env:"BATCHD_API_TOKEN_FILE"`
+	WebhookSecret string `env:"BATCHD_WEBHOOK_SECRET"`
+	WebhookFile   string `env:"BATCHD_WEBHOOK_SECRET_FILE"`
+
+	LogLevel  string `env:"BATCHD_LOG_LEVEL, default=info"`
+	LogFormat string `env:"BATCHD_LOG_FORMAT, default=text"`
+
+	Credential    string `env:"BATCHD_CREDENTIAL, default=managed-identity"`
+	MLScope       string `env:"BATCHD_ML_SCOPE, default=https://ml.azure.com/.default"`
+	ARMScope      string `env:"BATCHD_ARM_SCOPE, default=https://management.azure.com/.default"`
+	ARMEndpoint   string `env:"BATCHD_ARM_ENDPOINT, default=https://management.azure.com"`
+	StorageScope  string `env:"BATCHD_STORAGE_SCOPE, default=https://storage.azure.com/.default"`
+	StorageSuffix string `env:"BATCHD_STORAGE_SUFFIX, default=core.windows.net"`
+
+	Workers        string `env:"BATCHD_WORKERS, default=8"`
+	Retention      string `env:"BATCHD_RETENTION, default=168h"`
+	ShutdownGrace  string `env:"BATCHD_SHUTDOWN_GRACE, default=30s"`
+	SubmitTimeout  string `env:"BATCHD_SUBMIT_TIMEOUT, default=60s"`
+	PollMin        string `env:"BATCHD_POLL_MIN, default=10s"`
+	PollMax        string `env:"BATCHD_POLL_MAX, default=5m"`
+	PollBudget     string `env:"BATCHD_POLL_BUDGET, default=20"`
+	ReconcileGrace string `env:"BATCHD_RECONCILE_GRACE, default=10m"`
+
+	// The standard Azure SDK variables, read here and passed on explicitly.
+	AzureClientID       string `env:"AZURE_CLIENT_ID"`
+	AzureTenantID       string `env:"AZURE_TENANT_ID"`
+	AzureClientSecret   string `env:"AZURE_CLIENT_SECRET"`
+	AzureCertPath       string `env:"AZURE_CLIENT_CERTIFICATE_PATH"`
+	AzureCertPassword   string `env:"AZURE_CLIENT_CERTIFICATE_PASSWORD"`
+	AzureFederatedToken string `env:"AZURE_FEDERATED_TOKEN_FILE"`
+	AzureAuthorityHost  string `env:"AZURE_AUTHORITY_HOST"`
+}
+
+// Env is batchd's process configuration from the environment.
+type Env struct {
+	PipelinesFile string
+	StateDir      string
+
+	NATS NATS
+
+	HTTPAddr string
+	// APIToken, when set, is required as a bearer token on /api. Secret.
+	APIToken string
+	// WebhookSecret authenticates Event Grid deliveries. Secret.
+	WebhookSecret string
+
+	LogLevel  string // debug | info | warn | error
+	LogFormat string // text | json
+
+	Credential jobs.CredentialOptions
+	// Scopes and endpoints, configurable for sovereign clouds.
+	MLScope       string
+	ARMScope      string
+	ARMEndpoint   string
+	StorageScope  string
+	StorageSuffix string
+
+	Workers        int
+	Retention      time.Duration
+	ShutdownGrace  time.Duration
+	SubmitTimeout  time.Duration
+	PollMin        time.Duration
+	PollMax        time.Duration
+	PollBudget     float64 // status requests per second per endpoint host
+	ReconcileGrace time.Duration
+}
+
+// NATS is how batchd reaches NATS.
+type NATS struct {
+	URL     string // empty: embedded server in StateDir
+	Listen  string // embedded only: loopback host:port to accept clients on
+	Creds   string
+	NKey    string
+	TLSCA   string
+	TLSCert string
+	TLSKey  string
+}
+
+// Lookuper finds environment variables; envconfig.OsLookuper() in main,
+// envconfig.MapLookuper in tests.
+type Lookuper = envconfig.Lookuper
+
+// OSEnv looks variables up in the process environment.
+func OSEnv() Lookuper { return envconfig.OsLookuper() }
+
+// MapEnv looks variables up in m (tests, and `batchd dev`).
+func MapEnv(m map[string]string) Lookuper { return envconfig.MapLookuper(m) }
+
+// LoadEnv reads and validates the environment. The error lists every
+// problem, one per line, each starting with the variable's name.
+func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
+	var raw rawEnv
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &raw, Lookuper: l}); err != nil {
+		return nil, fmt.Errorf("environment: %w", err)
+	}
+	p := &problems{}
+	e := &Env{
+		PipelinesFile: raw.Pipelines,
+		StateDir:      raw.StateDir,
+		NATS: NATS{
+			URL: raw.NATSURL, Listen: raw.NATSListen, Creds: raw.NATSCreds, NKey: raw.NATSNKey,
+			TLSCA: raw.NATSTLSCA, TLSCert: raw.NATSTLSCert, TLSKey: raw.NATSTLSKey,
+		},
+		HTTPAddr:      raw.HTTPAddr,
+		LogLevel:      strings.ToLower(raw.LogLevel),
+		LogFormat:     strings.ToLower(raw.LogFormat),
+		MLScope:       raw.MLScope,
+		ARMScope:      raw.ARMScope,
+		ARMEndpoint:   strings.TrimRight(raw.ARMEndpoint, "/"),
+		StorageScope:  raw.StorageScope,
+		StorageSuffix: raw.StorageSuffix,
+		Credential: jobs.CredentialOptions{
+			Kind:                raw.Credential,
+			ClientID:            raw.AzureClientID,
+			TenantID:            raw.AzureTenantID,
+			ClientSecret:        raw.AzureClientSecret,
+			CertificatePath:     raw.AzureCertPath,
+			CertificatePassword: raw.AzureCertPassword,
+			FederatedTokenFile:  raw.AzureFederatedToken,
+			AuthorityHost:       raw.AzureAuthorityHost,
+		},
+	}
+	e.APIToken = secret(p, "BATCHD_API_TOKEN", raw.APIToken, raw.APITokenFile)
+	e.WebhookSecret = secret(p, "BATCHD_WEBHOOK_SECRET", raw.WebhookSecret, raw.WebhookFile)
+
+	if raw.StateDir == "" {
+		p.add("BATCHD_STATE_DIR", "must not be empty")
+	}
+	if raw.Pipelines == "" {
+		p.add("BATCHD_PIPELINES", "must not be empty")
+	}
+	if _, _, err := net.SplitHostPort(raw.HTTPAddr); err != nil {
+		p.add("BATCHD_HTTP_ADDR", "%q is not host:port", raw.HTTPAddr)
+	}
+	if raw.NATSListen != "" && raw.NATSURL != "" {
+		p.add("BATCHD_NATS_LISTEN", "only applies to the embedded server; unset it or BATCHD_NATS_URL")
+	}
+	if raw.NATSURL != "" {
+		for _, u := range strings.Split(raw.NATSURL, ",") {
+			if pu, err := url.Parse(strings.TrimSpace(u)); err != nil || pu.Host == "" {
+				p.add("BATCHD_NATS_URL", "%q is not a URL like nats://host:4222", u)
+			}
+		}
+	}
+	oneOf(p, "BATCHD_LOG_LEVEL", e.LogLevel, "debug", "info", "warn", "error")
+	oneOf(p, "BATCHD_LOG_FORMAT", e.LogFormat, "text", "json")
+	oneOf(p, "BATCHD_CREDENTIAL", e.Credential.Kind, jobs.CredentialKinds...)
+	switch e.Credential.Kind {
+	case jobs.CredClientSecret:
+		need(p, "AZURE_TENANT_ID", raw.AzureTenantID, "BATCHD_CREDENTIAL=client-secret")
+		need(p, "AZURE_CLIENT_ID", raw.AzureClientID, "BATCHD_CREDENTIAL=client-secret")
+		need(p, "AZURE_CLIENT_SECRET", raw.AzureClientSecret, "BATCHD_CREDENTIAL=client-secret")
+	case jobs.CredClientCertificate:
+		need(p, "AZURE_TENANT_ID", raw.AzureTenantID, "BATCHD_CREDENTIAL=client-certificate")
+		need(p, "AZURE_CLIENT_ID", raw.AzureClientID, "BATCHD_CREDENTIAL=client-certificate")
+		need(p, "AZURE_CLIENT_CERTIFICATE_PATH", raw.AzureCertPath, "BATCHD_CREDENTIAL=client-certificate")
+	case jobs.CredWorkloadIdentity:
+		need(p, "AZURE_TENANT_ID", raw.AzureTenantID, "BATCHD_CREDENTIAL=workload-identity")
+		need(p, "AZURE_CLIENT_ID", raw.AzureClientID, "BATCHD_CREDENTIAL=workload-identity")
+		need(p, "AZURE_FEDERATED_TOKEN_FILE", raw.AzureFederatedToken, "BATCHD_CREDENTIAL=workload-identity")
+	}
+	for name, v := range map[string]string{"BATCHD_ML_SCOPE": raw.MLScope, "BATCHD_ARM_SCOPE": raw.ARMScope, "BATCHD_STORAGE_SCOPE": raw.StorageScope} {
+		if !strings.HasPrefix(v, "https://") {
+			p.add(name, "%q must be an https:// scope such as https://ml.azure.com/.default", v)
+		}
+	}
+	if u, err := url.Parse(e.ARMEndpoint); err != nil || u.Scheme != "https" || u.Host == "" {
+		p.add("BATCHD_ARM_ENDPOINT", "%q must be an https:// URL", raw.ARMEndpoint)
+	}
+
+	e.Workers = positiveInt(p, "BATCHD_WORKERS", raw.Workers)
+	e.Retention = duration(p, "BATCHD_RETENTION", raw.Retention, time.Hour)
+	e.ShutdownGrace = duration(p, "BATCHD_SHUTDOWN_GRACE", raw.ShutdownGrace, time.Second)
+	e.SubmitTimeout = duration(p, "BATCHD_SUBMIT_TIMEOUT", raw.SubmitTimeout, time.Second)
+	e.PollMin = duration(p, "BATCHD_POLL_MIN", raw.PollMin, 100*time.Millisecond)
+	e.PollMax = duration(p, "BATCHD_POLL_MAX", raw.PollMax, 100*time.Millisecond)
+	e.ReconcileGrace = duration(p, "BATCHD_RECONCILE_GRACE", raw.ReconcileGrace, time.Second)
+	if e.PollMin > 0 && e.PollMax > 0 && e.PollMax < e.PollMin {
+		p.add("BATCHD_POLL_MAX", "%s is less than BATCHD_POLL_MIN (%s)", e.PollMax, e.PollMin)
+	}
+	if f, err := strconv.ParseFloat(raw.PollBudget, 64); err != nil || f <= 0 {
+		p.add("BATCHD_POLL_BUDGET", "%q must be a positive number of status requests per second", raw.PollBudget)
+	} else {
+		e.PollBudget = f
+	}
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// HTTPLoopback reports whether HTTPAddr binds only the loopback interface.
+func (e *Env) HTTPLoopback() bool {
+	host, _, err := net.SplitHostPort(e.HTTPAddr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// secret takes a secret from its variable or from the file its _FILE variable
+// names (the form systemd credentials and Kubernetes secrets produce).
+func secret(p *problems, name, value, file string) string {
+	if value != "" && file != "" {
+		p.add(name, "set either %s or %s_FILE, not both", name, name)
+		return ""
+	}
+	if file == "" {
+		return value
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		p.add(name+"_FILE", "%v", err)
+		return ""
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		p.add(name+"_FILE", "%s is empty", file)
+	}
+	return s
+}
+
+func oneOf(p *problems, name, v string, allowed ...string) {
+	if !slices.Contains(allowed, v) {
+		p.add(name, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+}
+
+func need(p *problems, name, v, because string) {
+	if v == "" {
+		p.add(name, "required with %s", because)
+	}
+}
+
+func positiveInt(p *problems, name, v string) int {
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		p.add(name, "%q must be a positive integer", v)
+		return 0
+	}
+	return n
+}
+
+func duration(p *problems, name, v string, min time.Duration) time.Duration {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		p.add(name, "%q is not a duration like 30s, 5m or 168h", v)
+		return 0
+	}
+	if d < min {
+		p.add(name, "%s is below the minimum of %s", d, min)
+		return 0
+	}
+	return d
+}
+
+// problems collects configuration errors so that all are reported at once.
+type problems struct{ list []error }
+
+func (p *problems) add(path, format string, args ...any) {
+	p.list = append(p.list, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (p *problems) err() error {
+	if len(p.list) == 0 {
+		return nil
+	}
+	return &Error{Problems: p.list}
+}
+
+// FieldError is one configuration problem at one path: an environment
+// variable, or a dotted path into the pipelines file.
+type FieldError struct {
+	Path string
+	Line int // line in the pipelines file, when known
+	Msg  string
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
+
+// Error is every problem found in one load. Its message has one problem per
+// line. errors.As finds it; cmd maps it to exit code 2.
+type Error struct {
+	// File is the pipelines file, when the problems are in it.
+	File     string
+	Problems []error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() []error { return e.Problems }
+
+// IsConfigError reports whether err is (or wraps) a configuration problem.
+func IsConfigError(err error) bool {
+	var ce *Error
+	var fe *FieldError
+	return errors.As(err, &ce) || errors.As(err, &fe)
+}

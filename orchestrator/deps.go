@@ -1,0 +1,30 @@
+package orchestrator
+
+import (
+	"context"
+	"time"
+
+	"github.com/batchd/batchd/datastores"
+	"github.com/batchd/batchd/jobs"
+)
+
+// Submitter is the part of the Azure ML client the orchestrator uses
+// (*jobs.Client implements it). Submit must not retry the POST; the
+// orchestrator classifies its errors with jobs.IsRetryable, jobs.IsPermanent
+// and jobs.IsAmbiguous.
+type Submitter interface {
+	Submit(ctx context.Context, ep jobs.Endpoint, req jobs.JobRequest) (*jobs.Job, error)
+	Get(ctx context.Context, ep jobs.Endpoint, name string) (*jobs.Job, error)
+	Cancel(ctx context.Context, ep jobs.Endpoint, name string) error
+	// List returns the endpoint's jobs created at or after since, through the
+	// ARM jobs API. It needs ep.Workspace; without one it returns an error
+	// matching jobs.ErrNoWorkspace.
+	List(ctx context.Context, ep jobs.Endpoint, since time.Time) ([]jobs.Job, error)
+}
+
+// Checker runs the data-access preflight for one job (*datastores.Checker
+// implements it). It never fails: what it cannot check is a warning in the
+// Decision.
+type Checker interface {
+	Check(ctx context.Context, req datastores.Request) datastores.Decision
+}
