@@ -1,0 +1,184 @@
+package orchestrator
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// Template is one compiled pipeline template (an input URI, an output URI, a
+// literal value, the experiment name). Templates are Go text/template over
+// TemplateData with a small set of pure functions: nothing a template does
+// reaches outside the process.
+type Template struct {
+	src string
+	t   *template.Template
+}
+
+// templateFuncs are the only functions templates may call.
+var templateFuncs = template.FuncMap{
+	// date formats t with a Go layout: {{ date "2006/01/02" .Time }}.
+	"date":       func(layout string, t time.Time) string { return t.UTC().Format(layout) },
+	"trimPrefix": func(prefix, s string) string { return strings.TrimPrefix(s, prefix) },
+	"trimSuffix": func(suffix, s string) string { return strings.TrimSuffix(s, suffix) },
+	"base":       path.Base,
+	"dir":        path.Dir,
+	"replace":    func(old, new, s string) string { return strings.ReplaceAll(s, old, new) },
+	"lower":      strings.ToLower,
+	"upper":      strings.ToUpper,
+}
+
+// TemplateFuncs lists the function names templates may use (for docs).
+func TemplateFuncs() []string {
+	return []string{"date", "trimPrefix", "trimSuffix", "base", "dir", "replace", "lower", "upper"}
+}
+
+// CompileTemplate parses src. A syntax error or an unknown function is an
+// error here, at load time.
+func CompileTemplate(src string) (*Template, error) {
+	t, err := template.New("t").Funcs(templateFuncs).Option("missingkey=error").Parse(src)
+	if err != nil {
+		return nil, errors.New(cleanTemplateError(err))
+	}
+	return &Template{src: src, t: t}, nil
+}
+
+// Source is the template's text.
+func (t *Template) Source() string {
+	if t == nil {
+		return ""
+	}
+	return t.src
+}
+
+// Execute renders the template. Errors name the field at fault:
+// "unknown field .Blob.Nmae", "no .Blob for this run (source cron)".
+func (t *Template) Execute(data *TemplateData) (string, error) {
+	var b bytes.Buffer
+	if err := t.t.Execute(&b, data); err != nil {
+		return "", errors.New(cleanTemplateError(err))
+	}
+	return b.String(), nil
+}
+
+// TemplateData is what templates see.
+type TemplateData struct {
+	Run      RunData
+	Pipeline string
+	Time     time.Time
+	Blob     *BlobEvent
+	Schedule *ScheduleEvent
+	Message  *MessageData
+	Fields   map[string]string
+}
+
+// RunData is the run as templates see it.
+type RunData struct {
+	ID string
+}
+
+// MessageData is a NATS message as templates see it: Data is the decoded
+// JSON body, so {{ .Message.Data.path }} reads a field of it.
+type MessageData struct {
+	Subject string
+	Data    any
+	Headers map[string]string
+}
+
+// NewTemplateData builds the data for ev and its run id.
+func NewTemplateData(runID string, ev Event) (*TemplateData, error) {
+	d := &TemplateData{
+		Run:      RunData{ID: runID},
+		Pipeline: ev.Pipeline,
+		Time:     ev.Time.UTC(),
+		Blob:     ev.Blob,
+		Schedule: ev.Schedule,
+		Fields:   ev.Fields,
+	}
+	if ev.Message != nil {
+		m := &MessageData{Subject: ev.Message.Subject, Headers: ev.Message.Headers}
+		if len(ev.Message.Data) > 0 {
+			if err := json.Unmarshal(ev.Message.Data, &m.Data); err != nil {
+				return nil, fmt.Errorf("message body is not JSON: %w", err)
+			}
+		}
+		d.Message = m
+	}
+	return d, nil
+}
+
+// SampleTemplateData is plausible data for a pipeline triggered by trigger
+// ("blob", "cron", "nats", or "" for manual runs), used to validate templates
+// at load time with Validate.
+func SampleTemplateData(pipeline, trigger string) *TemplateData {
+	t := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	d := &TemplateData{Run: RunData{ID: RunID(pipeline, "sample")}, Pipeline: pipeline, Time: t, Fields: map[string]string{}}
+	switch trigger {
+	case "blob":
+		d.Blob = &BlobEvent{
+			URL: "https://account.blob.core.windows.net/container/folder/file.csv", Account: "account",
+			Container: "container", Name: "folder/file.csv", Folder: "folder/", ETag: "0x8D4BCC2E4835CD0", Size: 1,
+		}
+	case "cron":
+		d.Schedule = &ScheduleEvent{Time: t, Previous: t.Add(-time.Hour)}
+	case "nats":
+		d.Message = &MessageData{Subject: "subject", Data: map[string]any{}, Headers: map[string]string{}}
+	}
+	return d
+}
+
+// Validate renders the template against sample data (SampleTemplateData) and
+// returns the result. Unknown fields and fields the trigger does not provide
+// are errors; keys under .Fields and .Message.Data are not, because their
+// shape is only known at run time.
+func (t *Template) Validate(sample *TemplateData) (string, error) {
+	c, err := t.t.Clone()
+	if err != nil {
+		return "", err
+	}
+	var b bytes.Buffer
+	if err := c.Option("missingkey=zero").Execute(&b, sample); err != nil {
+		msg := err.Error()
+		if strings.Contains(msg, "at <.Fields.") || strings.Contains(msg, "at <.Message.Data.") {
+			return b.String(), nil
+		}
+		return "", errors.New(cleanTemplateError(err))
+	}
+	return b.String(), nil
+}
+
+var (
+	reCantEval = regexp.MustCompile(`at <([^>]*)>: can't evaluate field (\w+) in type`)
+	reNilPtr   = regexp.MustCompile(`at <([^>]*)>: nil pointer evaluating \*?[\w.]+\.(\w+)`)
+	reNoEntry  = regexp.MustCompile(`at <([^>]*)>: map has no entry for key "([^"]*)"`)
+	reNilData  = regexp.MustCompile(`at <([^>]*)>: nil data; no entry for key "([^"]*)"`)
+	rePrefix   = regexp.MustCompile(`^template: t:\d+(:\d+)?: `)
+)
+
+// cleanTemplateError turns text/template's messages into ones that name the
+// field: "unknown field .Blob.Nmae", "no value for .Message.Data.id".
+func cleanTemplateError(err error) string {
+	msg := err.Error()
+	if m := reCantEval.FindStringSubmatch(msg); m != nil {
+		return "unknown field " + m[1]
+	}
+	if m := reNilPtr.FindStringSubmatch(msg); m != nil {
+		field := strings.TrimSuffix(m[1], "."+m[2])
+		return fmt.Sprintf("%s is not available for this trigger (%s)", field, m[1])
+	}
+	if m := reNoEntry.FindStringSubmatch(msg); m != nil {
+		return "no value for " + m[1]
+	}
+	if m := reNilData.FindStringSubmatch(msg); m != nil {
+		return "no value for " + m[1]
+	}
+	msg = rePrefix.ReplaceAllString(msg, "")
+	msg = strings.TrimPrefix(msg, `executing "t" `)
+	return msg
+}
