@@ -348,3 +348,47 @@ func IsConfigError(err error) bool {
 	var fe *FieldError
 	return errors.As(err, &ce) || errors.As(err, &fe)
 }
+
+// Client is what the CLI's client commands (runs, pipelines) need to reach a
+// running daemon: its address and API token. It ignores everything else, so a
+// client shell does not need the daemon's credential settings.
+type Client struct {
+	// URL is the daemon's base URL, from BATCHD_URL or else
+	// http://BATCHD_HTTP_ADDR.
+	URL      string
+	APIToken string // secret
+}
+
+type rawClient struct {
+	URL          string `env:"BATCHD_URL"`
+	HTTPAddr     string `env:"BATCHD_HTTP_ADDR, default=127.0.0.1:8080"`
+	APIToken     string `env:"BATCHD_API_TOKEN"`
+	APITokenFile string `env:"BATCHD_API_TOKEN_FILE"`
+}
+
+// LoadClient reads BATCHD_URL (or BATCHD_HTTP_ADDR) and the API token.
+func LoadClient(ctx context.Context, l Lookuper) (*Client, error) {
+	var raw rawClient
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &raw, Lookuper: l}); err != nil {
+		return nil, fmt.Errorf("environment: %w", err)
+	}
+	p := &problems{}
+	c := &Client{URL: strings.TrimRight(raw.URL, "/")}
+	if c.URL == "" {
+		host, port, err := net.SplitHostPort(raw.HTTPAddr)
+		if err != nil {
+			p.add("BATCHD_HTTP_ADDR", "%q is not host:port", raw.HTTPAddr)
+		}
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			host = "127.0.0.1"
+		}
+		c.URL = "http://" + net.JoinHostPort(host, port)
+	} else if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p.add("BATCHD_URL", "%q is not an http(s) URL", raw.URL)
+	}
+	c.APIToken = secret(p, "BATCHD_API_TOKEN", raw.APIToken, raw.APITokenFile)
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
