@@ -319,7 +319,12 @@ type FieldError struct {
 	Msg  string
 }
 
-func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
+func (e *FieldError) Error() string {
+	if e.Line > 0 {
+		return e.Path + ": " + e.Msg + " (line " + strconv.Itoa(e.Line) + ")"
+	}
+	return e.Path + ": " + e.Msg
+}
 
 // Error is every problem found in one load. Its message has one problem per
 // line. errors.As finds it; cmd maps it to exit code 2.
