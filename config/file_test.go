@@ -71,3 +71,21 @@ func wantErrors(t *testing.T, path string) []string {
 	}
 	return want
 }
+
+// The annotated example under deploy/ documents every key; it must stay valid.
+func TestDeployExampleIsValid(t *testing.T) {
+	f, err := LoadFile("../deploy/pipelines.example.yaml")
+	if err != nil {
+		t.Fatalf("deploy/pipelines.example.yaml: %v", err)
+	}
+	if got := len(f.Pipelines); got != 4 {
+		t.Errorf("example has %d pipelines, want 4", got)
+	}
+	p := f.Pipelines["score-uploads"]
+	if p.Endpoint.Deployment != "green" || p.Retry.MaxAttempts != 2 || p.Timeout.Hours() != 6 || p.Trigger != "blob" {
+		t.Errorf("score-uploads compiled to %+v", p)
+	}
+	if f.Triggers.Cron["nightly"].TimeZone != "Europe/Amsterdam" || f.Triggers.NATS["on-request"].Queue != "batchd" {
+		t.Errorf("triggers = %+v", f.Triggers)
+	}
+}

@@ -1,0 +1,110 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestLoadEnvDefaults(t *testing.T) {
+	e, err := LoadEnv(t.Context(), MapEnv(nil))
+	if err != nil {
+		t.Fatalf("LoadEnv: %v", err)
+	}
+	want := struct {
+		Pipelines, State, HTTP, Cred, ML, ARM string
+		Workers                               int
+		Retention, Grace                      time.Duration
+	}{"/etc/batchd/pipelines.yaml", "/var/lib/batchd", "127.0.0.1:8080", "managed-identity",
+		"https://ml.azure.com/.default", "https://management.azure.com/.default", 8, 168 * time.Hour, 30 * time.Second}
+	got := want
+	got.Pipelines, got.State, got.HTTP, got.Cred = e.PipelinesFile, e.StateDir, e.HTTPAddr, e.Credential.Kind
+	got.ML, got.ARM, got.Workers, got.Retention, got.Grace = e.MLScope, e.ARMScope, e.Workers, e.Retention, e.ShutdownGrace
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("defaults (-want +got):\n%s", diff)
+	}
+	if !e.HTTPLoopback() {
+		t.Errorf("default HTTP address is not loopback")
+	}
+}
+
+// One bad variable must not hide the next: every problem is reported.
+func TestLoadEnvListsEveryProblem(t *testing.T) {
+	_, err := LoadEnv(t.Context(), MapEnv(map[string]string{
+		"BATCHD_WORKERS":     "zero",
+		"BATCHD_RETENTION":   "1m",
+		"BATCHD_POLL_MIN":    "10m",
+		"BATCHD_POLL_MAX":    "1m",
+		"BATCHD_HTTP_ADDR":   "8080",
+		"BATCHD_CREDENTIAL":  "workload-identity",
+		"BATCHD_ML_SCOPE":    "ml.azure.com",
+		"BATCHD_NATS_URL":    "nats://a:4222",
+		"BATCHD_NATS_LISTEN": "127.0.0.1:4222",
+	}))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("LoadEnv error = %v, want *config.Error", err)
+	}
+	var paths []string
+	for _, p := range ce.Problems {
+		var fe *FieldError
+		if errors.As(p, &fe) {
+			paths = append(paths, fe.Path)
+		}
+	}
+	want := []string{"BATCHD_HTTP_ADDR", "BATCHD_NATS_LISTEN", "AZURE_TENANT_ID", "AZURE_CLIENT_ID",
+		"AZURE_FEDERATED_TOKEN_FILE", "BATCHD_ML_SCOPE", "BATCHD_WORKERS", "BATCHD_RETENTION", "BATCHD_POLL_MAX"}
+	if diff := cmp.Diff(want, paths); diff != "" {
+		t.Errorf("problem paths (-want +got):\n%s\nfull error:\n%v", diff, err)
+	}
+}
+
+func TestSecretFromFile(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("s3cr3t-api-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, err := LoadEnv(t.Context(), MapEnv(map[string]string{"BATCHD_API_TOKEN_FILE": tok}))
+	if err != nil {
+		t.Fatalf("LoadEnv: %v", err)
+	}
+	if e.APIToken != "s3cr3t-api-token" {
+		t.Errorf("APIToken = %q, want the file's trimmed content", e.APIToken)
+	}
+	_, err = LoadEnv(t.Context(), MapEnv(map[string]string{"BATCHD_API_TOKEN_FILE": tok, "BATCHD_API_TOKEN": "x"}))
+	if err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("both token and file: err = %v, want 'not both'", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("error leaks the secret: %v", err)
+	}
+}
+
+func TestLoadClient(t *testing.T) {
+	tests := []struct {
+		env     map[string]string
+		wantURL string
+	}{
+		{nil, "http://127.0.0.1:8080"},
+		{map[string]string{"BATCHD_HTTP_ADDR": "0.0.0.0:9000"}, "http://127.0.0.1:9000"},
+		{map[string]string{"BATCHD_URL": "https://batchd.example.com/"}, "https://batchd.example.com"},
+		// The daemon's credential settings do not concern a client.
+		{map[string]string{"BATCHD_CREDENTIAL": "client-secret"}, "http://127.0.0.1:8080"},
+	}
+	for _, tt := range tests {
+		c, err := LoadClient(t.Context(), MapEnv(tt.env))
+		if err != nil {
+			t.Errorf("LoadClient(%v): %v", tt.env, err)
+			continue
+		}
+		if c.URL != tt.wantURL {
+			t.Errorf("LoadClient(%v).URL = %q, want %q", tt.env, c.URL, tt.wantURL)
+		}
+	}
+}
