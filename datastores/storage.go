@@ -34,6 +34,10 @@ type StorageOptions struct {
 	Suffix string
 	// Transport carries the requests (tests); nil uses the default.
 	Transport policy.Transporter
+	// Retry overrides the retry policy; nil means 2 retries, 200 ms to 2 s
+	// apart, 15 s per try: preflight checks and sweeps should fail fast
+	// rather than hang for the SDK's default minute of retries.
+	Retry *policy.RetryOptions
 }
 
 // Storage hands out azblob clients, one per account, reused. It is safe for
@@ -89,14 +93,16 @@ func (s *Storage) newClient(account string) (*azblob.Client, error) {
 	endpoint := s.Endpoint(account)
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("bad blob endpoint %q", endpoint)
+		return nil, fmt.Errorf("bad blob endpoint %q", redactURI(endpoint))
+	}
+	retry := policy.RetryOptions{MaxRetries: 2, TryTimeout: 15 * time.Second, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: 2 * time.Second}
+	if s.opts.Retry != nil {
+		retry = *s.opts.Retry
 	}
 	opts := &azblob.ClientOptions{
 		ClientOptions: policy.ClientOptions{
 			Transport: s.opts.Transport,
-			// Preflight checks and sweeps should fail fast rather than hang
-			// for the SDK's default minute of retries.
-			Retry: policy.RetryOptions{MaxRetries: 2, TryTimeout: 15 * time.Second, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: 2 * time.Second},
+			Retry:     retry,
 			// Plain http is only ever Azurite on loopback.
 			InsecureAllowCredentialWithHTTP: u.Scheme == "http",
 		},
@@ -116,9 +122,65 @@ func (s *Storage) newClient(account string) (*azblob.Client, error) {
 		}
 		return azblob.NewClientWithSharedKeyCredential(endpoint, cred, opts)
 	case AuthSAS:
-		return azblob.NewClientWithNoCredential(endpoint+"?"+strings.TrimPrefix(a.SAS, "?"), opts)
+		c, err := azblob.NewClientWithNoCredential(endpoint+"?"+strings.TrimPrefix(a.SAS, "?"), opts)
+		if err != nil {
+			// The SDK's message would quote the URL, SAS included.
+			return nil, fmt.Errorf("blob endpoint %s with the configured SAS is not a valid URL", redactURI(endpoint))
+		}
+		return c, nil
 	case AuthAnonymous:
 		return azblob.NewClientWithNoCredential(endpoint, opts)
 	}
 	return nil, fmt.Errorf("unknown auth %q", auth)
+}
+
+// Configured reports whether account has an explicit blob endpoint in the
+// storage configuration. The Checker reaches storage only through Storage:
+// an explicit endpoint wins over whatever host a URL names (so that a
+// production URL can be checked against Azurite), and an account without one
+// is reached only at its public endpoint under Suffix.
+func (s *Storage) Configured(account string) bool {
+	a, ok := s.opts.Accounts[account]
+	return ok && a.BlobEndpoint != ""
+}
+
+// AuthMode is how batchd authenticates to account: AuthCredential (the
+// default), AuthSharedKey, AuthSAS or AuthAnonymous.
+func (s *Storage) AuthMode(account string) string {
+	if a, ok := s.opts.Accounts[account]; ok && a.Auth != "" {
+		return a.Auth
+	}
+	return AuthCredential
+}
+
+// secrets lists every secret value in the configuration, in the forms it
+// may take in text: account keys, SAS query strings, and each SAS signature
+// raw, query-escaped and unescaped. Callers scrub text with them before it
+// leaves the package.
+func (s *Storage) secrets() []string {
+	var out []string
+	add := func(v string) {
+		if len(v) >= 6 { // shorter strings are not secrets and would mangle text
+			out = append(out, v)
+		}
+	}
+	for _, a := range s.opts.Accounts {
+		add(a.Key)
+		sasq := strings.TrimPrefix(a.SAS, "?")
+		add(sasq)
+		q, err := url.ParseQuery(sasq)
+		if err != nil {
+			continue
+		}
+		for _, sig := range q["sig"] {
+			add(sig)
+			add(url.QueryEscape(sig))
+		}
+		for _, part := range strings.Split(sasq, "&") {
+			if v, ok := strings.CutPrefix(part, "sig="); ok {
+				add(v)
+			}
+		}
+	}
+	return out
 }

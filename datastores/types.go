@@ -4,6 +4,13 @@
 // that access), and runs preflight checks against storage through azblob,
 // producing a Decision that explains each verdict.
 //
+// The pieces, in the order a preflight uses them: Classify turns a URI into
+// a Location (or a *URIError naming the offending part); ResolveDatastore
+// maps an azureml:// datastore to its declared account and container; Rules
+// and LookupRule are the data-access table; Checker.Check runs the checks
+// (named by the Check* constants) and returns the Decision. Storage is the
+// only way the package reaches a storage account.
+//
 // The package is a leaf: it imports no other batchd package. Configuration
 // reaches it as plain values (Datastore, Account): it reads no files and no
 // environment.
@@ -129,15 +136,15 @@ type Access struct {
 	Kind              Kind   `json:"kind"`
 	Datastore         string `json:"datastore,omitempty"`
 	Account           string `json:"account,omitempty"`
-	CredentialInStore string `json:"credential_in_store"` // yes | no | n/a
+	CredentialInStore string `json:"credential_in_store"` // yes | no | n/a | unknown (data assets: only Azure ML knows)
 	CredentialsUsed   string `json:"credentials_used"`
 	AccessGrantedBy   string `json:"access_granted_by"`
 }
 
 // Check is one preflight check and its outcome.
 type Check struct {
-	Name    string `json:"name"`              // e.g. "input-exists", "output-absent", "allow-list"
-	Subject string `json:"subject,omitempty"` // the input or output it is about
+	Name    string `json:"name"`              // a Check* constant, e.g. "input-exists", "output-absent", "allow-list"
+	Subject string `json:"subject,omitempty"` // "inputs.<name>" or "outputs.<name>"; empty for checks of the whole request
 	Result  Result `json:"result"`
 	Reason  string `json:"reason"`
 }
@@ -147,6 +154,6 @@ type Decision struct {
 	Access  []Access  `json:"access"`
 	Checks  []Check   `json:"checks"`
 	Verdict Verdict   `json:"verdict"`
-	Reason  string    `json:"reason,omitempty"` // why it was rejected: the first failing check
+	Reason  string    `json:"reason,omitempty"` // why it was rejected: the first failing check, "<name> <subject>: <reason>"
 	At      time.Time `json:"at"`
 }

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -47,11 +48,18 @@ type Options struct {
 	// first start on a cold 2-core machine is slow).
 	StartTimeout time.Duration
 	Logger       *slog.Logger
+	// CertFile and KeyFile (PEM) make Azurite serve HTTPS. Both or neither.
+	CertFile, KeyFile string
+	// OAuth turns on Azurite's bearer-token check (--oauth basic): it checks
+	// a token's lifetime, issuer and audience, not its signature. Azurite
+	// accepts bearer tokens only over HTTPS, so OAuth needs CertFile/KeyFile.
+	OAuth bool
 }
 
 // Server is a running Azurite blob service.
 type Server struct {
-	// URL is the blob service root, http://127.0.0.1:<port>.
+	// URL is the blob service root, http://127.0.0.1:<port> (https with
+	// Options.CertFile).
 	URL string
 
 	cmd  *exec.Cmd
@@ -60,11 +68,17 @@ type Server struct {
 	err  error
 }
 
-var listening = regexp.MustCompile(`successfully listens on (http://[0-9.]+:([0-9]+))`)
+var listening = regexp.MustCompile(`successfully listens on (https?://[0-9.]+:([0-9]+))`)
 
 // Start launches Azurite and waits until it listens. The process dies with
 // the caller (Pdeathsig) and is killed by Close.
 func Start(ctx context.Context, opts Options) (*Server, error) {
+	if (opts.CertFile == "") != (opts.KeyFile == "") {
+		return nil, errors.New("azurite: CertFile and KeyFile go together")
+	}
+	if opts.OAuth && opts.CertFile == "" {
+		return nil, errors.New("azurite: OAuth needs HTTPS (CertFile and KeyFile)")
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -82,6 +96,12 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	args := []string{
 		"--silent", "--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(opts.Port),
 		"--loose", "--skipApiVersionCheck", "--disableTelemetry",
+	}
+	if opts.CertFile != "" {
+		args = append(args, "--cert", opts.CertFile, "--key", opts.KeyFile)
+	}
+	if opts.OAuth {
+		args = append(args, "--oauth", "basic")
 	}
 	if opts.Dir != "" {
 		if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
@@ -151,7 +171,11 @@ func (s *Server) AccountURL() string { return s.URL + "/" + Account + "/" }
 // ConnectionString is the full development-account connection string (azblob
 // does not parse UseDevelopmentStorage=true).
 func (s *Server) ConnectionString() string {
-	return "DefaultEndpointsProtocol=http;AccountName=" + Account + ";AccountKey=" + Key +
+	proto := "http"
+	if strings.HasPrefix(s.URL, "https:") {
+		proto = "https"
+	}
+	return "DefaultEndpointsProtocol=" + proto + ";AccountName=" + Account + ";AccountKey=" + Key +
 		";BlobEndpoint=" + s.URL + "/" + Account + ";"
 }
 
