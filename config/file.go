@@ -306,24 +306,9 @@ func (v *validator) datastore(path, name string, d *datastores.Datastore) (datas
 		return datastores.Datastore{}, false
 	}
 	n := len(v.list)
-	v.name(path, name)
 	ds := *d
 	ds.Name = name
-	v.oneOf(path+".kind", ds.Kind, datastores.DatastoreBlob, datastores.DatastoreADLSGen2, datastores.DatastoreADLSGen1)
-	v.required(path+".account", ds.Account)
-	switch ds.Kind {
-	case datastores.DatastoreBlob:
-		v.required(path+".container", ds.Container)
-		if ds.Filesystem != "" {
-			v.add(path+".filesystem", "applies to adls_gen2 datastores; a blob datastore has a container")
-		}
-	case datastores.DatastoreADLSGen2:
-		v.required(path+".filesystem", ds.Filesystem)
-		if ds.Container != "" {
-			v.add(path+".container", "applies to blob datastores; an adls_gen2 datastore has a filesystem")
-		}
-	}
-	v.oneOf(path+".credentials", ds.Credentials, datastores.CredentialsAccountKey, datastores.CredentialsSAS, datastores.CredentialsNone)
+	v.validate(path, ds)
 	return ds, len(v.list) == n
 }
 
@@ -554,8 +539,8 @@ func (v *validator) io(path, name string, r *rawIO, sample *orchestrator.Templat
 		}
 		if r.URI == "" {
 			v.add(path+".uri", "is required")
-		} else {
-			io.URI = v.template(path+".uri", r.URI, sample)
+		} else if io.URI = v.template(path+".uri", r.URI, sample); io.URI != nil {
+			v.classify(path+".uri", r.URI, io.URI, sample)
 		}
 	}
 	if r.Mode != "" {
@@ -566,6 +551,35 @@ func (v *validator) io(path, name string, r *rawIO, sample *orchestrator.Templat
 		v.oneOf(path+".mode", r.Mode, modes...)
 	}
 	return io, len(v.list) == n
+}
+
+// classify checks the sample rendering of a URI template, when the template
+// reads only fields known at load time: a URI batch endpoints cannot take, or
+// a datastore that is not declared, is a load-time error rather than a
+// rejected run hours later.
+func (v *validator) classify(path, src string, t *orchestrator.Template, sample *orchestrator.TemplateData) {
+	if strings.Contains(src, ".Fields") || strings.Contains(src, ".Message") {
+		return
+	}
+	uri, err := t.Validate(sample)
+	if err != nil {
+		return
+	}
+	loc, err := datastores.Classify(uri)
+	if err != nil {
+		var ue *datastores.URIError
+		if errors.As(err, &ue) && !strings.Contains(src, "{{") {
+			v.add(path, "%s", ue.Msg)
+			return
+		}
+		v.add(path, "renders to a URI batch endpoints do not take (with sample data: %v)", err)
+		return
+	}
+	if loc.Kind == datastores.KindDatastore {
+		if _, ok := v.raw.Datastores[loc.Datastore]; !ok {
+			v.add(path, "datastore %q is not declared under datastores (declared: %s)", loc.Datastore, list(sortedKeys(v.raw.Datastores)))
+		}
+	}
 }
 
 // template compiles src and renders it with sample data, so that a typo in a
