@@ -27,13 +27,14 @@ type rawEnv struct {
 	Pipelines string `env:"BATCHD_PIPELINES, default=/etc/batchd/pipelines.yaml"`
 	StateDir  string `env:"BATCHD_STATE_DIR, default=/var/lib/batchd"`
 
-	NATSURL     string `env:"BATCHD_NATS_URL"`
-	NATSListen  string `env:"BATCHD_NATS_LISTEN"`
-	NATSCreds   string `env:"BATCHD_NATS_CREDS"`
-	NATSNKey    string `env:"BATCHD_NATS_NKEY"`
-	NATSTLSCA   string `env:"BATCHD_NATS_TLS_CA"`
-	NATSTLSCert string `env:"BATCHD_NATS_TLS_CERT"`
-	NATSTLSKey  string `env:"BATCHD_NATS_TLS_KEY"`
+	NATSURL      string `env:"BATCHD_NATS_URL"`
+	NATSListen   string `env:"BATCHD_NATS_LISTEN"`
+	NATSCreds    string `env:"BATCHD_NATS_CREDS"`
+	NATSNKey     string `env:"BATCHD_NATS_NKEY"`
+	NATSTLSCA    string `env:"BATCHD_NATS_TLS_CA"`
+	NATSTLSCert  string `env:"BATCHD_NATS_TLS_CERT"`
+	NATSTLSKey   string `env:"BATCHD_NATS_TLS_KEY"`
+	NATSReplicas string `env:"BATCHD_NATS_REPLICAS, default=1"`
 
 	HTTPAddr      string `env:"BATCHD_HTTP_ADDR, default=127.0.0.1:8080"`
 	APIToken      string `env:"BATCHD_API_TOKEN"`
@@ -113,6 +114,9 @@ type NATS struct {
 	TLSCA   string
 	TLSCert string
 	TLSKey  string
+	// Replicas is the replica count of batchd's streams and KV buckets on an
+	// external cluster (3 for a 3-node JetStream cluster). Always 1 embedded.
+	Replicas int
 }
 
 // Lookuper finds environment variables; envconfig.OsLookuper() in main,
@@ -168,11 +172,20 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 	if raw.Pipelines == "" {
 		p.add("BATCHD_PIPELINES", "must not be empty")
 	}
-	if _, _, err := net.SplitHostPort(raw.HTTPAddr); err != nil {
+	if _, port, err := net.SplitHostPort(raw.HTTPAddr); err != nil {
 		p.add("BATCHD_HTTP_ADDR", "%q is not host:port", raw.HTTPAddr)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		p.add("BATCHD_HTTP_ADDR", "%q has no valid port", raw.HTTPAddr)
 	}
 	if raw.NATSListen != "" && raw.NATSURL != "" {
 		p.add("BATCHD_NATS_LISTEN", "only applies to the embedded server; unset it or BATCHD_NATS_URL")
+	}
+	e.NATS.Replicas = positiveInt(p, "BATCHD_NATS_REPLICAS", raw.NATSReplicas)
+	if e.NATS.Replicas > 5 {
+		p.add("BATCHD_NATS_REPLICAS", "%d is more than JetStream's maximum of 5", e.NATS.Replicas)
+	}
+	if raw.NATSURL == "" && e.NATS.Replicas > 1 {
+		p.add("BATCHD_NATS_REPLICAS", "needs BATCHD_NATS_URL: the embedded server is a single node")
 	}
 	if raw.NATSURL != "" {
 		for _, u := range strings.Split(raw.NATSURL, ",") {
@@ -226,6 +239,24 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// RedactedNATSURL is BATCHD_NATS_URL with any user:password replaced, for
+// logs and summaries.
+func (e *Env) RedactedNATSURL() string {
+	parts := strings.Split(e.NATS.URL, ",")
+	for i, raw := range parts {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			parts[i] = "(unparsable URL)"
+			continue
+		}
+		if u.User != nil {
+			u.User = url.User("redacted")
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }
 
 // HTTPLoopback reports whether HTTPAddr binds only the loopback interface.

@@ -118,7 +118,7 @@ func summarize(env *config.Env, f *config.File) checkSummary {
 
 func natsText(env *config.Env) string {
 	if env.NATS.URL != "" {
-		return env.NATS.URL
+		return env.RedactedNATSURL()
 	}
 	return "embedded in " + env.StateDir
 }
