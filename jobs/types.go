@@ -128,7 +128,29 @@ func (s Status) normal() Status {
 	case "canceled", "cancelled":
 		return StatusCanceled
 	}
+	for _, known := range knownStatuses {
+		if strings.EqualFold(string(s), string(known)) {
+			return known
+		}
+	}
 	return s
+}
+
+var knownStatuses = []Status{
+	StatusNotStarted, StatusStarting, StatusProvisioning, StatusPreparing, StatusQueued,
+	StatusRunning, StatusFinalizing, StatusCancelRequested, StatusCompleted, StatusFailed,
+	StatusCanceled, StatusNotResponding, StatusPaused, StatusUnknown,
+}
+
+// ParseStatus turns the service's status string into a Status: documented
+// values in any casing (and the legacy Succeeded/Cancelled) become the
+// constants above; anything else is kept verbatim (and is not terminal); an
+// empty string is StatusUnknown.
+func ParseStatus(s string) Status {
+	if s == "" {
+		return StatusUnknown
+	}
+	return Status(s).normal()
 }
 
 // Job is what batchd knows about one Azure ML job.

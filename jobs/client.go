@@ -1,0 +1,559 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
+)
+
+// Defaults for Options.
+const (
+	DefaultMLScope       = "https://ml.azure.com/.default"
+	DefaultARMScope      = "https://management.azure.com/.default"
+	DefaultARMEndpoint   = "https://management.azure.com"
+	DefaultARMAPIVersion = "2024-04-01"
+)
+
+// Request headers.
+const (
+	headerDeployment  = "azureml-model-deployment"
+	headerClientReqID = "x-ms-client-request-id"
+	// headerRepeatability is spelled as the Azure ML Python SDK spells it
+	// (REPEATABILITY_REQUEST_ID = "repeatability_request-id"); it is set
+	// directly in the header map so Go does not canonicalise it.
+	headerRepeatability = "repeatability_request-id"
+)
+
+// Options configure a Client. The zero value is valid: public-cloud scopes
+// and ARM endpoint, azcore's default transport, no logging.
+type Options struct {
+	// MLScope is the token scope for the batch endpoint (data plane).
+	MLScope string
+	// ARMScope is the token scope for the ARM jobs API (control plane).
+	ARMScope string
+	// ARMEndpoint is the ARM base URL, without a trailing slash.
+	ARMEndpoint string
+	// ARMAPIVersion is the api-version of the ARM jobs API.
+	ARMAPIVersion string
+	// Transport carries every request (nil: azcore's default client).
+	Transport policy.Transporter
+	// Logger receives Debug lines for each call. It never sees a token.
+	Logger *slog.Logger
+	// GetRetry is the retry policy of every call except Submit's POST, which
+	// is never retried. Zero fields take defaults: 4 retries, 1 s growing to
+	// 30 s, 30 s per try. Retry-After is honoured (up to MaxRetryDelay).
+	GetRetry policy.RetryOptions
+	// AllowHTTP lets bearer tokens travel over plain http. Tests only.
+	AllowHTTP bool
+	// SubmitTimeout bounds a Submit whose context has no deadline (default
+	// 2m), so a POST the service never answers cannot hang a caller; the
+	// outcome is then ambiguous, as for any timeout after sending.
+	SubmitTimeout time.Duration
+}
+
+// Client talks to Azure ML batch endpoints and, when an endpoint has a
+// workspace, to the ARM jobs API. It is safe for concurrent use. It holds one
+// bearer-token policy per scope: tokens are cached and refreshed by azcore
+// shortly before they expire, so a busy client fetches a token about once
+// per token lifetime, not once per request.
+type Client struct {
+	ml, arm    runtime.Pipeline
+	armBase    *url.URL
+	apiVersion string
+	allowHTTP  bool
+	submitTO   time.Duration
+	log        *slog.Logger
+	mlScope    string
+	armScope   string
+}
+
+// The methods the orchestrator consumes (orchestrator.Submitter); declared
+// here without importing it, since jobs imports no batchd package.
+var _ interface {
+	Submit(ctx context.Context, ep Endpoint, req JobRequest) (*Job, error)
+	Get(ctx context.Context, ep Endpoint, name string) (*Job, error)
+	Cancel(ctx context.Context, ep Endpoint, name string) error
+	List(ctx context.Context, ep Endpoint, since time.Time) ([]Job, error)
+} = (*Client)(nil)
+
+// New returns a Client that authenticates with cred.
+func New(cred azcore.TokenCredential, opts Options) (*Client, error) {
+	if cred == nil {
+		return nil, errors.New("jobs: nil credential")
+	}
+	if opts.MLScope == "" {
+		opts.MLScope = DefaultMLScope
+	}
+	if opts.ARMScope == "" {
+		opts.ARMScope = DefaultARMScope
+	}
+	if opts.ARMEndpoint == "" {
+		opts.ARMEndpoint = DefaultARMEndpoint
+	}
+	if opts.ARMAPIVersion == "" {
+		opts.ARMAPIVersion = DefaultARMAPIVersion
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.SubmitTimeout <= 0 {
+		opts.SubmitTimeout = 2 * time.Minute
+	}
+	r := opts.GetRetry
+	if r.MaxRetries == 0 {
+		r.MaxRetries = 4
+	}
+	if r.RetryDelay == 0 {
+		r.RetryDelay = time.Second
+	}
+	if r.MaxRetryDelay == 0 {
+		r.MaxRetryDelay = 30 * time.Second
+	}
+	if r.TryTimeout == 0 {
+		r.TryTimeout = 30 * time.Second
+	}
+	armBase, err := url.Parse(strings.TrimRight(opts.ARMEndpoint, "/"))
+	if err != nil || armBase.Host == "" || !(armBase.Scheme == "https" || opts.AllowHTTP && armBase.Scheme == "http") {
+		return nil, fmt.Errorf("jobs: ARM endpoint %q must be an https:// URL", opts.ARMEndpoint)
+	}
+	cred = guardCredential{cred}
+	pipeline := func(scope string) runtime.Pipeline {
+		return runtime.NewPipeline("batchd/jobs", "v1", runtime.PipelineOptions{
+			PerRetry: []policy.Policy{
+				runtime.NewBearerTokenPolicy(cred, []string{scope},
+					&policy.BearerTokenOptions{InsecureAllowCredentialWithHTTP: opts.AllowHTTP}),
+				tracePolicy{},
+			},
+		}, &policy.ClientOptions{
+			Transport: opts.Transport,
+			Retry:     r,
+			Telemetry: policy.TelemetryOptions{ApplicationID: "batchd"},
+		})
+	}
+	return &Client{
+		ml:         pipeline(opts.MLScope),
+		arm:        pipeline(opts.ARMScope),
+		armBase:    armBase,
+		apiVersion: opts.ARMAPIVersion,
+		allowHTTP:  opts.AllowHTTP,
+		submitTO:   opts.SubmitTimeout,
+		log:        opts.Logger,
+		mlScope:    opts.MLScope,
+		armScope:   opts.ARMScope,
+	}, nil
+}
+
+// Submit invokes the batch endpoint: one POST to ep.ScoringURI, never
+// retried. On success the job's name is known. On failure the error says,
+// through IsRetryable, IsPermanent and IsAmbiguous, whether the POST may be
+// sent again, must not be, or may already have created a job.
+//
+// The request id (req.RequestID, or a fresh one) is sent as
+// x-ms-client-request-id and repeatability_request-id.
+//
+// The retry policy is off for the POST. The one resend azcore still makes
+// is its answer to a 401 carrying a Continuous Access Evaluation claims
+// challenge: the service refused the first POST, so nothing was created.
+func (c *Client) Submit(ctx context.Context, ep Endpoint, req JobRequest) (*Job, error) {
+	if err := c.checkScoringURI(ep.ScoringURI); err != nil {
+		return nil, err
+	}
+	body, err := RequestBody(req)
+	if err != nil {
+		return nil, err
+	}
+	rid := req.RequestID
+	if rid == "" {
+		rid = newRequestID()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, &TransportError{Op: OpSubmit, Method: http.MethodPost, URL: cleanURL(ep.ScoringURI), Sent: false, RequestID: rid, Err: err}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.submitTO)
+		defer cancel()
+	}
+	st := &sendTrace{}
+	rctx := policy.WithRetryOptions(context.WithValue(ctx, traceKey{}, st), policy.RetryOptions{MaxRetries: -1})
+	hreq, err := runtime.NewRequest(rctx, http.MethodPost, ep.ScoringURI)
+	if err != nil {
+		return nil, fmt.Errorf("%w: scoring uri %q: %v", ErrInvalidRequest, ep.ScoringURI, err)
+	}
+	if err := hreq.SetBody(streaming.NopCloser(bytes.NewReader(body)), "application/json"); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRequest, err)
+	}
+	h := hreq.Raw().Header
+	h.Set("Accept", "application/json")
+	h.Set(headerClientReqID, rid)
+	h[headerRepeatability] = []string{rid}
+	deployment := req.Deployment
+	if deployment == "" {
+		deployment = ep.Deployment
+	}
+	if deployment != "" {
+		h.Set(headerDeployment, deployment)
+	}
+
+	start := time.Now()
+	resp, err := c.ml.Do(hreq)
+	if err != nil {
+		return nil, noAnswer(OpSubmit, http.MethodPost, ep.ScoringURI, rid, st, err)
+	}
+	if !isSuccess(resp.StatusCode) {
+		return nil, c.apiError(OpSubmit, false, http.MethodPost, ep.ScoringURI, resp, rid)
+	}
+	payload, err := runtime.Payload(resp)
+	if err != nil {
+		return nil, &TransportError{Op: OpSubmit, Method: http.MethodPost, URL: cleanURL(ep.ScoringURI), Sent: true, RequestID: rid,
+			Err: fmt.Errorf("read the %d answer: %w", resp.StatusCode, err)}
+	}
+	job, err := parseJob(payload)
+	if err == nil && job.Name == "" {
+		err = errors.New("it names no job")
+	}
+	if err != nil {
+		// The service said yes but we cannot tell to what: a job probably
+		// exists. That is the ambiguous case, not a failure to retry.
+		return nil, &TransportError{Op: OpSubmit, Method: http.MethodPost, URL: cleanURL(ep.ScoringURI), Sent: true, RequestID: rid,
+			Err: fmt.Errorf("unusable %d answer: %w", resp.StatusCode, err)}
+	}
+	if job.Status == StatusUnknown {
+		job.Status = StatusNotStarted
+	}
+	c.log.Debug("job submitted", "endpoint", ep.Name, "deployment", deployment, "job", job.Name,
+		"request_id", rid, "http_status", resp.StatusCode, "took", time.Since(start).Round(time.Microsecond))
+	return job, nil
+}
+
+// Get reads a job's status: through the ARM jobs API when ep has a
+// workspace, else through GET {scoring_uri}/{name} on the endpoint. GETs are
+// retried with backoff and honour Retry-After.
+func (c *Client) Get(ctx context.Context, ep Endpoint, name string) (*Job, error) {
+	if name == "" {
+		return nil, fmt.Errorf("%w: empty job name", ErrInvalidRequest)
+	}
+	var u string
+	arm := ep.Workspace != nil
+	if arm {
+		base, err := c.workspaceURL(ep.Workspace)
+		if err != nil {
+			return nil, err
+		}
+		u = base + "/jobs/" + url.PathEscape(name) + "?api-version=" + url.QueryEscape(c.apiVersion)
+	} else {
+		if err := c.checkScoringURI(ep.ScoringURI); err != nil {
+			return nil, err
+		}
+		u = strings.TrimRight(ep.ScoringURI, "/") + "/" + url.PathEscape(name)
+	}
+	body, err := c.do(ctx, OpGet, arm, http.MethodGet, u)
+	if err != nil {
+		return nil, err
+	}
+	job, err := parseJob(body)
+	if err != nil {
+		return nil, &TransportError{Op: OpGet, Method: http.MethodGet, URL: cleanURL(u), Sent: true, Err: err}
+	}
+	if job.Name == "" {
+		job.Name = name
+	}
+	return job, nil
+}
+
+// Cancel asks ARM to cancel the job (POST .../jobs/{name}/cancel). It needs
+// ep.Workspace (ErrNoWorkspace otherwise). The service cancels
+// asynchronously: the job passes through CancelRequested to Canceled. A
+// cancel is idempotent, so it is retried like a GET.
+func (c *Client) Cancel(ctx context.Context, ep Endpoint, name string) error {
+	if ep.Workspace == nil {
+		return fmt.Errorf("cancel %s: %w", name, ErrNoWorkspace)
+	}
+	if name == "" {
+		return fmt.Errorf("%w: empty job name", ErrInvalidRequest)
+	}
+	base, err := c.workspaceURL(ep.Workspace)
+	if err != nil {
+		return err
+	}
+	u := base + "/jobs/" + url.PathEscape(name) + "/cancel?api-version=" + url.QueryEscape(c.apiVersion)
+	_, err = c.do(ctx, OpCancel, true, http.MethodPost, u)
+	if err == nil {
+		c.log.Debug("job cancel requested", "endpoint", ep.Name, "job", name)
+	}
+	return err
+}
+
+// List returns the workspace's jobs created at or after since (jobs without
+// a creation time are included), through the ARM jobs list API, following
+// nextLink. It exists to reconcile an ambiguous Submit: Job.Inputs and
+// Job.CreatedAt let the caller recognise its job. It needs ep.Workspace.
+//
+// Paging stops early only when the service visibly returns jobs newest first
+// and a whole page is older than since; otherwise every page is read and
+// filtered, because stopping on a guess could hide the very job that the
+// caller must not submit twice.
+func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job, error) {
+	if ep.Workspace == nil {
+		return nil, fmt.Errorf("list jobs of %s: %w", ep.Name, ErrNoWorkspace)
+	}
+	base, err := c.workspaceURL(ep.Workspace)
+	if err != nil {
+		return nil, err
+	}
+	next := base + "/jobs?api-version=" + url.QueryEscape(c.apiVersion)
+	var (
+		out        []Job
+		descending = true
+		last       time.Time
+	)
+	for page := 0; next != ""; page++ {
+		body, err := c.do(ctx, OpList, true, http.MethodGet, next)
+		if err != nil {
+			return nil, err
+		}
+		var p struct {
+			Value    []json.RawMessage `json:"value"`
+			NextLink string            `json:"nextLink"`
+		}
+		if err := json.Unmarshal(body, &p); err != nil {
+			return nil, &TransportError{Op: OpList, Method: http.MethodGet, URL: cleanURL(next), Sent: true, Err: fmt.Errorf("job list page %d is not JSON: %w", page, err)}
+		}
+		allOlder := len(p.Value) > 0
+		for _, raw := range p.Value {
+			j, err := parseJob(raw)
+			if err != nil {
+				return nil, &TransportError{Op: OpList, Method: http.MethodGet, URL: cleanURL(next), Sent: true, Err: err}
+			}
+			if j.CreatedAt.IsZero() {
+				descending, allOlder = false, false
+				out = append(out, *j)
+				continue
+			}
+			if !last.IsZero() && j.CreatedAt.After(last) {
+				descending = false
+			}
+			last = j.CreatedAt
+			if j.CreatedAt.Before(since) {
+				continue
+			}
+			allOlder = false
+			out = append(out, *j)
+		}
+		if descending && allOlder {
+			break
+		}
+		next = p.NextLink
+		if next != "" {
+			if err := c.checkNextLink(next); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// do sends one retryable request (GET, or the idempotent cancel POST) and
+// returns the 2xx body.
+func (c *Client) do(ctx context.Context, op string, arm bool, method, u string) ([]byte, error) {
+	pl := c.ml
+	if arm {
+		pl = c.arm
+	}
+	rid := newRequestID()
+	st := &sendTrace{}
+	req, err := runtime.NewRequest(context.WithValue(ctx, traceKey{}, st), method, u)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s %s: %v", ErrInvalidRequest, method, cleanURL(u), err)
+	}
+	req.Raw().Header.Set("Accept", "application/json")
+	req.Raw().Header.Set(headerClientReqID, rid)
+	start := time.Now()
+	resp, err := pl.Do(req)
+	if err != nil {
+		return nil, noAnswer(op, method, u, rid, st, err)
+	}
+	if !isSuccess(resp.StatusCode) {
+		return nil, c.apiError(op, arm, method, u, resp, rid)
+	}
+	body, err := runtime.Payload(resp)
+	if err != nil {
+		return nil, &TransportError{Op: op, Method: method, URL: cleanURL(u), Sent: true, RequestID: rid, Err: err}
+	}
+	c.log.Debug("azure ml call", "op", op, "method", method, "url", cleanURL(u), "request_id", rid,
+		"http_status", resp.StatusCode, "took", time.Since(start).Round(time.Microsecond))
+	return body, nil
+}
+
+func (c *Client) apiError(op string, arm bool, method, u string, resp *http.Response, rid string) error {
+	body, _ := runtime.Payload(resp)
+	code, msg := parseErrorBody(body)
+	e := &APIError{
+		Op:         op,
+		Method:     method,
+		URL:        cleanURL(u),
+		StatusCode: resp.StatusCode,
+		Code:       code,
+		Message:    msg,
+		RetryAfter: retryAfter(resp),
+		RequestID:  rid,
+	}
+	if e.Message == "" && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		// Some front doors answer 401 with an empty body and say why only in
+		// WWW-Authenticate (error_description="...").
+		if m := wwwAuthDesc.FindStringSubmatch(resp.Header.Get("WWW-Authenticate")); m != nil {
+			e.Message = oneLine(m[1], 300)
+		}
+	}
+	scope := c.mlScope
+	if arm {
+		scope = c.armScope
+	}
+	e.Hint = authHint(op, arm, resp.StatusCode, e.Code, e.Message, scope)
+	return e
+}
+
+func isSuccess(code int) bool { return code >= 200 && code < 300 }
+
+// retryAfter reads the headers azcore's retry policy reads, in its order.
+func retryAfter(resp *http.Response) time.Duration {
+	for _, h := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
+		if v := resp.Header.Get(h); v != "" {
+			var ms int64
+			if _, err := fmt.Sscan(v, &ms); err == nil && ms > 0 {
+				return time.Duration(ms) * time.Millisecond
+			}
+		}
+	}
+	v := resp.Header.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	var s int64
+	if _, err := fmt.Sscan(v, &s); err == nil && s > 0 {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := time.Until(t); d > 0 {
+			return d
+		}
+	}
+	return 0
+}
+
+func (c *Client) checkScoringURI(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("%w: scoring uri %q is not a URL like https://<endpoint>.<region>.inference.ml.azure.com/jobs", ErrInvalidRequest, s)
+	}
+	if u.Scheme != "https" && !(c.allowHTTP && u.Scheme == "http") {
+		return fmt.Errorf("%w: scoring uri %q must be https", ErrInvalidRequest, s)
+	}
+	return nil
+}
+
+func (c *Client) workspaceURL(ws *Workspace) (string, error) {
+	if ws.Subscription == "" || ws.ResourceGroup == "" || ws.Name == "" {
+		return "", fmt.Errorf("%w: workspace needs subscription, resource group and name", ErrInvalidRequest)
+	}
+	return c.armBase.String() + "/subscriptions/" + url.PathEscape(ws.Subscription) +
+		"/resourceGroups/" + url.PathEscape(ws.ResourceGroup) +
+		"/providers/Microsoft.MachineLearningServices/workspaces/" + url.PathEscape(ws.Name), nil
+}
+
+// checkNextLink refuses to follow a nextLink off the ARM host: the pipeline
+// would send it the management token.
+func (c *Client) checkNextLink(next string) error {
+	u, err := url.Parse(next)
+	if err != nil || !strings.EqualFold(u.Host, c.armBase.Host) || u.Scheme != c.armBase.Scheme {
+		return &TransportError{Op: OpList, Method: http.MethodGet, URL: cleanURL(next), Sent: true,
+			Err: fmt.Errorf("nextLink leaves the ARM endpoint %s; not following it", c.armBase.Host)}
+	}
+	return nil
+}
+
+// noAnswer classifies a request that got no HTTP answer.
+func noAnswer(op, method, u, rid string, st *sendTrace, err error) error {
+	var te *TokenError
+	if errors.As(err, &te) {
+		return te // no token: the request was not sent
+	}
+	sent := !(neverSent(err) || st.provenUnsent())
+	return &TransportError{Op: op, Method: method, URL: cleanURL(u), Sent: sent, RequestID: rid, Err: err}
+}
+
+// cleanURL drops the query and fragment: errors and logs carry where a
+// request went, not its parameters.
+func cleanURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(invalid url)"
+	}
+	u.RawQuery, u.Fragment, u.User = "", "", nil
+	return u.String()
+}
+
+var wwwAuthDesc = regexp.MustCompile(`error_description="([^"]*)"`)
+
+// NewRequestID returns a fresh request id (a random UUID) for
+// JobRequest.RequestID. Callers that must be able to find a job after an
+// ambiguous submit record it before calling Submit.
+func NewRequestID() string { return newRequestID() }
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// sendTrace records, through net/http's client trace, whether the transport
+// began a request (GetConn) and whether it wrote the request headers. "Began
+// but never wrote the headers" proves the server never saw the request. A
+// transport that does not report traces leaves both false, and then only
+// the error's type can prove anything (neverSent).
+type sendTrace struct {
+	began, wroteHeaders atomic.Bool
+}
+
+func (s *sendTrace) provenUnsent() bool {
+	return s != nil && s.began.Load() && !s.wroteHeaders.Load()
+}
+
+type traceKey struct{}
+
+// tracePolicy attaches the request's sendTrace right before the transport,
+// after the bearer policy, so the token requests a credential makes with the
+// same context do not touch it.
+type tracePolicy struct{}
+
+func (tracePolicy) Do(req *policy.Request) (*http.Response, error) {
+	st, _ := req.Raw().Context().Value(traceKey{}).(*sendTrace)
+	if st == nil {
+		return req.Next()
+	}
+	ctx := httptrace.WithClientTrace(req.Raw().Context(), &httptrace.ClientTrace{
+		GetConn:      func(string) { st.began.Store(true) },
+		WroteHeaders: func() { st.wroteHeaders.Store(true) },
+	})
+	return req.Clone(ctx).Next()
+}
