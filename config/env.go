@@ -69,6 +69,8 @@ type rawEnv struct {
 	AzureCertPassword   string `env:"AZURE_CLIENT_CERTIFICATE_PASSWORD"`
 	AzureFederatedToken string `env:"AZURE_FEDERATED_TOKEN_FILE"`
 	AzureAuthorityHost  string `env:"AZURE_AUTHORITY_HOST"`
+
+	DisableInstanceDiscovery string `env:"BATCHD_DISABLE_INSTANCE_DISCOVERY, default=false"`
 }
 
 // Env is batchd's process configuration from the environment.
@@ -162,6 +164,13 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 			FederatedTokenFile:  raw.AzureFederatedToken,
 			AuthorityHost:       raw.AzureAuthorityHost,
 		},
+	}
+	switch strings.ToLower(raw.DisableInstanceDiscovery) {
+	case "true", "1", "yes":
+		e.Credential.DisableInstanceDiscovery = true
+	case "false", "0", "no", "":
+	default:
+		p.add("BATCHD_DISABLE_INSTANCE_DISCOVERY", "%q is not true or false", raw.DisableInstanceDiscovery)
 	}
 	e.APIToken = secret(p, "BATCHD_API_TOKEN", raw.APIToken, raw.APITokenFile)
 	e.WebhookSecret = secret(p, "BATCHD_WEBHOOK_SECRET", raw.WebhookSecret, raw.WebhookFile)
