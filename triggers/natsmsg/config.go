@@ -1,5 +1,11 @@
 package natsmsg
 
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
 // Config is a pipeline's `trigger.nats` section of the pipelines file. Either
 // Subject (core NATS, optionally with a queue group) or Stream (a JetStream
 // stream read through the durable consumer Consumer) is set.
@@ -12,4 +18,34 @@ type Config struct {
 	URL string `yaml:"url,omitempty"`
 	// Creds is a NATS credentials file for URL.
 	Creds string `yaml:"creds,omitempty"`
+}
+
+// Validate reports every problem of c, joined, each naming its yaml key.
+func (c *Config) Validate() error {
+	var errs []error
+	switch {
+	case c.Subject == "" && c.Stream == "":
+		errs = append(errs, errors.New("subject or stream: one is required"))
+	case c.Subject != "" && c.Stream != "":
+		errs = append(errs, errors.New("subject and stream: set only one (a stream is read through its durable consumer)"))
+	}
+	if c.Stream != "" && c.Consumer == "" {
+		errs = append(errs, errors.New("consumer: required with stream (the durable consumer's name)"))
+	}
+	if c.Stream == "" && c.Consumer != "" {
+		errs = append(errs, errors.New("consumer: only applies to stream"))
+	}
+	if c.Queue != "" && c.Subject == "" {
+		errs = append(errs, errors.New("queue: only applies to subject"))
+	}
+	if strings.ContainsAny(c.Subject, " \t\r\n") {
+		errs = append(errs, fmt.Errorf("subject: %q has white space", c.Subject))
+	}
+	if strings.ContainsAny(c.Stream+c.Consumer, " .*>\t") {
+		errs = append(errs, errors.New("stream, consumer: names may not hold spaces, dots or wildcards"))
+	}
+	if c.Creds != "" && c.URL == "" {
+		errs = append(errs, errors.New("creds: only applies with url"))
+	}
+	return errors.Join(errs...)
 }

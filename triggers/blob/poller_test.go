@@ -1,0 +1,208 @@
+package blob
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/datastores"
+	"github.com/batchd/batchd/datastores/azurite"
+	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/triggers/triggertest"
+)
+
+type pollEnv struct {
+	az        *azurite.Server
+	container string
+	client    *azblob.Client
+	storage   *datastores.Storage
+	kv        jetstream.KeyValue
+	intake    *triggertest.Intake
+}
+
+func newPollEnv(t *testing.T) *pollEnv {
+	t.Helper()
+	az, client, container := sharedAzurite(t)
+	e := &pollEnv{az: az, client: client, container: container, intake: triggertest.NewIntake()}
+	e.storage = datastores.NewStorage(datastores.StorageOptions{Accounts: map[string]datastores.Account{
+		azurite.Account: {Name: azurite.Account, BlobEndpoint: az.AccountURL(), Auth: datastores.AuthSharedKey, Key: azurite.Key},
+	}})
+	e.kv = triggertest.KV(t, triggertest.NATS(t), "triggers")
+	return e
+}
+
+func (e *pollEnv) upload(t *testing.T, name, body string) {
+	t.Helper()
+	if _, err := e.client.UploadBuffer(context.Background(), e.container, name, []byte(body), nil); err != nil {
+		t.Fatalf("upload %s: %v", name, err)
+	}
+}
+
+func (e *pollEnv) poller(t *testing.T, cfg Config, holder string) *Poller {
+	t.Helper()
+	cfg.Container = e.container
+	p, err := NewPoller(PollerOptions{Pipeline: "score", Config: cfg, Storage: e.storage, Intake: e.intake, KV: e.kv, Holder: holder})
+	if err != nil {
+		t.Fatalf("NewPoller: %v", err)
+	}
+	return p
+}
+
+func pollConfig() Config {
+	return Config{Account: azurite.Account, Container: "inbox", Prefix: "in/", Suffix: ".csv", Source: SourcePoll}
+}
+
+func TestPollerHundredBlobsOnceAcrossRestart(t *testing.T) {
+	e := newPollEnv(t)
+	for i := range 100 {
+		e.upload(t, fmt.Sprintf("in/f%03d.csv", i), "a,b\n1,2\n")
+	}
+	e.upload(t, "in/empty.csv", "")      // below min_size
+	e.upload(t, "in/readme.txt", "hi")   // wrong suffix
+	e.upload(t, "other/x.csv", "a,b\n1") // outside the prefix: never listed
+	ctx := context.Background()
+
+	st, err := e.poller(t, pollConfig(), "a").Sweep(ctx)
+	if err != nil {
+		t.Fatalf("Sweep: %v", err)
+	}
+	if st.Emitted != 100 || st.Filtered != 2 || st.Listed != 102 {
+		t.Fatalf("first sweep = %+v, want 100 emitted, 2 filtered of 102 listed", st)
+	}
+	s := e.intake.Snapshot()
+	if len(s.Accepted) != 100 || len(s.Records) != 2 {
+		t.Fatalf("intake: %d accepted, %d records", len(s.Accepted), len(s.Records))
+	}
+	ev := s.Accepted[0]
+	wantURL := e.az.AccountURL() + e.container + "/in/f000.csv"
+	if ev.Blob.URL != wantURL || ev.Key != wantURL+"@"+ev.Blob.ETag || ev.Source != orchestrator.SourcePoll || ev.Blob.Size != 8 || strings.Contains(ev.Blob.ETag, `"`) {
+		t.Errorf("event = %+v / %+v", ev, *ev.Blob)
+	}
+
+	// A restart: a new poller with the same KV emits and records nothing.
+	st, err = e.poller(t, pollConfig(), "b").Sweep(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Emitted != 0 || st.Filtered != 0 || st.Skipped != 102 {
+		t.Errorf("sweep after restart = %+v, want everything skipped", st)
+	}
+	if s := e.intake.Snapshot(); s.Emits != 100 || len(s.Records) != 2 {
+		t.Errorf("after restart: %d emits, %d records; want 100, 2", s.Emits, len(s.Records))
+	}
+
+	// A re-upload is a new run; a deleted blob is forgotten.
+	e.upload(t, "in/f000.csv", "a,b\n9,9\n")
+	if _, err := e.client.DeleteBlob(ctx, e.container, "in/f001.csv", nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = e.poller(t, pollConfig(), "c").Sweep(ctx)
+	if st.Emitted != 1 || st.Forgotten != 1 {
+		t.Errorf("sweep after re-upload and delete = %+v, want 1 emitted, 1 forgotten", st)
+	}
+}
+
+func TestPollerAndWebhookShareKeys(t *testing.T) {
+	e := newPollEnv(t)
+	e.upload(t, "in/both.csv", "a,b\n1,2\n")
+	ctx := context.Background()
+	props, err := e.client.ServiceClient().NewContainerClient(e.container).NewBlobClient("in/both.csv").GetProperties(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pollConfig()
+	cfg.Source, cfg.Container = SourceBoth, e.container
+	hook, err := NewWebhook(WebhookOptions{Routes: []Route{{Pipeline: "score", Config: cfg}}, Secret: testSecret, Intake: e.intake, KV: e.kv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Event Grid's BlobCreated for the Azurite blob, quoted eTag and all.
+	ev := blobEvent("eg-1", "PutBlob", e.az.AccountURL()+e.container+"/in/both.csv", string(*props.ETag), "0001", *props.ContentLength)
+	ev["topic"] = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/" + azurite.Account
+	events, err := Decode(mustJSON(t, []any{ev}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hook.handle(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.poller(t, cfg, "a").Sweep(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := e.intake.Snapshot()
+	if len(s.Accepted) != 1 || s.Emits != 1 || st.Skipped != 1 {
+		t.Errorf("accepted %d, emits %d, sweep %+v; want one run, one emit, the sweep skipping it", len(s.Accepted), s.Emits, st)
+	}
+}
+
+func TestPollerMarkTagKeepsETag(t *testing.T) {
+	e := newPollEnv(t)
+	e.upload(t, "in/tagged.csv", "a\n1\n")
+	ctx := context.Background()
+	bc := e.client.ServiceClient().NewContainerClient(e.container).NewBlobClient("in/tagged.csv")
+	before, _ := bc.GetProperties(ctx, nil)
+	cfg := pollConfig()
+	cfg.MarkTag = "batchd_run"
+	if _, err := e.poller(t, cfg, "a").Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tags, err := bc.GetTags(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := e.intake.Snapshot().RunIDs()[0]
+	if len(tags.BlobTagSet) != 1 || *tags.BlobTagSet[0].Key != "batchd_run" || *tags.BlobTagSet[0].Value != want {
+		t.Errorf("tags = %+v, want batchd_run=%s", tags.BlobTagSet, want)
+	}
+	after, _ := bc.GetProperties(ctx, nil)
+	if *after.ETag != *before.ETag {
+		t.Errorf("eTag changed by tagging: %s -> %s", *before.ETag, *after.ETag)
+	}
+}
+
+func TestPollerReplicasShareTheLease(t *testing.T) {
+	e := newPollEnv(t)
+	for i := range 20 {
+		e.upload(t, fmt.Sprintf("in/r%02d.csv", i), "x\n")
+	}
+	var stops []func()
+	for _, h := range []string{"a", "b"} {
+		p := e.poller(t, pollConfig(), h)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		stops = append(stops, func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run = %v", err)
+			}
+		})
+	}
+	e.intake.Wait(t, 30*time.Second, "20 runs", func(s triggertest.Snapshot) bool { return len(s.Accepted) == 20 })
+	for _, stop := range stops {
+		stop()
+	}
+	if s := e.intake.Snapshot(); s.Emits != 20 {
+		t.Errorf("emits = %d, want 20: both replicas swept", s.Emits)
+	}
+}
+
+func TestPollerEmitFailureRetriedNextSweep(t *testing.T) {
+	e := newPollEnv(t)
+	e.upload(t, "in/a.csv", "x\n")
+	e.intake.FailNext()
+	p := e.poller(t, pollConfig(), "a")
+	if _, err := p.Sweep(context.Background()); err == nil {
+		t.Fatal("Sweep with a failed emit returned nil")
+	}
+	st, err := p.Sweep(context.Background())
+	if err != nil || st.Emitted != 1 {
+		t.Errorf("second sweep = %+v, %v; want the blob emitted", st, err)
+	}
+}

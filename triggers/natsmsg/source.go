@@ -1,0 +1,452 @@
+// Package natsmsg turns NATS messages into runs: a core NATS subject (with
+// a queue group, so replicas share it) or a JetStream stream read through a
+// durable pull consumer, on the daemon's NATS or another cluster.
+//
+// The message body is a JSON object; its fields feed the pipeline's
+// templates as .Message.Data. A body that is not one, or that the
+// pipeline's templates cannot render (Options.Validate), is recorded
+// rejected with the reason.
+//
+// Keys: the Nats-Msg-Id header when there is one; otherwise, for core NATS,
+// a hash of subject and body (the same message published twice is one run);
+// otherwise, for JetStream, the stream and sequence (stable while the
+// stream is not recreated).
+//
+// Acknowledgement:
+//   - JetStream: a message is acked only after Emit returned nil (the
+//     intake's PubAck). A transient Emit error naks it with a growing delay
+//     (redelivered by the server); a rejected or permanently failed message
+//     is recorded and then terminated (TermWithReason), never redelivered
+//     forever. Nothing acknowledged is lost.
+//   - Core NATS has no acknowledgement and no redelivery: it is at most
+//     once. A message is lost if it is published while no replica is
+//     subscribed, if the process dies with it in its buffer, if the client
+//     falls behind (slow consumer: the server drops messages), or if Emit
+//     keeps failing for the retry budget (Options.CoreRetries, logged and
+//     counted as failed). Use a JetStream stream when that is not
+//     acceptable. A request (a message with a reply subject) gets an answer
+//     either way, so its publisher knows: {"run_id": ..., "duplicate": ...}
+//     or {"error": ..., "state": "rejected"|"failed"}.
+package natsmsg
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/triggers/internal/trigmetrics"
+)
+
+// Options configure New.
+type Options struct {
+	Pipeline string
+	Config   Config
+	// Conn is the daemon's NATS connection, used when Config.URL is empty.
+	Conn   *nats.Conn
+	Intake orchestrator.Intake
+	// Validate, when set, checks a message's event before it is emitted
+	// (the daemon renders the pipeline's templates with it); an error
+	// rejects the message with that reason.
+	Validate func(orchestrator.Event) error
+	// MaxBodyBytes bounds a message body (default 1 MiB).
+	MaxBodyBytes int
+	// Concurrency is the number of messages handled at once (default 4).
+	Concurrency int
+	// RetryDelay is the first redelivery delay after a transient Emit
+	// error; it doubles per delivery up to 10x (default 5s).
+	RetryDelay time.Duration
+	// AckWait for a consumer this source creates (default 2m).
+	AckWait time.Duration
+	// CoreRetries is how often a core NATS message's Emit is tried before
+	// it is given up (default 5, with backoff from RetryDelay/10).
+	CoreRetries int
+	// Grace bounds the handling of messages in hand at shutdown (default 10s).
+	Grace      time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Source is one pipeline's NATS trigger.
+type Source struct {
+	o   Options
+	log *slog.Logger
+	m   *trigmetrics.Metrics
+}
+
+// New checks the options and returns the source. It connects to nothing.
+func New(o Options) (*Source, error) {
+	var errs []error
+	if err := o.Config.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Intake == nil {
+		errs = append(errs, errors.New("no intake"))
+	}
+	if o.Conn == nil && o.Config.URL == "" {
+		errs = append(errs, errors.New("no NATS connection and no url"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("nats trigger %s: %w", o.Pipeline, err)
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 1 << 20
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = 5 * time.Second
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = 2 * time.Minute
+	}
+	if o.CoreRetries <= 0 {
+		o.CoreRetries = 5
+	}
+	if o.Grace <= 0 {
+		o.Grace = 10 * time.Second
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{o: o, log: log.With("trigger", "nats", "pipeline", o.Pipeline), m: trigmetrics.New(o.Registerer)}, nil
+}
+
+// Run consumes until ctx ends, finishes the messages in hand (bounded by
+// Grace), and returns nil.
+func (s *Source) Run(ctx context.Context) error {
+	nc := s.o.Conn
+	if s.o.Config.URL != "" {
+		opts := []nats.Option{nats.Name("batchd-trigger-" + s.o.Pipeline), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true)}
+		if s.o.Config.Creds != "" {
+			opts = append(opts, nats.UserCredentials(s.o.Config.Creds))
+		}
+		c, err := nats.Connect(s.o.Config.URL, opts...)
+		if err != nil {
+			return fmt.Errorf("nats trigger %s: connect: %w", s.o.Pipeline, err)
+		}
+		defer c.Close()
+		nc = c
+	}
+	if s.o.Config.Stream != "" {
+		return s.runJetStream(ctx, nc)
+	}
+	return s.runCore(ctx, nc)
+}
+
+// rejection is a message that cannot become a run.
+type rejection struct{ reason string }
+
+func (r *rejection) Error() string { return r.reason }
+
+func firstValues(h nats.Header) map[string]string {
+	if len(h) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(h))
+	for k, v := range h {
+		if len(v) > 0 {
+			out[k] = v[0]
+		}
+	}
+	return out
+}
+
+// Key is the idempotency key of a message (see the package comment).
+func Key(subject string, body []byte, h nats.Header, stream string, seq uint64) string {
+	if id := h.Get(jetstream.MsgIDHeader); id != "" {
+		return "nats-msg-id:" + id
+	}
+	if stream == "" {
+		sum := sha256.New()
+		sum.Write([]byte(subject))
+		sum.Write([]byte{0})
+		sum.Write(body)
+		return "nats-sha256:" + hex.EncodeToString(sum.Sum(nil)[:16])
+	}
+	return fmt.Sprintf("nats-seq:%s:%d", stream, seq)
+}
+
+// event builds the message's event; a non-nil error is a *rejection.
+func (s *Source) event(subject string, body []byte, h nats.Header, stream string, seq uint64, reply string, at time.Time) (orchestrator.Event, error) {
+	ev := orchestrator.Event{
+		Pipeline: s.o.Pipeline, Key: Key(subject, body, h, stream, seq), Source: orchestrator.SourceNATS, Time: at.UTC(),
+		Message: &orchestrator.MessageEvent{Subject: subject, Headers: firstValues(h), Stream: stream, Sequence: seq, Reply: reply},
+	}
+	if len(body) > s.o.MaxBodyBytes {
+		return ev, &rejection{fmt.Sprintf("body of %d bytes is over the %d byte limit", len(body), s.o.MaxBodyBytes)}
+	}
+	b := bytes.TrimSpace(body)
+	if len(b) == 0 || b[0] != '{' {
+		return ev, &rejection{"body is not a JSON object"}
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(b, &fields); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return ev, &rejection{fmt.Sprintf("body is not valid JSON (at byte %d)", se.Offset)}
+		}
+		return ev, &rejection{"body is not a JSON object"}
+	}
+	ev.Message.Data = json.RawMessage(b)
+	if s.o.Validate != nil {
+		if err := s.o.Validate(ev); err != nil {
+			return ev, &rejection{"message does not fit the pipeline: " + err.Error()}
+		}
+	}
+	return ev, nil
+}
+
+// outcome of one message.
+type outcome struct {
+	receipt  orchestrator.Receipt
+	rejected string // the reason, when recorded rejected
+	err      error  // transient: not taken
+}
+
+// take builds, emits or records one message.
+func (s *Source) take(ctx context.Context, ev orchestrator.Event, buildErr error) outcome {
+	s.m.Inc("nats", s.o.Pipeline, trigmetrics.Received)
+	var rej *rejection
+	if errors.As(buildErr, &rej) {
+		return s.reject(ctx, ev, rej.reason)
+	}
+	rc, err := s.o.Intake.Emit(ctx, ev)
+	switch {
+	case err == nil:
+		if rc.Duplicate {
+			s.m.Inc("nats", s.o.Pipeline, trigmetrics.Duplicate)
+		} else {
+			s.m.Inc("nats", s.o.Pipeline, trigmetrics.Emitted)
+		}
+		return outcome{receipt: rc}
+	case orchestrator.IsPermanent(err):
+		return s.reject(ctx, ev, err.Error())
+	default:
+		s.m.Inc("nats", s.o.Pipeline, trigmetrics.Failed)
+		return outcome{err: err}
+	}
+}
+
+func (s *Source) reject(ctx context.Context, ev orchestrator.Event, reason string) outcome {
+	rc, err := s.o.Intake.Record(ctx, ev, orchestrator.StateRejected, reason)
+	if err != nil {
+		s.m.Inc("nats", s.o.Pipeline, trigmetrics.Failed)
+		return outcome{err: fmt.Errorf("record rejected message: %w", err)}
+	}
+	s.m.Inc("nats", s.o.Pipeline, trigmetrics.Rejected)
+	s.log.Info("message rejected", "key", ev.Key, "subject", ev.Message.Subject, "reason", reason)
+	return outcome{receipt: rc, rejected: reason}
+}
+
+// ---- JetStream ----
+
+func (s *Source) runJetStream(ctx context.Context, nc *nats.Conn) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("nats trigger %s: %w", s.o.Pipeline, err)
+	}
+	var cons jetstream.Consumer
+	for {
+		cons, err = s.consumer(ctx, js)
+		if err == nil {
+			break
+		}
+		s.log.Warn("open durable consumer; retrying", "stream", s.o.Config.Stream, "consumer", s.o.Config.Consumer, "err", err)
+		t := time.NewTimer(s.o.RetryDelay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * s.o.Concurrency))
+	if err != nil {
+		return fmt.Errorf("nats trigger %s: consume: %w", s.o.Pipeline, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	// Messages in hand finish on their own context, bounded by Grace after
+	// ctx ends (a canceled Emit would only turn into a Nak).
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopWork := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(s.o.Grace, cancelWork)
+		context.AfterFunc(work, func() { t.Stop() })
+	})
+	defer stopWork()
+	sem := make(chan struct{}, s.o.Concurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			s.log.Warn("consume", "err", err)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			_ = msg.Nak() // not started: let another replica have it now
+			return nil
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s.handleJS(work, msg)
+		}()
+	}
+}
+
+func (s *Source) consumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	c, err := js.Consumer(ctx, s.o.Config.Stream, s.o.Config.Consumer)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// Created with safe defaults when the operator has not; an existing
+		// consumer's configuration is never changed.
+		return js.CreateConsumer(ctx, s.o.Config.Stream, jetstream.ConsumerConfig{
+			Durable: s.o.Config.Consumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: s.o.AckWait,
+			DeliverPolicy: jetstream.DeliverAllPolicy, MaxAckPending: 1000,
+			Description: "batchd trigger for pipeline " + s.o.Pipeline,
+		})
+	}
+	return c, err
+}
+
+func (s *Source) handleJS(ctx context.Context, msg jetstream.Msg) {
+	md, err := msg.Metadata()
+	if err != nil {
+		s.log.Warn("message without JetStream metadata", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	ev, buildErr := s.event(msg.Subject(), msg.Data(), msg.Headers(), md.Stream, md.Sequence.Stream, "", md.Timestamp)
+	out := s.take(ctx, ev, buildErr)
+	switch {
+	case out.err != nil:
+		delay := s.o.RetryDelay * time.Duration(1<<min(md.NumDelivered-1, 3))
+		s.log.Warn("message not taken; redelivery later", "key", ev.Key, "delivery", md.NumDelivered, "delay", delay, "err", out.err)
+		_ = msg.NakWithDelay(delay)
+	case out.rejected != "":
+		_ = msg.TermWithReason(truncate(out.rejected, 256))
+	default:
+		if err := msg.Ack(); err != nil {
+			// The server redelivers it; the same key makes it a duplicate.
+			s.log.Warn("ack", "key", ev.Key, "err", err)
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// ---- core NATS ----
+
+func (s *Source) runCore(ctx context.Context, nc *nats.Conn) error {
+	ch := make(chan *nats.Msg, 256)
+	var sub *nats.Subscription
+	var err error
+	if s.o.Config.Queue != "" {
+		sub, err = nc.ChanQueueSubscribe(s.o.Config.Subject, s.o.Config.Queue, ch)
+	} else {
+		sub, err = nc.ChanSubscribe(s.o.Config.Subject, ch)
+	}
+	if err != nil {
+		return fmt.Errorf("nats trigger %s: subscribe %s: %w", s.o.Pipeline, s.o.Config.Subject, err)
+	}
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	var wg sync.WaitGroup
+	for range s.o.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case m := <-ch:
+					s.handleCore(work, m)
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	<-ctx.Done()
+	_ = sub.Unsubscribe()
+	wg.Wait()
+	// What was delivered but not started is handled now, within Grace.
+	t := time.AfterFunc(s.o.Grace, cancelWork)
+	defer t.Stop()
+	for {
+		select {
+		case m := <-ch:
+			s.handleCore(work, m)
+		default:
+			return nil
+		}
+	}
+}
+
+type replyBody struct {
+	RunID     string `json:"run_id,omitempty"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+	Error     string `json:"error,omitempty"`
+	State     string `json:"state,omitempty"`
+}
+
+func (s *Source) handleCore(ctx context.Context, m *nats.Msg) {
+	ev, buildErr := s.event(m.Subject, m.Data, m.Header, "", 0, m.Reply, time.Now())
+	var out outcome
+	delay := max(s.o.RetryDelay/10, 10*time.Millisecond)
+	for i := range s.o.CoreRetries {
+		out = s.take(ctx, ev, buildErr)
+		if out.err == nil || i == s.o.CoreRetries-1 || ctx.Err() != nil {
+			break
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		delay = min(2*delay, s.o.RetryDelay)
+	}
+	var r replyBody
+	switch {
+	case out.err != nil:
+		s.log.Error("core NATS message lost: the intake did not take it and core NATS cannot redeliver", "key", ev.Key, "subject", m.Subject, "err", out.err)
+		r = replyBody{Error: "not taken: " + out.err.Error(), State: "failed"}
+	case out.rejected != "":
+		r = replyBody{RunID: out.receipt.RunID, Error: out.rejected, State: string(orchestrator.StateRejected)}
+	default:
+		r = replyBody{RunID: out.receipt.RunID, Duplicate: out.receipt.Duplicate}
+	}
+	if m.Reply != "" {
+		b, _ := json.Marshal(r)
+		if err := m.Respond(b); err != nil {
+			s.log.Warn("reply", "subject", m.Reply, "err", err)
+		}
+	}
+}
