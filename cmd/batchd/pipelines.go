@@ -2,11 +2,237 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/apiclient"
 )
 
-// cmdPipelines is a placeholder until the orchestrator issue (#5) lands.
-func cmdPipelines(_ context.Context, c *cli, _ []string) int {
-	fmt.Fprintln(c.stderr, "batchd pipelines: not implemented yet")
+const pipelinesUsage = `Usage: batchd pipelines <command> [flags]
+
+Talks to a running daemon (BATCHD_URL, or BATCHD_HTTP_ADDR; BATCHD_API_TOKEN).
+
+Commands:
+  list                                       the configured pipelines
+  run NAME [--key K] [--field k=v ...] [--wait] [--timeout D]
+                                             run a pipeline by hand
+
+Exit codes of run: 0 accepted (with --wait: completed); 1 the job failed,
+was canceled or timed out; 2 usage; 3 the API token was refused; 4 rejected
+(by the daemon, a preflight check or the endpoint); 5 the daemon could not be
+reached, or --timeout passed (the run goes on), or the run is unknown.
+`
+
+// cmdPipelines is `batchd pipelines`.
+func cmdPipelines(ctx context.Context, c *cli, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(c.stderr, pipelinesUsage)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	switch args[0] {
+	case "list":
+		return pipelinesList(ctx, c, args[1:])
+	case "run":
+		return pipelinesRun(ctx, c, args[1:])
+	}
+	fmt.Fprintf(c.stderr, "batchd pipelines: unknown command %q\n\n%s", args[0], pipelinesUsage)
 	return exitUsage
+}
+
+func pipelinesList(ctx context.Context, c *cli, args []string) int {
+	fs := newFlagSet(c, "pipelines list", "Usage: batchd pipelines list [--json]\n\nLists the pipelines the daemon runs.\n")
+	cf := addClientFlags(fs)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return flagExit(err)
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(c.stderr, "batchd pipelines list: unexpected argument %q\n", pos[0])
+		return exitUsage
+	}
+	cl, code := cf.client(ctx, c)
+	if cl == nil {
+		return code
+	}
+	list, err := cl.Pipelines(ctx)
+	if err != nil {
+		return apiExit(c, "pipelines list", err)
+	}
+	if *cf.asJSON {
+		printJSON(c.stdout, list)
+		return exitOK
+	}
+	if len(list.Pipelines) == 0 {
+		fmt.Fprintln(c.stdout, "No pipelines.")
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PIPELINE\tTRIGGER\tENDPOINT\tINPUTS\tTIMEOUT\tATTEMPTS")
+	for _, p := range list.Pipelines {
+		var ins []string
+		for _, name := range sortedNames(p.Inputs) {
+			in := p.Inputs[name]
+			v := in.URI
+			if v == "" {
+				v = in.Value
+			}
+			ins = append(ins, name+"="+v)
+		}
+		trigger := p.Trigger
+		if trigger == "" {
+			trigger = "manual"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", p.Name, trigger, p.Endpoint, strings.Join(ins, " "), dash(p.Timeout), p.MaxAttempts)
+	}
+	tw.Flush()
+	return exitOK
+}
+
+// fieldFlags collects repeated --field k=v.
+type fieldFlags map[string]string
+
+func (f fieldFlags) String() string { return "" }
+
+func (f fieldFlags) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not NAME=VALUE", s)
+	}
+	f[k] = v
+	return nil
+}
+
+func pipelinesRun(ctx context.Context, c *cli, args []string) int {
+	fs := newFlagSet(c, "pipelines run", "Usage: batchd pipelines run NAME [--key K] [--field k=v ...] [--wait] [--timeout D] [--json]\n\n"+
+		"Runs a pipeline by hand. Its templates see the fields as {{ .Fields.NAME }}.\n"+
+		"The same --key again is the same run (nothing is submitted twice).\n")
+	cf := addClientFlags(fs)
+	key := fs.String("key", "", "idempotency key (default: a new random one)")
+	fields := fieldFlags{}
+	fs.Var(fields, "field", "template field `NAME=VALUE`; repeatable")
+	wait := fs.Bool("wait", false, "follow the run until it ends")
+	timeout := fs.Duration("timeout", 0, "with --wait: stop waiting after this long and exit 5 (the run goes on; 0: no limit)")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return flagExit(err)
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(c.stderr, "batchd pipelines run: give exactly one pipeline name (see `batchd pipelines list`)")
+		return exitUsage
+	}
+	cl, code := cf.client(ctx, c)
+	if cl == nil {
+		return code
+	}
+	resp, created, err := cl.RunPipeline(ctx, pos[0], orchestrator.ManualRunRequest{Key: *key, Fields: fields})
+	if err != nil {
+		if apiclient.StatusOf(err) == http.StatusNotFound {
+			fmt.Fprintf(c.stderr, "batchd pipelines run: %v\n", err)
+			return exitUsage
+		}
+		return apiExit(c, "pipelines run", err)
+	}
+	if !*wait {
+		if *cf.asJSON {
+			printJSON(c.stdout, resp)
+		} else if created {
+			fmt.Fprintf(c.stdout, "Run %s accepted. Follow it with `batchd runs show %s`.\n", resp.RunID, resp.RunID)
+		} else {
+			fmt.Fprintf(c.stdout, "Run %s exists already for this key (%s).\n", resp.RunID, resp.State)
+		}
+		return exitOK
+	}
+	if !created && !*cf.asJSON {
+		fmt.Fprintf(c.stderr, "run %s exists already for this key; following it\n", resp.RunID)
+	}
+	run, err := waitRun(ctx, c, cl, resp.RunID, *timeout)
+	if err != nil {
+		if errors.Is(err, errWaitTimeout) {
+			fmt.Fprintf(c.stderr, "batchd pipelines run: %v (--timeout %s); run %s goes on\n", err, *timeout, resp.RunID)
+			return exitTransient
+		}
+		if ctx.Err() != nil {
+			fmt.Fprintf(c.stderr, "batchd pipelines run: interrupted; run %s goes on\n", resp.RunID)
+			return exitTransient
+		}
+		return apiExit(c, "pipelines run", err)
+	}
+	if *cf.asJSON {
+		printJSON(c.stdout, run)
+	} else {
+		printRun(c.stdout, run)
+	}
+	return stateExit(run.State)
+}
+
+// stateExit is the exit code for a run that ended in s.
+func stateExit(s orchestrator.State) int {
+	switch s {
+	case orchestrator.StateCompleted:
+		return exitOK
+	case orchestrator.StateFailed, orchestrator.StateCanceled, orchestrator.StateTimedOut:
+		return exitFailed
+	case orchestrator.StateRejected, orchestrator.StateFiltered, orchestrator.StateDuplicate:
+		return exitRejected
+	}
+	return exitTransient
+}
+
+// waitRun polls the run until it is finished (or unknown, which needs an
+// operator), printing each new state on stderr.
+func waitRun(ctx context.Context, c *cli, cl *apiclient.Client, id string, timeout time.Duration) (*orchestrator.Run, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	interval := 500 * time.Millisecond
+	var last orchestrator.State
+	failures := 0
+	for {
+		r, err := cl.GetRun(ctx, id)
+		switch {
+		case err == nil:
+			failures = 0
+			if r.State != last {
+				last = r.State
+				reason := ""
+				if n := len(r.History); n > 0 {
+					reason = r.History[n-1].Reason
+				}
+				fmt.Fprintf(c.stderr, "%s  %-10s %s\n", time.Now().Format("15:04:05"), r.State, reason)
+			}
+			if r.State.Terminal() || r.State == orchestrator.StateUnknown {
+				return r, nil
+			}
+		case ctx.Err() != nil:
+		case apiclient.StatusOf(err) == http.StatusNotFound && last == "":
+			// Accepted, not yet taken by a worker: the run is not recorded yet.
+		case apiclient.StatusOf(err) == 0 || apiclient.StatusOf(err) >= 500:
+			if failures++; failures > 10 {
+				return nil, err
+			}
+		default:
+			return nil, err
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, errWaitTimeout
+			}
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		interval = min(interval*3/2, 10*time.Second)
+	}
 }

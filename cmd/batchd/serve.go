@@ -2,11 +2,194 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/batchd/batchd/config"
+	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/broker"
 )
 
-// cmdServe is a placeholder until the orchestrator issue (#5) lands.
-func cmdServe(_ context.Context, c *cli, _ []string) int {
-	fmt.Fprintln(c.stderr, "batchd serve: not implemented yet")
-	return exitUsage
+const serveUsage = `Usage: batchd serve [--config FILE]
+
+Runs the daemon: the triggers, the workers that check and submit jobs, the
+tracker that follows them, and the HTTP server on BATCHD_HTTP_ADDR
+(/healthz, /readyz, /metrics, /api/v1/...).
+
+State lives in NATS JetStream: an embedded server in BATCHD_STATE_DIR, or
+the cluster at BATCHD_NATS_URL (then any number of replicas may run).
+
+SIGTERM or SIGINT stops taking new work, gives submissions in flight
+BATCHD_SHUTDOWN_GRACE to finish, and exits 0; tracking resumes on the next
+start. Configuration problems are all listed before anything starts (exit 2).
+
+Flags:
+`
+
+// cmdServe is `batchd serve`.
+func cmdServe(ctx context.Context, c *cli, args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	file := fs.String("config", "", "pipelines file (default: $BATCHD_PIPELINES)")
+	fs.Usage = func() {
+		fmt.Fprint(c.stderr, serveUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(c.stderr, "batchd serve: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	env, f, err := config.Load(ctx, c.env, *file)
+	if err == nil {
+		err = serveChecks(env)
+	}
+	if err != nil {
+		return configExit(c, err)
+	}
+	log := newLogger(c.stderr, env.LogLevel, env.LogFormat)
+	if err := serve(ctx, env, f, c); err != nil {
+		if config.IsConfigError(err) {
+			return configExit(c, err)
+		}
+		log.Error("batchd stopped", "err", err)
+		return exitFailed
+	}
+	return exitOK
+}
+
+// serveChecks are the problems only `serve` has: an API reachable from
+// other machines must require a token.
+func serveChecks(env *config.Env) error {
+	if !env.HTTPLoopback() && env.APIToken == "" {
+		return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_API_TOKEN",
+			Msg: fmt.Sprintf("is required when BATCHD_HTTP_ADDR (%s) is not a loopback address: the API can cancel and submit jobs", env.HTTPAddr)}}}
+	}
+	return nil
+}
+
+// serve wires the daemon and runs it until ctx ends.
+func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
+	log := newLogger(c.stderr, env.LogLevel, env.LogFormat)
+
+	// Bind first: a taken port is reported before NATS starts.
+	ln, err := net.Listen("tcp", env.HTTPAddr)
+	if err != nil {
+		return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_HTTP_ADDR", Msg: err.Error()}}}
+	}
+	defer ln.Close()
+
+	bopts := broker.Options{
+		URL: env.NATS.URL, Listen: env.NATS.Listen,
+		CredsFile: env.NATS.Creds, NKeyFile: env.NATS.NKey,
+		TLSCAFile: env.NATS.TLSCA, TLSCert: env.NATS.TLSCert, TLSKey: env.NATS.TLSKey,
+		ClientName: "batchd", Logger: log.With("component", "nats"),
+	}
+	if env.NATS.URL == "" {
+		bopts.StoreDir = filepath.Join(env.StateDir, "nats")
+		if err := os.MkdirAll(bopts.StoreDir, 0o750); err != nil {
+			return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_STATE_DIR", Msg: err.Error()}}}
+		}
+	}
+	b, err := broker.Start(ctx, bopts)
+	if err != nil {
+		return fmt.Errorf("nats: %w", err)
+	}
+	defer b.Close() // last: after every component has stopped
+
+	credOpts := env.Credential
+	if azureTransport != nil {
+		credOpts.Transport = azureTransport
+	}
+	// The token counter is wired before the orchestrator exists; it only
+	// fires on requests, which start after orch is set.
+	var orch *orchestrator.Orchestrator
+	cred := jobs.CountTokens(&lazyCredential{opts: credOpts}, func(scope string) { orch.TokenFetched(scope) })
+	client, err := jobs.New(cred, jobs.Options{
+		MLScope: env.MLScope, ARMScope: env.ARMScope, ARMEndpoint: env.ARMEndpoint,
+		Transport: azureTransport, Logger: log.With("component", "jobs"),
+	})
+	if err != nil {
+		return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_CREDENTIAL", Msg: err.Error()}}}
+	}
+	_, checker := newStorageChecker(env, f, cred, log)
+
+	orch, err = orchestrator.New(ctx, orchestrator.Options{
+		JS: b.JS, Conn: b.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker,
+		Logger:  log.With("component", "orchestrator"),
+		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,
+		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
+		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace,
+	})
+	if err != nil {
+		return err
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/", orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api")}))
+	// TODO(lead): mount triggers: mux.Handle("/eventgrid", <triggers/blob webhook>), and run the
+	// trigger sources (blob poller, cron, natsmsg) in the errgroup below with orch as their Intake,
+	// orch as Runs for overlap policies and orch.TriggersKV() for their state.
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          nil,
+	}
+
+	log.Info("batchd starting", "http", ln.Addr().String(), "nats", natsDescription(env, b),
+		"pipelines", len(f.Pipelines), "workers", env.Workers)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := orch.Run(gctx); err != nil {
+			return err
+		}
+		if ctx.Err() == nil && gctx.Err() == nil {
+			return errors.New("orchestrator returned before shutdown")
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("batchd stopping: no new work; steps in flight get the shutdown grace", "grace", env.ShutdownGrace)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), env.ShutdownGrace)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	err = g.Wait()
+	if err == nil {
+		log.Info("batchd stopped")
+	}
+	return err
+}
+
+func natsDescription(env *config.Env, b *broker.Broker) string {
+	if b.Embedded() {
+		d := "embedded in " + filepath.Join(env.StateDir, "nats")
+		if u := b.ClientURL(); u != "" {
+			d += ", listening on " + u
+		}
+		return d
+	}
+	return b.ClientURL()
 }

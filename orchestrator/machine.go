@@ -1,0 +1,681 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/datastores"
+	"github.com/batchd/batchd/jobs"
+)
+
+// errRedrive from a step: the record changed under it (or the step moved
+// the run on and wants the next step now); read it again and decide again.
+var errRedrive = errors.New("redrive")
+
+// maxRedrives bounds the re-reads of one delivery before it is handed back.
+const maxRedrives = 20
+
+// unknownPipelineGrace is how long an event for a pipeline this replica
+// does not know waits for a replica that does, before it is rejected.
+const unknownPipelineGrace = 5 * time.Minute
+
+// handleIntake is the worker's entry point for one intake message.
+func (o *Orchestrator) handleIntake(ctx, stop context.Context, m jetstream.Msg) (settle, error) {
+	var ev Event
+	if err := json.Unmarshal(m.Data(), &ev); err != nil || ev.Key == "" {
+		// Not something Emit wrote: nothing can ever make sense of it.
+		o.log.Error("intake: dropping undecodable message", "subject", m.Subject(), "err", err)
+		return settle{kind: settleTerm}, nil
+	}
+	d := delivery{carrier: carrierIntake, msg: m, ev: &ev, id: RunID(ev.Pipeline, ev.Key)}
+	h := m.Headers()
+	if g := h.Get(hdrRetryGen); g != "" {
+		d.retryGen, _ = strconv.Atoi(g)
+		d.reason = h.Get(hdrReason)
+	}
+	d.nudge = h.Get(hdrNudge) != ""
+	if md, err := m.Metadata(); err == nil && d.retryGen == 0 && !d.nudge {
+		d.first = md.NumDelivered == 1
+	}
+	return o.drive(ctx, stop, &d)
+}
+
+// handleTrack is the tracker's entry point for one tracker message.
+func (o *Orchestrator) handleTrack(ctx, stop context.Context, m jetstream.Msg) (settle, error) {
+	id := strings.TrimPrefix(m.Subject(), SubjectTrack+".")
+	if !validRunID(id) {
+		o.log.Error("tracker: dropping message with a bad subject", "subject", m.Subject())
+		return settle{kind: settleTerm}, nil
+	}
+	d := delivery{carrier: carrierTracker, msg: m, id: id, nudge: m.Headers().Get(hdrNudge) != ""}
+	return o.drive(ctx, stop, &d)
+}
+
+// delivery is one message being handled.
+type delivery struct {
+	carrier string
+	msg     jetstream.Msg
+	id      string
+	ev      *Event // intake only
+	// first: the message's first delivery (not a retry or nudge message).
+	first bool
+	// retryGen > 0: an operator retry creating that generation.
+	retryGen int
+	reason   string
+	// nudge: published only so that an operator request is looked at now.
+	nudge bool
+}
+
+// drive reads the run and takes the next step, again after every
+// concurrent change, until the message can be settled.
+//
+// Which messages drive a run: the intake message that created it (and its
+// redeliveries), an operator's retry message, and the run's tracker
+// message. A first delivery that finds the run finished, or with the
+// tracker, is a duplicate event: it is counted on the run and acked. A
+// nudge on the intake side carries out operator requests and is acked; the
+// run's own message stays its carrier.
+func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, error) {
+	for i := 0; i < maxRedrives; i++ {
+		r, rev, err := o.ledger.get(ctx, d.id)
+		switch {
+		case errors.Is(err, ErrRunNotFound):
+			if d.carrier == carrierTracker || d.retryGen > 0 || d.nudge {
+				return ack(), nil // finished and expired, or never recorded: nothing to do
+			}
+			r = newRecord(*d.ev, time.Now().UTC())
+			rev, err = o.ledger.create(ctx, r)
+			if errors.Is(err, errExists) {
+				continue // a duplicate raced us; read it
+			}
+			if err != nil {
+				return settle{}, err
+			}
+			d.first = false // this delivery owns the run
+			o.logRun(r)
+		case err != nil:
+			return settle{}, err
+		case d.carrier == carrierIntake && d.first && (r.State.Terminal() || r.Sys.Carrier == carrierTracker):
+			return o.duplicate(ctx, r, d)
+		}
+		// A first delivery that finds the run unfinished and carried by the
+		// intake side drives it too: it may be the run's own message whose
+		// delivery count a crash of the embedded server lost. Two messages
+		// driving one run is safe (every transition is compare-and-set).
+		d.first = false // decided on the first read
+
+		if d.retryGen > 0 && r.Sys.Gen < d.retryGen {
+			s, err := o.retryTransition(ctx, r, rev, d)
+			if errors.Is(err, errRedrive) {
+				continue
+			}
+			return s, err
+		}
+		if r.State.Terminal() {
+			o.releaseSlot(ctx, r)
+			return ack(), nil
+		}
+		if r.Sys.Carrier != d.carrier {
+			if d.carrier == carrierIntake && r.Sys.Carrier == carrierTracker {
+				if err := o.ensureTracker(ctx, r); err != nil {
+					return settle{}, err
+				}
+			}
+			return ack(), nil // a stale message: the run's carrier is elsewhere
+		}
+		var s settle
+		if d.nudge && d.carrier == carrierIntake {
+			s, err = o.requests(ctx, r, rev, d)
+			if err == nil && s.kind == settleNak {
+				s = ack() // the run's own intake message carries on
+			}
+		} else {
+			s, err = o.step(ctx, stop, r, rev, d)
+		}
+		if errors.Is(err, errRedrive) || errors.Is(err, errConflict) {
+			continue
+		}
+		return s, err
+	}
+	return nakAfter(time.Second), nil
+}
+
+// duplicate handles a new intake message for a run that already exists.
+func (o *Orchestrator) duplicate(ctx context.Context, r *record, d *delivery) (settle, error) {
+	_, _, err := o.ledger.update(ctx, r.ID, func(x *record) error {
+		x.Duplicates++
+		return nil
+	})
+	if err != nil {
+		return settle{}, err
+	}
+	o.met.events.WithLabelValues(d.ev.Source, "duplicate").Inc()
+	if !r.State.Terminal() && r.Sys.Carrier == carrierTracker {
+		if err := o.ensureTracker(ctx, r); err != nil {
+			return settle{}, err
+		}
+	}
+	return ack(), nil
+}
+
+// step takes the next step for a run this delivery carries.
+func (o *Orchestrator) step(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	if r.Sys.Resolve != nil || r.Sys.Cancel != nil {
+		s, err := o.requests(ctx, r, rev, d)
+		if err != nil || s.kind != settleNak || s.delay != 0 {
+			return s, err
+		}
+	}
+	switch r.State {
+	case StateReceived:
+		return o.stepReceived(ctx, stop, r, rev, d)
+	case StateWaiting:
+		if r.Request == nil {
+			return o.stepReceived(ctx, stop, r, rev, d)
+		}
+		return o.admitAndSubmit(ctx, stop, r, rev, d)
+	case StateSubmitting:
+		return o.stepFoundSubmitting(ctx, r, rev, d)
+	case StateUnknown:
+		return o.stepUnknown(ctx, stop, r, rev, d)
+	case StateSubmitted, StateRunning:
+		return o.stepPoll(ctx, stop, r, rev, d)
+	}
+	return settle{}, fmt.Errorf("run %s: unexpected state %q", r.ID, r.State)
+}
+
+// requests carries out an operator's resolve or cancel request. It returns
+// nakAfter(0) with a nil error when there is nothing (more) to do here.
+func (o *Orchestrator) requests(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	now := time.Now().UTC()
+	switch {
+	case r.Sys.Resolve != nil && r.State != StateSubmitting:
+		req := r.Sys.Resolve
+		r.Sys.Resolve = nil
+		if req.Job == "" {
+			return o.finish(ctx, r, rev, req.State, "resolved by an operator: "+req.Reason, r.Error)
+		}
+		if owner, err := o.claimJob(ctx, req.Job, r.ID); err != nil {
+			return settle{}, err
+		} else if owner != r.ID {
+			r.Error = fmt.Sprintf("resolve: job %s already belongs to run %s", req.Job, owner)
+			if _, err := o.ledger.put(ctx, r, rev); err != nil {
+				return settle{}, err
+			}
+			return nakAfter(0), nil
+		}
+		if r.Job != nil && r.Job.Name != req.Job {
+			r.PreviousJobs = append(r.PreviousJobs, *r.Job)
+		}
+		r.Job = &JobRef{Name: req.Job, SubmittedAt: now}
+		if r.Attempts == 0 {
+			r.Attempts = 1
+		}
+		r.Error = ""
+		r.Sys.Carrier = carrierTracker
+		r.Sys.Deadline = o.deadline(r, now)
+		r.transition(StateSubmitted, fmt.Sprintf("resolved by an operator: adopted job %s: %s", req.Job, req.Reason), now)
+		if _, err := o.ledger.put(ctx, r, rev); err != nil {
+			return settle{}, err
+		}
+		o.logRun(r)
+		return o.handOver(ctx, r, d)
+	case r.Sys.Cancel != nil && (r.State == StateReceived || r.State == StateWaiting):
+		return o.finish(ctx, r, rev, StateCanceled, "canceled before submission: "+r.Sys.Cancel.Reason, "")
+	}
+	return nakAfter(0), nil
+}
+
+// stepReceived renders the job, runs the preflight and records the
+// decision, then goes on to admission.
+func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	p := o.pipelines[r.Pipeline]
+	if p == nil {
+		// Some replica knew the pipeline when it accepted the event. During
+		// a rolling configuration change another one may still know it:
+		// give it the chance before deciding the pipeline is gone.
+		if age := time.Since(r.Created); age < unknownPipelineGrace {
+			o.log.Warn("event for a pipeline this replica does not know; leaving it to another replica for now",
+				"run", r.ID, "pipeline", r.Pipeline)
+			return nakAfter(jitter(30*time.Second, 0.2)), nil
+		}
+		reason := fmt.Sprintf("pipeline %q is not configured", r.Pipeline)
+		return o.finish(ctx, r, rev, StateRejected, reason, reason)
+	}
+	req, chk, err := p.Render(r.ID, r.Event)
+	if err != nil {
+		reason := "the event does not fit the pipeline's templates: " + err.Error()
+		return o.finish(ctx, r, rev, StateRejected, reason, reason)
+	}
+	_ = d.msg.InProgress()
+	dec := o.checker.Check(ctx, chk)
+	if dec.At.IsZero() {
+		dec.At = time.Now().UTC()
+	}
+	ep := p.Endpoint.Endpoint
+	r.Decision, r.Request, r.Endpoint, r.Sys.Endpoint = &dec, &req, p.Endpoint.Name, &ep
+	if dec.Verdict == datastores.Reject {
+		reason := "preflight check rejected the job: " + dec.Reason
+		return o.finish(ctx, r, rev, StateRejected, reason, reason)
+	}
+	return o.admitAndSubmit(ctx, stop, r, rev, d)
+}
+
+// admitAndSubmit takes an admission slot (or waits for one) and submits.
+func (o *Orchestrator) admitAndSubmit(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	now := time.Now().UTC()
+	if now.Before(r.Sys.NotBefore) {
+		return o.wait(ctx, r, rev, "backoff", r.lastReasonFor(StateWaiting), r.Sys.NotBefore.Sub(now))
+	}
+	res, err := o.adm.acquire(ctx, r.Endpoint, r.ID, o.maxRunning[r.Endpoint], now)
+	if err != nil {
+		return settle{}, err
+	}
+	switch {
+	case !res.PausedUntil.IsZero():
+		reason := fmt.Sprintf("endpoint %s is paused until %s (%s)", r.Endpoint, res.PausedUntil.Format(time.RFC3339), res.PauseReason)
+		return o.wait(ctx, r, rev, "paused", reason, jitter(res.PausedUntil.Sub(now), 0.1)+100*time.Millisecond)
+	case res.Full:
+		reason := fmt.Sprintf("endpoint %s is at max_running_jobs (%d running)", r.Endpoint, res.Running)
+		n := 1
+		if md, err := d.msg.Metadata(); err == nil {
+			n = int(md.NumDelivered)
+		}
+		return o.wait(ctx, r, rev, "max_running_jobs", reason, backoff(n, time.Second, o.opts.AdmissionRetryMax))
+	}
+	return o.submit(ctx, r, rev, d)
+}
+
+// lastReasonFor is the reason of the latest history entry if it is for
+// state, else a generic one.
+func (r *record) lastReasonFor(s State) string {
+	if r.State == s && r.Sys.WaitReason != "" {
+		return r.Sys.WaitReason
+	}
+	return "waiting before the next attempt"
+}
+
+// wait records that the run waits (one history entry per reason, not one
+// per look) and hands the message back for later.
+func (o *Orchestrator) wait(ctx context.Context, r *record, rev uint64, kind, reason string, delay time.Duration) (settle, error) {
+	if r.State != StateWaiting || r.Sys.WaitReason != reason {
+		o.met.admissionWaits.WithLabelValues(r.Endpoint, kind).Inc()
+		r.Sys.WaitReason = reason
+		r.transition(StateWaiting, reason, time.Now().UTC())
+		if _, err := o.ledger.put(ctx, r, rev); err != nil {
+			return settle{}, err
+		}
+		o.logRun(r)
+	}
+	return nakAfter(delay), nil
+}
+
+// requestID is the client request id of one submission: stable for the
+// submission (recorded before the POST), different for the next one.
+func requestID(runID string, gen, attempt, resubmits int) string {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s/%d/%d/%d", runID, gen, attempt, resubmits)))
+	b := h[:16]
+	b[6] = (b[6] & 0x0f) | 0x40 // version 4 layout
+	b[8] = (b[8] & 0x3f) | 0x80
+	x := hex.EncodeToString(b)
+	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:32]
+}
+
+// submit writes submitting, POSTs, and records the answer.
+//
+// The submitting write comes first: whoever finds the run in submitting
+// later (after SubmitDeadline, when no POST started then can still be in
+// flight) knows the POST may have happened and makes the run unknown. It
+// never POSTs again blindly.
+func (o *Orchestrator) submit(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	now := time.Now().UTC()
+	attempt := len(r.PreviousJobs) + 1
+	req := *r.Request
+	req.RequestID = requestID(r.ID, r.Sys.Gen, attempt, r.Sys.Resubmits)
+	r.Request.RequestID = req.RequestID
+	r.Attempts = attempt
+	r.Sys.SubmittingAt = now
+	if r.Sys.Resubmits == 0 {
+		r.Sys.ReconcileSince = now
+	}
+	r.Sys.SubmitDeadline = now.Add(o.opts.SubmitTimeout + o.opts.submitMargin)
+	r.Sys.WaitReason = ""
+	what := fmt.Sprintf("posting the job to endpoint %s (attempt %d)", r.Endpoint, attempt)
+	if r.Sys.Resubmits > 0 {
+		what += ", once more after reconciliation found no job"
+	}
+	r.transition(StateSubmitting, what, now)
+	rev, err := o.ledger.put(ctx, r, rev)
+	if err != nil {
+		return settle{}, err
+	}
+	_ = d.msg.InProgress()
+	pctx, cancel := context.WithTimeout(ctx, o.opts.SubmitTimeout)
+	job, err := o.sub.Submit(pctx, *r.Sys.Endpoint, req)
+	cancel()
+	return o.afterSubmit(ctx, r, req.RequestID, job, err, d)
+}
+
+// ours reports whether x is still in the submission with request id rid
+// (submitting, or made unknown by someone who gave up waiting for it).
+func ours(x *record, rid string) bool {
+	return x.Request != nil && x.Request.RequestID == rid && (x.State == StateSubmitting || x.State == StateUnknown)
+}
+
+var errStale = errors.New("the run moved on")
+
+func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, job *jobs.Job, subErr error, d *delivery) (settle, error) {
+	now := time.Now().UTC()
+	ep := r.Sys.Endpoint
+	var upd func(x *record) error
+	var after func(x *record) (settle, error)
+	var ae *jobs.APIError
+	switch {
+	case subErr == nil && job != nil:
+		o.met.submissions.WithLabelValues(r.Endpoint, "accepted").Inc()
+		if ep.Workspace != nil {
+			if owner, err := o.claimJob(ctx, job.Name, r.ID); err != nil {
+				return settle{}, err
+			} else if owner != r.ID {
+				o.log.Error("submitted job is claimed by another run", "run", r.ID, "job", job.Name, "owner", owner)
+			}
+		}
+		upd = func(x *record) error {
+			if !ours(x, rid) {
+				return errStale
+			}
+			x.Job = &JobRef{Name: job.Name, Status: job.Status, StudioURL: job.StudioURL, RequestID: rid, SubmittedAt: now}
+			x.Error = ""
+			x.Sys.Transient = 0
+			x.Sys.Carrier = carrierTracker
+			x.Sys.Deadline = o.deadline(x, now)
+			x.transition(StateSubmitted, fmt.Sprintf("endpoint %s accepted job %s", x.Endpoint, job.Name), now)
+			return nil
+		}
+		after = func(x *record) (settle, error) { return o.handOver(ctx, x, d) }
+	case errors.As(subErr, &ae) && ae.StatusCode == http.StatusTooManyRequests:
+		o.met.submissions.WithLabelValues(r.Endpoint, "throttled").Inc()
+		wait, ok := jobs.RetryAfter(subErr)
+		if !ok {
+			wait = 30 * time.Second
+		}
+		wait = min(max(wait, time.Second), time.Hour)
+		until := now.Add(wait)
+		if err := o.adm.pause(ctx, r.Endpoint, until, "429 Too Many Requests"); err != nil {
+			return settle{}, err
+		}
+		reason := fmt.Sprintf("endpoint %s answered 429 Too Many Requests; submissions paused until %s", r.Endpoint, until.Format(time.RFC3339))
+		upd = func(x *record) error {
+			if !ours(x, rid) || x.State != StateSubmitting {
+				return errStale
+			}
+			x.Error = subErr.Error()
+			x.Sys.WaitReason = reason
+			x.transition(StateWaiting, reason, now)
+			return nil
+		}
+		after = func(x *record) (settle, error) {
+			o.releaseSlot(ctx, x)
+			return nakAfter(jitter(wait, 0.1) + 100*time.Millisecond), nil
+		}
+	case jobs.IsAmbiguous(subErr) || (!jobs.IsPermanent(subErr) && !jobs.IsRetryable(subErr)):
+		// Unclassified errors count as ambiguous: a second job is worse
+		// than a run an operator has to look at.
+		o.met.submissions.WithLabelValues(r.Endpoint, "ambiguous").Inc()
+		if subErr == nil {
+			subErr = errors.New("the endpoint returned no job")
+		}
+		upd = func(x *record) error {
+			if !ours(x, rid) {
+				return errStale
+			}
+			if x.State == StateUnknown {
+				return errNoChange
+			}
+			x.Error = subErr.Error()
+			x.Sys.Carrier = carrierTracker
+			x.transition(StateUnknown, "the POST's outcome is unknown ("+subErr.Error()+"); "+o.unknownPlan(x), now)
+			return nil
+		}
+		after = func(x *record) (settle, error) { return o.handOver(ctx, x, d) }
+	case jobs.IsPermanent(subErr):
+		o.met.submissions.WithLabelValues(r.Endpoint, "rejected").Inc()
+		x, rev, err := o.ledger.get(ctx, r.ID)
+		if err != nil {
+			return settle{}, err
+		}
+		if !ours(x, rid) || x.State != StateSubmitting {
+			return settle{}, errRedrive
+		}
+		reason := "the endpoint refused the job: " + subErr.Error()
+		return o.finish(ctx, x, rev, StateRejected, reason, subErr.Error())
+	default: // jobs.IsRetryable: nothing was created
+		o.met.submissions.WithLabelValues(r.Endpoint, "transient").Inc()
+		var wait time.Duration
+		upd = func(x *record) error {
+			if !ours(x, rid) || x.State != StateSubmitting {
+				return errStale
+			}
+			x.Sys.Transient++
+			wait = backoff(x.Sys.Transient, time.Second, 5*time.Minute)
+			x.Sys.NotBefore = now.Add(wait)
+			x.Error = subErr.Error()
+			reason := fmt.Sprintf("transient error, retrying in %s: %v", wait.Round(time.Millisecond), subErr)
+			x.Sys.WaitReason = reason
+			x.transition(StateWaiting, reason, now)
+			return nil
+		}
+		after = func(x *record) (settle, error) {
+			o.releaseSlot(ctx, x)
+			return nakAfter(wait), nil
+		}
+	}
+	x, _, err := o.ledger.update(ctx, r.ID, upd)
+	if errors.Is(err, errStale) {
+		o.log.Warn("submission answer arrived after the run moved on", "run", r.ID, "state", x.State, "err", subErr)
+		return settle{}, errRedrive
+	}
+	if err != nil {
+		return settle{}, err
+	}
+	o.logRun(x)
+	return after(x)
+}
+
+// unknownPlan says what happens to an unknown run next.
+func (o *Orchestrator) unknownPlan(r *record) string {
+	if r.Sys.Endpoint == nil || r.Sys.Endpoint.Workspace == nil {
+		return "endpoint " + r.Endpoint + " has no workspace, so batchd cannot look for the job: an operator must check and run `batchd runs retry` or `batchd runs resolve`"
+	}
+	return fmt.Sprintf("reconciling: looking for the job among the endpoint's jobs for %s", o.opts.ReconcileGrace)
+}
+
+// deadline is when the pipeline's timeout ends a job submitted at t.
+func (o *Orchestrator) deadline(r *record, t time.Time) time.Time {
+	if p := o.pipelines[r.Pipeline]; p != nil && p.Timeout > 0 {
+		return t.Add(p.Timeout)
+	}
+	return time.Time{}
+}
+
+// handOver moves the run on after a step left it with the tracker: an
+// intake message publishes the tracker message and is acked (in that
+// order: a crash in between redelivers the intake message, which publishes
+// again); a tracker message is the carrier already and comes back for the
+// next look.
+func (o *Orchestrator) handOver(ctx context.Context, r *record, d *delivery) (settle, error) {
+	if d.carrier == carrierIntake {
+		if err := o.publishTracker(ctx, r, false); err != nil {
+			return settle{}, err
+		}
+		return ack(), nil
+	}
+	if r.State == StateSubmitted || r.State == StateRunning {
+		return nakAfter(o.pollDelay(r, time.Now())), nil
+	}
+	return settle{}, errRedrive // unknown: start reconciling now
+}
+
+// publishTracker publishes the run's tracker message. Its id names the
+// submission, so a replay within the duplicate window is dropped; later
+// ones replace the pending message (one per subject).
+func (o *Orchestrator) publishTracker(ctx context.Context, r *record, nudge bool) error {
+	m := nats.NewMsg(trackSubject(r.ID))
+	m.Data = []byte(`{"run_id":"` + r.ID + `"}`)
+	id := fmt.Sprintf("%s.%d.%d.%d.%s", r.ID, r.Sys.Gen, r.Attempts, r.Sys.Resubmits, r.State)
+	if nudge {
+		m.Header.Set(hdrNudge, "1")
+		id += ".n" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	}
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	if _, err := o.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("tracker message %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// ensureTracker publishes the run's tracker message unless one is pending.
+func (o *Orchestrator) ensureTracker(ctx context.Context, r *record) error {
+	_, err := o.h.track.GetLastMsgForSubject(ctx, trackSubject(r.ID))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("tracker message %s: %w", r.ID, err)
+	}
+	return o.publishTracker(ctx, r, false)
+}
+
+// stepFoundSubmitting applies the crash rule: a run found in submitting
+// after its submit deadline may or may not have a job, so it becomes
+// unknown, never submitted again blindly. Before the deadline a POST may
+// still be in flight elsewhere: look again after it.
+func (o *Orchestrator) stepFoundSubmitting(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	now := time.Now().UTC()
+	if now.Before(r.Sys.SubmitDeadline) {
+		return nakAfter(r.Sys.SubmitDeadline.Sub(now) + 500*time.Millisecond), nil
+	}
+	o.met.submissions.WithLabelValues(r.Endpoint, "interrupted").Inc()
+	r.Sys.Carrier = carrierTracker
+	r.Error = "the POST was interrupted (batchd stopped, or its answer was never recorded)"
+	r.transition(StateUnknown, "found in submitting after the submit deadline: the POST may or may not have created a job; "+o.unknownPlan(r), now)
+	if _, err := o.ledger.put(ctx, r, rev); err != nil {
+		return settle{}, err
+	}
+	o.logRun(r)
+	return o.handOver(ctx, r, d)
+}
+
+// finish ends the run in a terminal state.
+//
+// Order: completion message, then the terminal ledger write, then the
+// admission slot, then the ack. A crash after the message replays it under
+// the same Nats-Msg-Id (dropped as a duplicate); a crash after the write
+// leaves a slot that the next delivery (or repair) frees.
+func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state State, reason, errText string) (settle, error) {
+	now := time.Now().UTC()
+	r.Sys.Resolve, r.Sys.WaitReason = nil, ""
+	r.transition(state, reason, now)
+	r.Error = errText
+	if r.Job != nil && r.Job.FinishedAt.IsZero() && (state == StateCompleted || state == StateFailed || state == StateCanceled || state == StateTimedOut) {
+		r.Job.FinishedAt = now
+	}
+	if err := publishCompletion(ctx, o.js, r); err != nil {
+		return settle{}, err
+	}
+	if _, err := o.ledger.put(ctx, r, rev); err != nil {
+		return settle{}, err
+	}
+	o.met.finished.WithLabelValues(r.Pipeline, string(state)).Inc()
+	if r.Job != nil && !r.Job.SubmittedAt.IsZero() {
+		o.met.jobDuration.WithLabelValues(r.Pipeline, string(state)).Observe(now.Sub(r.Job.SubmittedAt).Seconds())
+	}
+	o.logRun(r)
+	o.releaseSlot(ctx, r)
+	return ack(), nil
+}
+
+// releaseSlot gives the run's admission slot back (if it holds one).
+// Failures are left to repair.
+func (o *Orchestrator) releaseSlot(ctx context.Context, r *record) {
+	if r.Endpoint == "" || o.maxRunning[r.Endpoint] <= 0 && !o.mayHoldSlot(r) {
+		return
+	}
+	if err := o.adm.release(ctx, r.Endpoint, r.ID); err != nil {
+		o.log.Warn("release admission slot (repair will)", "run", r.ID, "endpoint", r.Endpoint, "err", err)
+	}
+}
+
+// mayHoldSlot: endpoints without a cap take no slots, but one configured
+// with a cap before a restart may have.
+func (o *Orchestrator) mayHoldSlot(r *record) bool {
+	_, known := o.maxRunning[r.Endpoint]
+	return !known
+}
+
+// retryTransition starts a new attempt of a finished or unknown run, on an
+// operator's retry message.
+func (o *Orchestrator) retryTransition(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	if !(r.State.Terminal() || r.State == StateUnknown) {
+		o.log.Info("retry ignored: the run is not finished or unknown", "run", r.ID, "state", r.State)
+		return ack(), nil
+	}
+	now := time.Now().UTC()
+	if r.Job != nil {
+		r.PreviousJobs = append(r.PreviousJobs, *r.Job)
+		r.Job = nil
+	}
+	r.Sys = sysState{Carrier: carrierIntake, Gen: d.retryGen}
+	r.Error = ""
+	reason := "retry requested by an operator"
+	if d.reason != "" {
+		reason += ": " + d.reason
+	}
+	r.transition(StateReceived, reason, now)
+	if _, err := o.ledger.put(ctx, r, rev); err != nil {
+		if errors.Is(err, errConflict) {
+			return settle{}, errRedrive
+		}
+		return settle{}, err
+	}
+	o.logRun(r)
+	d.retryGen = 0 // from here on this message drives the run
+	return settle{}, errRedrive
+}
+
+// logRun logs a transition once, with its reason: the decision log.
+func (o *Orchestrator) logRun(r *record) {
+	attrs := []any{"run", r.ID, "pipeline", r.Pipeline, "state", r.State, "reason", r.lastReason()}
+	if r.Job != nil {
+		attrs = append(attrs, "job", r.Job.Name)
+	}
+	if r.State == StateUnknown || r.State == StateRejected || r.State == StateFailed || r.State == StateTimedOut {
+		o.log.Warn("run", attrs...)
+		return
+	}
+	o.log.Info("run", attrs...)
+}
+
+// endpointHost is the host the endpoint's scoring URI names (the poll
+// budget's key).
+func endpointHost(ep *jobs.Endpoint) string {
+	if ep == nil {
+		return ""
+	}
+	if u, err := url.Parse(ep.ScoringURI); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return ep.Name
+}

@@ -1,0 +1,108 @@
+package orchestrator
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are batchd's Prometheus metrics, on a registry of their own (not
+// the global one), served by the Handler at /metrics.
+type metrics struct {
+	reg *prometheus.Registry
+
+	events         *prometheus.CounterVec   // source, outcome
+	submissions    *prometheus.CounterVec   // endpoint, result
+	finished       *prometheus.CounterVec   // pipeline, state
+	jobDuration    *prometheus.HistogramVec // pipeline, state
+	tokenFetches   *prometheus.CounterVec   // scope
+	polls          *prometheus.CounterVec   // endpoint, result
+	admissionWaits *prometheus.CounterVec   // endpoint, reason
+	reconciles     *prometheus.CounterVec   // endpoint, result
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_events_total",
+		Help: "Events handed to batchd, by source and intake outcome (accepted, duplicate, error, or the state recorded without work: filtered, rejected, duplicate).",
+	}, []string{"source", "outcome"})
+	m.submissions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_submissions_total",
+		Help: "Job submissions (POSTs), by endpoint and result: accepted, rejected, throttled, transient, ambiguous.",
+	}, []string{"endpoint", "result"})
+	m.finished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_runs_finished_total",
+		Help: "Runs that reached a terminal state in this process, by pipeline and state.",
+	}, []string{"pipeline", "state"})
+	m.jobDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "batchd_job_duration_seconds",
+		Help:    "Time from a job's submission to its terminal status, by pipeline and final state.",
+		Buckets: []float64{10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400},
+	}, []string{"pipeline", "state"})
+	m.tokenFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_token_fetches_total",
+		Help: "Microsoft Entra tokens the credential fetched (cache misses and refreshes), by scope.",
+	}, []string{"scope"})
+	m.polls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_poll_requests_total",
+		Help: "Job status and list requests, by endpoint and result (ok, error).",
+	}, []string{"endpoint", "result"})
+	m.admissionWaits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_admission_waits_total",
+		Help: "Runs that had to wait for endpoint admission, by endpoint and reason (max_running_jobs, paused, backoff).",
+	}, []string{"endpoint", "reason"})
+	m.reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_reconciliations_total",
+		Help: "Reconciliation outcomes of runs whose submission was ambiguous: adopted, resubmitted, operator.",
+	}, []string{"endpoint", "result"})
+	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration, m.tokenFetches,
+		m.polls, m.admissionWaits, m.reconciles,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// registerLive adds the gauges read at scrape time: runs by state (from the
+// index) and the consumers' backlog (intake lag).
+func (m *metrics) registerLive(o *Orchestrator) {
+	m.reg.MustRegister(&liveCollector{o: o,
+		runs: prometheus.NewDesc("batchd_runs", "Runs in the ledger by state.", []string{"state"}, nil),
+		pending: prometheus.NewDesc("batchd_consumer_pending",
+			"Messages not yet handed out (pending) and handed out but not settled (ack_pending), per consumer: workers is the intake lag, tracker the runs being tracked.",
+			[]string{"consumer", "kind"}, nil),
+	})
+}
+
+type liveCollector struct {
+	o             *Orchestrator
+	runs, pending *prometheus.Desc
+}
+
+func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.runs
+	ch <- c.pending
+}
+
+func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
+	if counts, ok := c.o.index.counts(); ok {
+		for _, s := range States {
+			ch <- prometheus.MustNewConstMetric(c.runs, prometheus.GaugeValue, float64(counts[s]), string(s))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, cons := range []struct {
+		name string
+		c    jetstream.Consumer
+	}{{"workers", c.o.h.workers}, {"tracker", c.o.h.tracker}} {
+		info, err := cons.c.Info(ctx)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(info.NumPending), cons.name, "pending")
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(info.NumAckPending), cons.name, "ack_pending")
+	}
+}

@@ -1,0 +1,163 @@
+package orchestrator
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Options configure an Orchestrator. JS, Pipelines, Submitter and Checker
+// are required; every duration and count has a default.
+type Options struct {
+	// JS is the JetStream context every stream, consumer and bucket lives in.
+	JS jetstream.JetStream
+	// Conn, when set, is checked by Ready (the connection is up).
+	Conn *nats.Conn
+
+	// Pipelines by name. The map is read, never written.
+	Pipelines map[string]*Pipeline
+	Submitter Submitter
+	Checker   Checker
+	Logger    *slog.Logger
+
+	// Workers is the number of intake events processed at once (per
+	// replica). Default 8.
+	Workers int
+	// TrackerWorkers is the number of tracker messages processed at once
+	// (per replica). Default 16.
+	TrackerWorkers int
+
+	// Retention is how long a finished run stays in the ledger. Runs that are
+	// not finished never expire. Default 168h.
+	Retention time.Duration
+	// ShutdownGrace bounds how long in-flight steps may run after Run's
+	// context ends. Default 30s.
+	ShutdownGrace time.Duration
+	// SubmitTimeout bounds one POST. Default 60s.
+	SubmitTimeout time.Duration
+	// PollMin and PollMax bound the tracker's interval between two status
+	// requests for one job. Defaults 10s and 5m.
+	PollMin, PollMax time.Duration
+	// PollBudget is the number of status (and list) requests per second one
+	// replica sends to one endpoint host. Default 20.
+	PollBudget float64
+	// ReconcileGrace is how long after an ambiguous submission reconciliation
+	// keeps looking for the job before it submits once more. Default 10m.
+	ReconcileGrace time.Duration
+	// ReconcileSkew is subtracted from the submission time when matching
+	// listed jobs by creation time (clock differences). Default 1m.
+	ReconcileSkew time.Duration
+
+	// Replicas is the replica count of every stream and bucket (an external
+	// cluster). Default 1.
+	Replicas int
+	// DedupeWindow is the intake stream's Nats-Msg-Id window. Minimum and
+	// default 5m.
+	DedupeWindow time.Duration
+	// CompletionMaxAge is how long completion messages stay in the
+	// completion stream. Default: Retention.
+	CompletionMaxAge time.Duration
+	// MaxIntakePending caps the intake messages handed out and not yet acked
+	// (events waiting for admission hold one each). Default 20000.
+	MaxIntakePending int
+	// MaxTracked caps the tracker messages outstanding; one per run being
+	// tracked or reconciled. Default 200000.
+	MaxTracked int
+	// RepairInterval is how often admission slots held by finished runs are
+	// freed. Default 1m.
+	RepairInterval time.Duration
+	// AdmissionRetryMax is the longest wait between two admission attempts
+	// of an event whose endpoint is at max_running_jobs. Default 30s.
+	AdmissionRetryMax time.Duration
+	// ParkInterval is how often a run that waits for an operator (unknown
+	// without a workspace) is looked at again. Default PollMax.
+	ParkInterval time.Duration
+
+	// submitMargin is added to SubmitTimeout to get the moment after which
+	// a run found in submitting can no longer have a POST in flight, on any
+	// replica (it covers clock differences). Default 5s; tests lower it.
+	submitMargin time.Duration
+}
+
+func (o *Options) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Workers <= 0 {
+		o.Workers = 8
+	}
+	if o.TrackerWorkers <= 0 {
+		o.TrackerWorkers = 16
+	}
+	def(&o.Retention, 168*time.Hour)
+	def(&o.ShutdownGrace, 30*time.Second)
+	def(&o.SubmitTimeout, 60*time.Second)
+	def(&o.PollMin, 10*time.Second)
+	def(&o.PollMax, 5*time.Minute)
+	if o.PollMax < o.PollMin {
+		o.PollMax = o.PollMin
+	}
+	if o.PollBudget <= 0 {
+		o.PollBudget = 20
+	}
+	def(&o.ReconcileGrace, 10*time.Minute)
+	def(&o.ReconcileSkew, time.Minute)
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.DedupeWindow < 5*time.Minute {
+		o.DedupeWindow = 5 * time.Minute
+	}
+	def(&o.CompletionMaxAge, o.Retention)
+	if o.MaxIntakePending <= 0 {
+		o.MaxIntakePending = 20000
+	}
+	if o.MaxTracked <= 0 {
+		o.MaxTracked = 200000
+	}
+	def(&o.RepairInterval, time.Minute)
+	def(&o.AdmissionRetryMax, 30*time.Second)
+	def(&o.ParkInterval, o.PollMax)
+	def(&o.submitMargin, 5*time.Second)
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	if o.JS == nil {
+		errs = append(errs, errors.New("JS is required"))
+	}
+	if o.Submitter == nil {
+		errs = append(errs, errors.New("Submitter is required"))
+	}
+	if o.Checker == nil {
+		errs = append(errs, errors.New("Checker is required"))
+	}
+	for name, p := range o.Pipelines {
+		if p == nil || p.Name != name {
+			errs = append(errs, fmt.Errorf("pipeline %q: name does not match its key", name))
+		}
+	}
+	if o.Retention < time.Second {
+		errs = append(errs, fmt.Errorf("retention %s is below 1s", o.Retention))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("orchestrator options: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ackWait is how long a handed-out message may go without an ack before
+// JetStream redelivers it. It must cover the longest step after the last
+// InProgress: a POST and the writes after it.
+func (o *Options) ackWait() time.Duration {
+	return o.SubmitTimeout + o.submitMargin + 10*time.Second
+}

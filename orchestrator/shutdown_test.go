@@ -1,0 +1,108 @@
+package orchestrator
+
+import (
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/orchestrator/broker"
+)
+
+// A POST in flight when shutdown starts gets the grace period to finish,
+// and its answer is recorded: the run ends submitted, not unknown.
+func TestShutdownLetsInFlightSubmissionFinish(t *testing.T) {
+	sub := newFakeSub()
+	sub.hold = make(chan struct{})
+	sub.inSubmit = make(chan struct{}, 1)
+	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
+	id := h.emit("score", "k", "https://a.blob.core.windows.net/c/x")
+	<-sub.inSubmit
+
+	errc := make(chan error, 1)
+	go func() { errc <- h.stop() }()
+	<-h.stopping
+	close(sub.hold) // the endpoint answers after shutdown began
+	if err := <-errc; err != nil {
+		t.Fatalf("Run() = %v, want nil", err)
+	}
+	r, err := h.o.Get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != StateSubmitted || r.Job == nil {
+		t.Fatalf("state after shutdown = %s (%s), want submitted with the job", r.State, historyString(r))
+	}
+	// Tracking resumes on the next start.
+	h2 := startOn(t, h.b, []*Pipeline{testPipeline(t, "score", nil)}, sub)
+	h2.waitState(id, StateCompleted, 10*time.Second)
+}
+
+// A POST that outlives the grace period is abandoned; the next start finds
+// the run in submitting after its deadline and makes it unknown.
+func TestShutdownGraceExpiresAndTheNextStartReconciles(t *testing.T) {
+	sub := newFakeSub()
+	sub.hold = make(chan struct{})
+	defer close(sub.hold)
+	sub.inSubmit = make(chan struct{}, 1)
+	b := startBroker(t)
+	short := func(o *Options) { o.ShutdownGrace = 100 * time.Millisecond }
+	h := startOn(t, b, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub, short)
+	id := h.emit("score", "k", "https://a.blob.core.windows.net/c/x")
+	<-sub.inSubmit
+	if err := h.stop(); err != nil {
+		t.Fatalf("Run() = %v, want nil", err)
+	}
+	if r, _ := h.o.Get(t.Context(), id); r.State != StateSubmitting {
+		t.Fatalf("state after an abandoned POST = %s, want submitting", r.State)
+	}
+
+	sub2 := newFakeSub()
+	h2 := startOn(t, b, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub2)
+	r := h2.waitState(id, StateCompleted, 20*time.Second)
+	if !contains(states(r), StateUnknown) {
+		t.Errorf("history has no unknown entry: %s", historyString(r))
+	}
+	if submits, _ := sub2.counts(); submits != 1 {
+		t.Errorf("submits after restart = %d, want 1 (reconciliation found no job, resubmitted once)", submits)
+	}
+}
+
+// Two orchestrators share one NATS: work spreads, and each run is
+// submitted exactly once.
+func TestTwoReplicasSubmitEachRunOnce(t *testing.T) {
+	srv, err := broker.Start(t.Context(), broker.Options{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	other, err := broker.Start(t.Context(), broker.Options{URL: srv.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+
+	sub := newFakeSub()
+	sub.polls = 1
+	p := testPipeline(t, "score", nil)
+	p.Endpoint.MaxRunningJobs = 50
+	a := startOn(t, srv, []*Pipeline{p}, &countingSub{fakeSub: sub})
+	b := startOn(t, other, []*Pipeline{p}, &countingSub{fakeSub: sub})
+	const n = 200
+	ids := make([]string, n)
+	for i := range n {
+		em := a
+		if i%2 == 1 {
+			em = b
+		}
+		ids[i] = em.emit("score", "k"+itoa(i), "https://a.blob.core.windows.net/c/"+itoa(i))
+	}
+	for _, id := range ids {
+		a.waitState(id, StateCompleted, 60*time.Second)
+	}
+	if submits, created := sub.counts(); submits != n || created != n {
+		t.Errorf("submits, jobs = %d, %d; want %d, %d", submits, created, n, n)
+	}
+	ca, cb := a.o.sub.(*countingSub).n.Load(), b.o.sub.(*countingSub).n.Load()
+	if ca == 0 || cb == 0 {
+		t.Errorf("submissions per replica = %d, %d; want both to take part", ca, cb)
+	}
+}

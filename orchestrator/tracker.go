@@ -1,0 +1,482 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/jobs"
+)
+
+// The tracker is not a goroutine per job: every run being tracked (or
+// reconciled, or waiting for an operator) has one message in the tracker
+// stream, and each look ends with NakWithDelay(next interval). JetStream
+// keeps the schedule, so it survives restarts and spreads over replicas.
+
+// pollInterval is the wait before the next status request for a job of the
+// given age: a tenth of its age, within [min, max]. Young jobs are polled
+// often (they fail fast when they fail), old ones rarely.
+func pollInterval(age, lo, hi time.Duration) time.Duration {
+	return min(max(age/10, lo), hi)
+}
+
+// pollDelay is pollInterval for the run now, jittered, and never past the
+// run's deadline (so a timeout is noticed on time).
+func (o *Orchestrator) pollDelay(r *record, now time.Time) time.Duration {
+	age := time.Duration(0)
+	if r.Job != nil && !r.Job.SubmittedAt.IsZero() {
+		age = now.Sub(r.Job.SubmittedAt)
+	}
+	d := jitter(pollInterval(age, o.opts.PollMin, o.opts.PollMax), 0.1)
+	if !r.Sys.Deadline.IsZero() {
+		if until := r.Sys.Deadline.Sub(now) + 100*time.Millisecond; until < d {
+			d = max(until, 0)
+		}
+	}
+	return d
+}
+
+// takeBudget waits for the endpoint host's poll budget. A wait of more
+// than a couple of seconds is not slept through: the message is handed
+// back for later (the second result is false).
+func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bool) {
+	res := o.limiter(host).Reserve()
+	d := res.Delay()
+	if d == 0 {
+		return settle{}, true
+	}
+	if d > 2*time.Second {
+		res.Cancel()
+		return nakAfter(d + jitter(time.Second, 0.5)), false
+	}
+	if sleepCtx(stop, d) != nil {
+		res.Cancel()
+		return nakAfter(0), false
+	}
+	return settle{}, true
+}
+
+// status names the terminal job statuses, whatever their spelling.
+func terminalStatus(s jobs.Status) State {
+	switch strings.ToLower(string(s)) {
+	case "completed", "succeeded":
+		return StateCompleted
+	case "failed":
+		return StateFailed
+	case "canceled", "cancelled":
+		return StateCanceled
+	}
+	return ""
+}
+
+func runningStatus(s jobs.Status) bool {
+	switch strings.ToLower(string(s)) {
+	case "running", "finalizing", "cancelrequested":
+		return true
+	}
+	return false
+}
+
+// stepPoll asks the endpoint for the job's status and records what changed.
+func (o *Orchestrator) stepPoll(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	now := time.Now().UTC()
+	ep := r.Sys.Endpoint
+	if r.Job == nil || ep == nil {
+		o.log.Error("run has no job to track; an operator must resolve it", "run", r.ID, "state", r.State)
+		return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil
+	}
+	if !d.nudge && r.Sys.Cancel == nil {
+		if age := now.Sub(r.Job.SubmittedAt); age < o.opts.PollMin {
+			return nakAfter(o.opts.PollMin - age), nil
+		}
+	}
+	if !r.Sys.Deadline.IsZero() && !now.Before(r.Sys.Deadline) {
+		return o.timeout(ctx, r, rev)
+	}
+	if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
+		return s, nil
+	}
+	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	job, err := o.sub.Get(gctx, *ep, r.Job.Name)
+	cancel()
+	if err != nil {
+		// A failing GET is not a state change: note it and look again.
+		o.met.polls.WithLabelValues(r.Endpoint, "error").Inc()
+		msg := "status request failed: " + err.Error()
+		if r.Error != msg {
+			_, _, uerr := o.ledger.update(ctx, r.ID, func(x *record) error {
+				if x.Job == nil || x.Job.Name != r.Job.Name || x.Error == msg {
+					return errNoChange
+				}
+				x.Error = msg
+				return nil
+			})
+			if uerr != nil {
+				return settle{}, uerr
+			}
+		}
+		return nakAfter(o.pollDelay(r, now)), nil
+	}
+	o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
+	r.Job.Status = job.Status
+	if job.StudioURL != "" {
+		r.Job.StudioURL = job.StudioURL
+	}
+	switch terminalStatus(job.Status) {
+	case StateCompleted:
+		return o.finish(ctx, r, rev, StateCompleted, fmt.Sprintf("job %s completed", r.Job.Name), "")
+	case StateCanceled:
+		reason := fmt.Sprintf("job %s was canceled", r.Job.Name)
+		if r.Sys.Cancel != nil {
+			reason += " on request: " + r.Sys.Cancel.Reason
+		}
+		return o.finish(ctx, r, rev, StateCanceled, reason, "")
+	case StateFailed:
+		r.Job.Error = job.Error
+		return o.jobFailed(ctx, r, rev, job)
+	}
+	name := r.Job.Name
+	x, _, err := o.ledger.update(ctx, r.ID, func(x *record) error {
+		if x.Job == nil || x.Job.Name != name || (x.State != StateSubmitted && x.State != StateRunning) {
+			return errStale
+		}
+		changed := false
+		if x.Job.Status != job.Status {
+			x.Job.Status, changed = job.Status, true
+		}
+		if job.StudioURL != "" && x.Job.StudioURL != job.StudioURL {
+			x.Job.StudioURL, changed = job.StudioURL, true
+		}
+		if x.Error != "" {
+			x.Error, changed = "", true
+		}
+		if x.State == StateSubmitted && runningStatus(job.Status) {
+			x.transition(StateRunning, fmt.Sprintf("job %s is %s", name, job.Status), now)
+			changed = true
+		}
+		if !changed {
+			return errNoChange
+		}
+		return nil
+	})
+	if errors.Is(err, errStale) {
+		return settle{}, errRedrive
+	}
+	if err != nil {
+		return settle{}, err
+	}
+	if x.State != r.State {
+		o.logRun(x)
+	}
+	return nakAfter(o.pollDelay(x, now)), nil
+}
+
+// jobFailed retries a failed job if the pipeline's retry policy allows
+// another attempt, and ends the run failed otherwise.
+func (o *Orchestrator) jobFailed(ctx context.Context, r *record, rev uint64, job *jobs.Job) (settle, error) {
+	now := time.Now().UTC()
+	what := fmt.Sprintf("job %s failed", r.Job.Name)
+	if job.Error != "" {
+		what += ": " + job.Error
+	}
+	maxAttempts, base := 1, time.Minute
+	if p := o.pipelines[r.Pipeline]; p != nil {
+		maxAttempts = max(p.Retry.MaxAttempts, 1)
+		if p.Retry.Backoff > 0 {
+			base = p.Retry.Backoff
+		}
+	}
+	if r.Attempts >= maxAttempts || r.Sys.Cancel != nil {
+		return o.finish(ctx, r, rev, StateFailed, what, job.Error)
+	}
+	wait := base
+	for i := 1; i < r.Attempts && wait < 6*time.Hour; i++ {
+		wait *= 2
+	}
+	wait = min(wait, 6*time.Hour)
+	prev := *r.Job
+	prev.FinishedAt = now
+	r.PreviousJobs = append(r.PreviousJobs, prev)
+	r.Job = nil
+	r.Error = what
+	r.Sys.NotBefore = now.Add(wait)
+	r.Sys.Resubmits, r.Sys.Transient, r.Sys.Deadline = 0, 0, time.Time{}
+	reason := fmt.Sprintf("%s; the retry policy allows attempt %d of %d, after %s", what, r.Attempts+1, maxAttempts, wait)
+	r.Sys.WaitReason = reason
+	r.transition(StateWaiting, reason, now)
+	if _, err := o.ledger.put(ctx, r, rev); err != nil {
+		return settle{}, err
+	}
+	o.logRun(r)
+	o.releaseSlot(ctx, r)
+	return nakAfter(wait), nil
+}
+
+// timeout cancels the job (through ARM, when the endpoint has a workspace)
+// and ends the run timed_out.
+func (o *Orchestrator) timeout(ctx context.Context, r *record, rev uint64) (settle, error) {
+	reason := "the pipeline's timeout passed"
+	if !r.Job.SubmittedAt.IsZero() {
+		reason = fmt.Sprintf("the pipeline's timeout of %s passed", r.Sys.Deadline.Sub(r.Job.SubmittedAt).Round(time.Second))
+	}
+	ep := r.Sys.Endpoint
+	if ep.Workspace == nil {
+		reason += fmt.Sprintf("; job %s could not be canceled because endpoint %s has no workspace configured: it may still be running", r.Job.Name, r.Endpoint)
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err := o.sub.Cancel(cctx, *ep, r.Job.Name)
+		cancel()
+		switch {
+		case err == nil:
+			reason += fmt.Sprintf("; job %s canceled", r.Job.Name)
+		case jobs.IsPermanent(err):
+			reason += fmt.Sprintf("; canceling job %s failed: %v", r.Job.Name, err)
+		default:
+			o.log.Warn("cancel after timeout failed; will retry", "run", r.ID, "job", r.Job.Name, "err", err)
+			return nakAfter(backoff(2, o.opts.PollMin, o.opts.PollMax)), nil
+		}
+	}
+	return o.finish(ctx, r, rev, StateTimedOut, reason, reason)
+}
+
+// stepUnknown reconciles a run whose POST had no known outcome: with a
+// workspace, it lists the endpoint's jobs created since the submission and
+// adopts the one whose inputs match; with none found after ReconcileGrace it
+// submits once more; after that (or without a workspace) it waits for an
+// operator.
+func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+	now := time.Now().UTC()
+	ep := r.Sys.Endpoint
+	if ep == nil || ep.Workspace == nil || r.Request == nil {
+		return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil // the carrier stays alive for operator requests
+	}
+	uris := inputURIs(r.Request)
+	if len(uris) == 0 {
+		return o.park(ctx, r, rev, "reconciliation cannot tell this run's job from others: the request has no input URIs; an operator must run `batchd runs retry` or `batchd runs resolve`")
+	}
+	if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
+		return s, nil
+	}
+	since := r.Sys.ReconcileSince
+	if since.IsZero() {
+		since = r.Sys.SubmittingAt
+	}
+	since = since.Add(-o.opts.ReconcileSkew)
+	lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	list, err := o.sub.List(lctx, *ep, since)
+	cancel()
+	if err != nil {
+		o.met.polls.WithLabelValues(r.Endpoint, "error").Inc()
+		if errors.Is(err, jobs.ErrNoWorkspace) {
+			return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil
+		}
+		o.log.Warn("reconcile: listing jobs failed; will retry", "run", r.ID, "err", err)
+		return nakAfter(backoff(2, o.opts.PollMin, o.opts.PollMax)), nil
+	}
+	o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
+	slices.SortStableFunc(list, func(a, b jobs.Job) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	for _, j := range list {
+		if !j.CreatedAt.IsZero() && j.CreatedAt.Before(since) {
+			continue
+		}
+		if !inputsMatch(j.Inputs, r.Request) {
+			continue
+		}
+		owner, err := o.claimJob(ctx, j.Name, r.ID)
+		if err != nil {
+			return settle{}, err
+		}
+		if owner != r.ID {
+			continue // another run's job
+		}
+		o.met.reconciles.WithLabelValues(r.Endpoint, "adopted").Inc()
+		at := j.CreatedAt
+		if at.IsZero() {
+			at = r.Sys.SubmittingAt
+		}
+		r.Job = &JobRef{Name: j.Name, Status: j.Status, StudioURL: j.StudioURL, RequestID: r.Request.RequestID, SubmittedAt: at.UTC()}
+		r.Error = ""
+		r.Sys.Carrier = carrierTracker
+		r.Sys.Deadline = o.deadline(r, at)
+		r.Sys.WaitReason = ""
+		r.transition(StateSubmitted, fmt.Sprintf("reconciled: adopted job %s (created %s), whose inputs match this run's", j.Name, at.UTC().Format(time.RFC3339)), now)
+		if _, err := o.ledger.put(ctx, r, rev); err != nil {
+			return settle{}, err
+		}
+		o.logRun(r)
+		return nakAfter(0), nil
+	}
+	graceEnd := r.Sys.SubmittingAt.Add(o.opts.ReconcileGrace)
+	if now.Before(graceEnd) {
+		next := min(max(o.opts.ReconcileGrace/5, time.Second), graceEnd.Sub(now)+100*time.Millisecond)
+		return nakAfter(jitter(next, 0.1)), nil
+	}
+	if r.Sys.Resubmits == 0 {
+		o.met.reconciles.WithLabelValues(r.Endpoint, "resubmitted").Inc()
+		r.Sys.Resubmits = 1
+		r.Sys.NotBefore, r.Sys.Transient = time.Time{}, 0
+		return o.admitAndSubmit(ctx, stop, r, rev, d)
+	}
+	o.met.reconciles.WithLabelValues(r.Endpoint, "operator").Inc()
+	return o.park(ctx, r, rev, fmt.Sprintf("no job matching this run was found %s after it was submitted again; an operator must check the endpoint and run `batchd runs retry` or `batchd runs resolve`", o.opts.ReconcileGrace))
+}
+
+// park records (once) why the run waits for an operator, and keeps its
+// carrier alive so that operator requests reach it.
+func (o *Orchestrator) park(ctx context.Context, r *record, rev uint64, reason string) (settle, error) {
+	if r.Sys.WaitReason != reason {
+		r.Sys.WaitReason = reason
+		r.transition(r.State, reason, time.Now().UTC())
+		if _, err := o.ledger.put(ctx, r, rev); err != nil {
+			return settle{}, err
+		}
+		o.logRun(r)
+	}
+	return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil
+}
+
+func inputURIs(req *jobs.JobRequest) []string {
+	var uris []string
+	for _, in := range req.Inputs {
+		if in.URI != "" {
+			uris = append(uris, in.URI)
+		}
+	}
+	return uris
+}
+
+// inputsMatch reports whether a listed job's inputs hold every input URI
+// of req (by name when the service reports the name, else anywhere).
+func inputsMatch(got map[string]string, req *jobs.JobRequest) bool {
+	n := 0
+	for name, in := range req.Inputs {
+		if in.URI == "" {
+			continue
+		}
+		n++
+		if v, ok := got[name]; ok {
+			if !sameURI(v, in.URI) {
+				return false
+			}
+			continue
+		}
+		found := false
+		for _, v := range got {
+			if sameURI(v, in.URI) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return n > 0
+}
+
+func sameURI(a, b string) bool { return strings.TrimRight(a, "/") == strings.TrimRight(b, "/") }
+
+var jobKeySafe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,200}$`)
+
+func jobKey(name string) string {
+	if jobKeySafe.MatchString(name) {
+		return "j." + name
+	}
+	h := sha256.Sum256([]byte(name))
+	return "h." + hex.EncodeToString(h[:16])
+}
+
+// claimJob records that job belongs to runID, unless it already belongs to
+// a run; it returns the owner. A job is never adopted by two runs.
+func (o *Orchestrator) claimJob(ctx context.Context, job, runID string) (string, error) {
+	_, err := o.h.jobs.Create(ctx, jobKey(job), []byte(runID))
+	if err == nil {
+		return runID, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return "", fmt.Errorf("claim job %s: %w", job, err)
+	}
+	e, err := o.h.jobs.Get(ctx, jobKey(job))
+	if err != nil {
+		return "", fmt.Errorf("claim job %s: %w", job, err)
+	}
+	return string(e.Value()), nil
+}
+
+// slotGrace is how long a slot may be held by a run that has not reached
+// submitting (it took the slot and is about to write) before repair frees
+// it.
+const slotGrace = 2 * time.Minute
+
+func (o *Orchestrator) repairLoop(ctx context.Context) error {
+	t := time.NewTimer(jitter(o.opts.RepairInterval, 0.2))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if n, err := o.repair(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			o.log.Warn("admission repair", "err", err)
+		} else if n > 0 {
+			o.log.Info("admission repair freed slots", "slots", n)
+		}
+		t.Reset(jitter(o.opts.RepairInterval, 0.2))
+	}
+}
+
+// repair frees admission slots whose run no longer needs one: finished (a
+// crash between the terminal write and the release), expired, or not yet
+// submitting long after it took the slot.
+func (o *Orchestrator) repair(ctx context.Context) (int, error) {
+	keys, err := o.adm.endpoints(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	now := time.Now()
+	freed := 0
+	for _, key := range keys {
+		s, _, err := o.adm.loadKey(ctx, key)
+		if err != nil {
+			return freed, err
+		}
+		stale := map[string]time.Time{}
+		for id, at := range s.Slots {
+			r, _, err := o.ledger.get(ctx, id)
+			switch {
+			case errors.Is(err, ErrRunNotFound):
+				stale[id] = at
+			case err != nil:
+				return freed, err
+			case r.State.Terminal():
+				stale[id] = at
+			case (r.State == StateReceived || r.State == StateWaiting) && now.Sub(at) > slotGrace:
+				stale[id] = at
+			}
+		}
+		if len(stale) == 0 {
+			continue
+		}
+		n, err := o.adm.dropSlots(ctx, key, stale)
+		if err != nil {
+			return freed, err
+		}
+		freed += n
+	}
+	return freed, nil
+}
