@@ -97,9 +97,15 @@ type CheckerOptions struct {
 // account's configured endpoint when there is one (so a production URL can
 // be checked against Azurite); otherwise only when the URL's own endpoint is
 // the one Storage would use. A URL naming any other endpoint (another cloud,
-// an unconfigured Azurite) is not contacted: the check is a warning that says
-// so. An event therefore cannot make batchd send requests to a host the
-// operator did not configure.
+// an unconfigured Azurite, a loopback port) is not contacted: the check is a
+// warning that says so. An event therefore cannot make batchd send requests
+// to a host outside the operator's configuration: the explicit endpoints,
+// and the public endpoints <account>.blob.<Suffix> of the configured cloud.
+// Which accounts of that cloud an event may name is the pipeline's
+// allow-list (AllowList.Accounts), which is applied before any request: an
+// event outside it reaches no storage at all. Without one, the public
+// endpoint of any account the event names is asked, with the daemon's
+// credential when the account is not configured.
 //
 // Caching: positive input probes are cached per (endpoint, container, path,
 // file|folder) for CacheTTL. The eTag is not part of the key because it is
@@ -190,6 +196,11 @@ func (c *Checker) scrub(s string) string {
 // check is a warning in the Decision. The verdict is Reject exactly when
 // some check failed; Reason is then the first failing check, as
 // "<check> <subject>: <reason>".
+//
+// If ctx ends during Check, the storage checks not yet answered are
+// warnings ("the check was interrupted") and the verdict can be Allow: such
+// a Decision was not a complete preflight. A caller that acts on the
+// verdict checks ctx.Err() first.
 func (c *Checker) Check(ctx context.Context, req Request) Decision {
 	d := &decision{Decision: Decision{At: c.now(), Access: []Access{}, Checks: []Check{}}, c: c}
 	kind := req.Deployment

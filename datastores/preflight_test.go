@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -273,6 +275,53 @@ func TestPreflightAzurite(t *testing.T) {
 		}
 		wantCheck(t, nc.Check(t.Context(), file), CheckInputExists, I, Fail)
 	})
+
+	// What each storage check costs, in requests: a preflight runs for every
+	// event, so a wasted round trip is paid at the event rate.
+	t.Run("storage requests per check", func(t *testing.T) {
+		var n atomic.Int64
+		st := NewStorage(StorageOptions{Transport: countingTransport{&n, http.DefaultClient}, Accounts: map[string]Account{
+			azurite.Account: {Name: azurite.Account, BlobEndpoint: srv.AccountURL(), Auth: AuthSharedKey, Key: azurite.Key},
+		}})
+		c := NewChecker(CheckerOptions{Datastores: testDatastores, Storage: st, Logger: discard(), CacheTTL: -1})
+		tests := []struct {
+			name  string
+			req   Request
+			want  int64
+			check string
+			r     Result
+		}{
+			{"existing file: one read of its properties", in(TypeUriFile, base+"inbox/files/a.csv"), 1, CheckInputExists, Pass},
+			{"missing file: properties, then a listing for the folder hint", in(TypeUriFile, base+"inbox/files/nope.csv"), 2, CheckInputExists, Fail},
+			{"missing folder: the listing, then the file hint (no second listing)", in(TypeUriFolder, base+"inbox/nothing/"), 2, CheckInputExists, Fail},
+			{"absent output file: one read, plus the input's", withOut(in(TypeUriFile, base+"inbox/files/a.csv"), TypeUriFile, "azureml://datastores/out/paths/fresh/p.csv"), 2, CheckOutputAbsent, Pass},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				n.Store(0)
+				d := c.Check(t.Context(), tt.req)
+				subject := I
+				if tt.check == CheckOutputAbsent {
+					subject = O
+				}
+				wantCheck(t, d, tt.check, subject, tt.r)
+				if got := n.Load(); got != tt.want {
+					t.Errorf("storage requests = %d, want %d", got, tt.want)
+				}
+			})
+		}
+	})
+}
+
+// countingTransport counts the requests it carries.
+type countingTransport struct {
+	n    *atomic.Int64
+	next *http.Client
+}
+
+func (c countingTransport) Do(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.next.Do(r)
 }
 
 // checkReason asserts the verdict contract: Reject exactly when a check

@@ -164,7 +164,7 @@ func (c *Checker) checkFile(ctx context.Context, d *decision, t *ioTarget, cl *a
 	key := probeKey{endpoint: endpoint, container: l.Container, path: l.Path}
 	p, ok := c.cacheGet(key)
 	if !ok {
-		p = c.probeFile(ctx, cl, l.Container, l.Path)
+		p = c.probeFile(ctx, cl, l.Container, l.Path, true)
 		if p.state == stFound && !p.dirMarker && p.size > 0 {
 			c.cachePut(key, p)
 		}
@@ -217,7 +217,8 @@ func (c *Checker) checkFolder(ctx context.Context, d *decision, t *ioTarget, cl 
 	case stMissing:
 		if name := strings.TrimSuffix(prefix, "/"); name != "" {
 			// Cheap hint for the other common mistake: a file typed UriFolder.
-			if q := c.probeFile(ctx, cl, l.Container, name); q.state == stFound && !q.dirMarker {
+			// (No folder hint: the folder was just listed and is empty.)
+			if q := c.probeFile(ctx, cl, l.Container, name, false); q.state == stFound && !q.dirMarker {
 				d.add(CheckInputExists, t.subject, Fail, "%s holds no files, but %q is a file: use UriFile", what, name)
 				return
 			}
@@ -286,7 +287,7 @@ func (c *Checker) checkOutputAbsent(ctx context.Context, d *decision, t *ioTarge
 		p = c.probeAny(ctx, cl, l.Container, prefix)
 	} else {
 		what = fmt.Sprintf("output blob %q in container %q of account %q", l.Path, l.Container, l.Account)
-		p = c.probeFile(ctx, cl, l.Container, l.Path)
+		p = c.probeFile(ctx, cl, l.Container, l.Path, false)
 		p.existing = l.Path
 	}
 	switch p.state {
@@ -345,14 +346,16 @@ func (c *Checker) whoNeeds(l Location, detail string) (who, need string) {
 	}
 }
 
-func (c *Checker) probeFile(ctx context.Context, cl *azblob.Client, cont, path string) probe {
+// probeFile reads a blob's properties. With hint, a missing blob costs one
+// more request: a listing of path + "/", to tell a folder typed UriFile.
+func (c *Checker) probeFile(ctx context.Context, cl *azblob.Client, cont, path string, hint bool) probe {
 	pctx, cancel := context.WithTimeout(ctx, c.probeTimeout)
 	defer cancel()
 	bc := cl.ServiceClient().NewContainerClient(cont).NewBlobClient(path)
 	props, err := bc.GetProperties(pctx, nil)
 	if err != nil {
 		p := c.failure(ctx, err)
-		if p.state == stMissing {
+		if hint && p.state == stMissing {
 			// Cheap hint for the commonest mistake: a folder typed UriFile.
 			if q := c.probeAny(ctx, cl, cont, path+"/"); q.state == stFound {
 				p.folderHint = true

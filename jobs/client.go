@@ -53,6 +53,19 @@ type Options struct {
 	// ARMAPIVersion is the api-version of the ARM jobs API.
 	ARMAPIVersion string
 	// Transport carries every request (nil: azcore's default client).
+	//
+	// Submit relies on the transport never to replay a POST the service may
+	// have acted on. azcore's default client qualifies: its HTTP/1 transport
+	// (net/http) replays a request with a body only when not one byte of it
+	// was written, and its HTTP/2 transport (golang.org/x/net/http2) only
+	// after GOAWAY for a stream the server never processed or REFUSED_STREAM
+	// (RFC 9113 §8.7). An *http.Client whose *http.Transport negotiates
+	// HTTP/2 through net/http's bundled implementation does not: as of Go
+	// 1.26 that also replays after a peer's RST_STREAM(PROTOCOL_ERROR), which
+	// proves nothing. Such a client must be limited to HTTP/1.1, or wired
+	// with http2.ConfigureTransports. An http.Client follows a 307/308 by
+	// re-sending the POST to the new location: the server has then refused
+	// to process it, so that is still one submission.
 	Transport policy.Transporter
 	// Logger receives Debug lines for each call. It never sees a token.
 	Logger *slog.Logger
@@ -170,7 +183,9 @@ func New(cred azcore.TokenCredential, opts Options) (*Client, error) {
 //
 // The retry policy is off for the POST. The one resend azcore still makes
 // is its answer to a 401 carrying a Continuous Access Evaluation claims
-// challenge: the service refused the first POST, so nothing was created.
+// challenge: the service refused the first POST, so nothing was created
+// (TestSubmitClaimsChallenge). What the transport itself may replay is in
+// Options.Transport.
 func (c *Client) Submit(ctx context.Context, ep Endpoint, req JobRequest) (*Job, error) {
 	if err := c.checkScoringURI(ep.ScoringURI); err != nil {
 		return nil, err
@@ -182,6 +197,18 @@ func (c *Client) Submit(ctx context.Context, ep Endpoint, req JobRequest) (*Job,
 	rid := req.RequestID
 	if rid == "" {
 		rid = newRequestID()
+	}
+	deployment := req.Deployment
+	if deployment == "" {
+		deployment = ep.Deployment
+	}
+	// net/http refuses such header values itself, but only inside the round
+	// trip, after the request has passed the point from which Submit can
+	// prove it unsent: caught there, a bad value would read as ambiguous.
+	for _, hv := range [][2]string{{"deployment", deployment}, {"request id", rid}} {
+		if !validHeaderValue(hv[1]) {
+			return nil, fmt.Errorf("%w: %s %q holds a control character", ErrInvalidRequest, hv[0], hv[1])
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, &TransportError{Op: OpSubmit, Method: http.MethodPost, URL: cleanURL(ep.ScoringURI), Sent: false, RequestID: rid, Err: err}
@@ -204,17 +231,13 @@ func (c *Client) Submit(ctx context.Context, ep Endpoint, req JobRequest) (*Job,
 	h.Set("Accept", "application/json")
 	h.Set(headerClientReqID, rid)
 	h[headerRepeatability] = []string{rid}
-	deployment := req.Deployment
-	if deployment == "" {
-		deployment = ep.Deployment
-	}
 	if deployment != "" {
 		h.Set(headerDeployment, deployment)
 	}
 
 	start := time.Now()
 	resp, err := c.ml.Do(hreq)
-	if err != nil {
+	if !answered(resp, err) {
 		return nil, noAnswer(OpSubmit, http.MethodPost, ep.ScoringURI, rid, st, err)
 	}
 	if !isSuccess(resp.StatusCode) {
@@ -309,7 +332,9 @@ func (c *Client) Cancel(ctx context.Context, ep Endpoint, name string) error {
 // Paging stops early only when the service visibly returns jobs newest first
 // and a whole page is older than since; otherwise every page is read and
 // filtered, because stopping on a guess could hide the very job that the
-// caller must not submit twice.
+// caller must not submit twice. "Visibly" means the creation times seen so
+// far have gone down at least once and never up: a first page of one job, or
+// of jobs with equal times, proves no order and does not stop the paging.
 func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job, error) {
 	if ep.Workspace == nil {
 		return nil, fmt.Errorf("list jobs of %s: %w", ep.Name, ErrNoWorkspace)
@@ -320,8 +345,11 @@ func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job,
 	}
 	next := base + "/jobs?api-version=" + url.QueryEscape(c.apiVersion)
 	var (
-		out        []Job
+		out []Job
+		// descending: no creation time so far was later than the one before
+		// it; decreased: at least one was earlier. Both are needed to stop.
 		descending = true
+		decreased  bool
 		last       time.Time
 	)
 	for page := 0; next != ""; page++ {
@@ -347,8 +375,12 @@ func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job,
 				out = append(out, *j)
 				continue
 			}
-			if !last.IsZero() && j.CreatedAt.After(last) {
+			switch {
+			case last.IsZero():
+			case j.CreatedAt.After(last):
 				descending = false
+			case j.CreatedAt.Before(last):
+				decreased = true
 			}
 			last = j.CreatedAt
 			if j.CreatedAt.Before(since) {
@@ -357,7 +389,7 @@ func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job,
 			allOlder = false
 			out = append(out, *j)
 		}
-		if descending && allOlder {
+		if descending && decreased && allOlder {
 			break
 		}
 		next = p.NextLink
@@ -387,7 +419,7 @@ func (c *Client) do(ctx context.Context, op string, arm bool, method, u string) 
 	req.Raw().Header.Set(headerClientReqID, rid)
 	start := time.Now()
 	resp, err := pl.Do(req)
-	if err != nil {
+	if !answered(resp, err) {
 		return nil, noAnswer(op, method, u, rid, st, err)
 	}
 	if !isSuccess(resp.StatusCode) {
@@ -431,6 +463,34 @@ func (c *Client) apiError(op string, arm bool, method, u string, resp *http.Resp
 }
 
 func isSuccess(code int) bool { return code >= 200 && code < 300 }
+
+// validHeaderValue is net/http's rule for a header field value: no control
+// character other than horizontal tab.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; b < ' ' && b != '\t' || b == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// answered reports whether the pipeline's result is an HTTP answer to
+// classify by its status (else noAnswer classifies err). azcore can return
+// an error together with a non-2xx answer: when it cannot parse a 401's
+// claims challenge, when an answer's body cannot be read, and when the
+// context ends just after the answer arrived. The service's status then
+// decides: the request did get an answer. Two exceptions: a 2xx with an
+// error stays a request without a usable answer (a job may exist), and a
+// failure to get the token a claims challenge asked for stays a *TokenError
+// (the resend was not sent; the first request was refused).
+func answered(resp *http.Response, err error) bool {
+	if err == nil {
+		return true
+	}
+	var te *TokenError
+	return resp != nil && resp.StatusCode > 0 && !isSuccess(resp.StatusCode) && !errors.As(err, &te)
+}
 
 // retryAfter reads the headers azcore's retry policy reads, in its order.
 func retryAfter(resp *http.Response) time.Duration {
@@ -526,17 +586,29 @@ func newRequestID() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
-// sendTrace records, through net/http's client trace, whether the transport
-// began a request (GetConn) and whether it wrote the request headers. "Began
-// but never wrote the headers" proves the server never saw the request. A
-// transport that does not report traces leaves both false, and then only
-// the error's type can prove anything (neverSent).
+// sendTrace records whether a request reached the transport (tracePolicy
+// ran: every policy before it, the bearer policy included, let it through)
+// and, through net/http's client trace, whether the transport began it
+// (GetConn) and wrote its headers. A request that never reached the
+// transport was not sent; nor was one the transport began but never wrote
+// the headers of. A transport that does not report traces leaves began and
+// wroteHeaders false, and then only the error's type can prove anything
+// (neverSent).
+//
+// Why "never reached" matters: azcore's retry policy replaces the error of a
+// request whose context has ended with the bare context error, so a context
+// that ends while the bearer policy waits for a token loses its *TokenError.
 type sendTrace struct {
-	began, wroteHeaders atomic.Bool
+	reached, began, wroteHeaders atomic.Bool
 }
 
+// provenUnsent is read after the pipeline returned. For HTTP/1, net/http's
+// round trip waits for its write loop before returning an error, and for
+// HTTP/2 an aborted stream writes no body after the abort, so a later
+// WroteHeaders can at most announce headers without a body: never a request
+// the service could act on.
 func (s *sendTrace) provenUnsent() bool {
-	return s != nil && s.began.Load() && !s.wroteHeaders.Load()
+	return s != nil && (!s.reached.Load() || s.began.Load() && !s.wroteHeaders.Load())
 }
 
 type traceKey struct{}
@@ -551,6 +623,7 @@ func (tracePolicy) Do(req *policy.Request) (*http.Response, error) {
 	if st == nil {
 		return req.Next()
 	}
+	st.reached.Store(true)
 	ctx := httptrace.WithClientTrace(req.Raw().Context(), &httptrace.ClientTrace{
 		GetConn:      func(string) { st.began.Store(true) },
 		WroteHeaders: func() { st.wroteHeaders.Store(true) },

@@ -2,6 +2,7 @@ package jobs_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -191,6 +192,8 @@ func TestSubmitFaults(t *testing.T) {
 		{name: "502 is ambiguous", fault: jobstest.Fault{Status: 502}, want: ambiguous, wantStatus: 502},
 		{name: "503 is ambiguous", fault: jobstest.Fault{Status: 503, RetryAfter: time.Second}, want: ambiguous, wantRetryAfter: time.Second, wantStatus: 503},
 		{name: "408 is ambiguous", fault: jobstest.Fault{Status: 408}, want: ambiguous, wantStatus: 408},
+		{name: "504 after the job was created is ambiguous", fault: jobstest.Fault{Status: 504, AfterHandling: true},
+			want: ambiguous, wantStatus: 504, wantJobs: 1},
 		{name: "reset before the job is created", fault: jobstest.Fault{Reset: jobstest.ResetBefore}, want: ambiguous, wantJobs: 0},
 		{name: "reset after the job is created", fault: jobstest.Fault{Reset: jobstest.ResetAfter}, want: ambiguous, wantJobs: 1},
 		{name: "slow answer past the deadline", fault: jobstest.Fault{Delay: 600 * time.Millisecond}, timeout: 200 * time.Millisecond,
@@ -456,6 +459,42 @@ func TestListUnsorted(t *testing.T) {
 	}
 }
 
+// A page that proves no order does not stop the paging: here the service
+// lists oldest first, one job per page, so the first page holds one job older
+// than since and nothing shows the list is not newest first. Stopping there
+// would hide the jobs a reconciliation is looking for (and let the caller
+// submit a second one).
+func TestListNeedsEvidenceOfOrder(t *testing.T) {
+	h := newHarness(t, jobstest.Options{ListPageSize: 1, ListOldestFirst: true})
+	ep := h.sim.WorkspaceEndpoint("ep")
+	var names []string
+	var cut time.Time
+	for i := range 3 {
+		j, err := h.submit(ep, oneInput())
+		if err != nil {
+			t.Fatalf("Submit: %v", err)
+		}
+		names = append(names, j.Name)
+		if i == 1 {
+			cut = j.CreatedAt
+		}
+	}
+	got, err := h.c.List(context.Background(), ep, cut)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	var gotNames []string
+	for _, j := range got {
+		gotNames = append(gotNames, j.Name)
+	}
+	if diff := cmp.Diff(names[1:], gotNames); diff != "" {
+		t.Errorf("List(since) (-want +got):\n%s", diff)
+	}
+	if pages := h.sim.Count(jobstest.RouteARMList); pages != 3 {
+		t.Errorf("read %d pages, want all 3", pages)
+	}
+}
+
 // A POST the service never answers does not hang a caller without a
 // deadline: SubmitTimeout cuts it, and the outcome is ambiguous.
 func TestSubmitTimeoutWithoutDeadline(t *testing.T) {
@@ -585,6 +624,8 @@ func TestInvalidRequests(t *testing.T) {
 		{"input without type", good, jobs.JobRequest{Inputs: map[string]jobs.Input{"d": {URI: "https://x"}}}},
 		{"output without uri", good, jobs.JobRequest{Inputs: oneInput().Inputs, Outputs: map[string]jobs.Output{"o": {Type: jobs.TypeUriFile}}}},
 		{"plain http scoring uri", jobs.Endpoint{ScoringURI: "http://127.0.0.1:1/jobs"}, oneInput()},
+		{"deployment with a line break", jobs.Endpoint{ScoringURI: good.ScoringURI, Deployment: "blue\r\nX-Injected: 1"}, oneInput()},
+		{"request id with a control character", good, jobs.JobRequest{Inputs: oneInput().Inputs, RequestID: "id\x00"}},
 		{"no scoring uri", jobs.Endpoint{}, oneInput()},
 	}
 	for _, tt := range tests {
@@ -668,6 +709,39 @@ func TestTokenFailureIsNotSent(t *testing.T) {
 	// The failure is not cached: the next submit gets a token and succeeds.
 	if _, err := h.submit(h.sim.Endpoint("ep"), oneInput()); err != nil {
 		t.Errorf("Submit after the token endpoint recovered: %v", err)
+	}
+}
+
+// A Submit whose context ends while the bearer policy waits for a token sent
+// nothing: it is retryable, not ambiguous. (azcore's retry policy replaces
+// the error with the bare context error, so the *TokenError is gone; the
+// request never reached the transport, and that is what proves it unsent.)
+func TestSubmitCanceledWhileGettingToken(t *testing.T) {
+	h := newHarness(t, jobstest.Options{})
+	h.sim.Inject(jobstest.RouteToken, jobstest.Fault{Delay: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	waitDone := make(chan struct{})
+	go func() { // cancel once the token request is held by the simulator
+		defer close(waitDone)
+		defer cancel()
+		for deadline := time.Now().Add(10 * time.Second); h.sim.Count(jobstest.RouteToken) == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Error("the token request never arrived")
+				return
+			}
+		}
+	}()
+	_, err := h.c.Submit(ctx, h.sim.Endpoint("ep"), oneInput())
+	<-waitDone
+	h.note(err)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if got := classify(err); got.Ambiguous || !got.Retryable || got.Permanent {
+		t.Errorf("classify(%v) = %+v, want retryable and not ambiguous", err, got)
+	}
+	if n := h.sim.Count(jobstest.RouteCreate); n != 0 {
+		t.Errorf("%d POSTs sent without a token, want 0", n)
 	}
 }
 
@@ -759,3 +833,107 @@ func (c *clockCredential) GetToken(context.Context, policy.TokenRequestOptions) 
 type transporterFunc func(*http.Request) (*http.Response, error)
 
 func (f transporterFunc) Do(r *http.Request) (*http.Response, error) { return f(r) }
+
+// The one resend azcore's bearer policy makes: a 401 carrying a Continuous
+// Access Evaluation claims challenge. The service refused the first POST, so
+// the resend (with a token for the claims) is still the only POST that can
+// create a job; Submit's documentation promises exactly this and no more. A
+// challenge azcore cannot parse leaves the 401 as the answer: refused (an
+// auth failure), not ambiguous.
+func TestSubmitClaimsChallenge(t *testing.T) {
+	const claims = `{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}`
+	tests := []struct {
+		name      string
+		challenge string
+		second    int // status of the resend, 0 when none is expected
+		wantPOSTs int
+		wantErr   class
+		wantClaim string // claims the credential was asked for on the resend
+		// failClaims: the credential fails when asked for claims.
+		failClaims bool
+	}{
+		{name: "CAE challenge: one resend, which succeeds",
+			challenge: `Bearer realm="", error="insufficient_claims", claims="` + base64.StdEncoding.EncodeToString([]byte(claims)) + `"`,
+			second:    200, wantPOSTs: 2, wantClaim: claims},
+		{name: "CAE challenge, resend refused again: no third POST",
+			challenge: `Bearer realm="", error="insufficient_claims", claims="` + base64.StdEncoding.EncodeToString([]byte(claims)) + `"`,
+			second:    401, wantPOSTs: 2, wantErr: class{Permanent: true, Auth: true}, wantClaim: claims},
+		{name: "unparsable claims: the 401 is the answer",
+			challenge: `Bearer error="insufficient_claims", claims="%%% not base64"`,
+			wantPOSTs: 1, wantErr: class{Permanent: true, Auth: true}},
+		{name: "CAE challenge, the claims token cannot be had: retryable, no resend",
+			challenge:  `Bearer realm="", error="insufficient_claims", claims="` + base64.StdEncoding.EncodeToString([]byte(claims)) + `"`,
+			failClaims: true, wantPOSTs: 1, wantErr: class{Retryable: true, Auth: true}, wantClaim: claims},
+		{name: "plain invalid_token challenge: no resend",
+			challenge: `Bearer error="invalid_token", error_description="expired"`,
+			wantPOSTs: 1, wantErr: class{Permanent: true, Auth: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var posts int
+			var mu sync.Mutex
+			var asked []string
+			cred := claimsCredential(func(tro policy.TokenRequestOptions) error {
+				mu.Lock()
+				asked = append(asked, tro.Claims)
+				mu.Unlock()
+				if tt.failClaims && tro.Claims != "" {
+					return errors.New("conditional access: sign-in blocked")
+				}
+				return nil
+			})
+			tr := transporterFunc(func(req *http.Request) (*http.Response, error) {
+				posts++
+				status, hdr, body := http.StatusUnauthorized, http.Header{"Www-Authenticate": {tt.challenge}}, `{"error":{"code":"InvalidAuthenticationToken","message":"token refused"}}`
+				if posts == 2 && tt.second != 0 {
+					status, hdr = tt.second, http.Header{}
+					if tt.second == 200 {
+						body = `{"name":"batchjob-1","properties":{"status":"NotStarted"}}`
+					}
+				}
+				return &http.Response{StatusCode: status, Header: hdr, Request: req, Body: io.NopCloser(strings.NewReader(body))}, nil
+			})
+			c, err := jobs.New(cred, jobs.Options{Transport: tr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j, err := c.Submit(context.Background(), jobs.Endpoint{ScoringURI: "https://ep.westeurope.inference.ml.azure.com/jobs"}, oneInput())
+			if posts != tt.wantPOSTs {
+				t.Errorf("POSTs sent = %d, want %d", posts, tt.wantPOSTs)
+			}
+			if tt.wantErr == (class{}) {
+				if err != nil || j.Name != "batchjob-1" {
+					t.Fatalf("Submit = %+v, %v; want job batchjob-1", j, err)
+				}
+			} else {
+				var ae *jobs.APIError
+				var te *jobs.TokenError
+				switch {
+				case tt.failClaims && !errors.As(err, &te):
+					t.Fatalf("err = %v, want a *TokenError", err)
+				case !tt.failClaims && (!errors.As(err, &ae) || ae.StatusCode != http.StatusUnauthorized):
+					t.Fatalf("err = %v, want the service's 401 as an *APIError", err)
+				}
+				if got := classify(err); got != tt.wantErr {
+					t.Errorf("classify(%v) = %+v, want %+v", err, got, tt.wantErr)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if tt.wantClaim != "" && (len(asked) != 2 || asked[1] != tt.wantClaim) {
+				t.Errorf("token requests asked for claims %q, want a second request for %q", asked, tt.wantClaim)
+			}
+		})
+	}
+}
+
+// claimsCredential issues a fresh token per call, unless f, told what was
+// asked for, returns an error.
+type claimsCredential func(policy.TokenRequestOptions) error
+
+func (f claimsCredential) GetToken(_ context.Context, tro policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	if err := f(tro); err != nil {
+		return azcore.AccessToken{}, err
+	}
+	return azcore.AccessToken{Token: "token-" + jobs.NewRequestID(), ExpiresOn: time.Now().Add(time.Hour)}, nil
+}

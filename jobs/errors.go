@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Sentinels for conditions callers branch on.
@@ -242,21 +243,36 @@ var jwtLike = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za
 // bearerLike matches "Bearer <anything token-like>".
 var bearerLike = regexp.MustCompile(`(?i)bearer\s+[A-Za-z0-9._~+/=-]{16,}`)
 
+// secretParam matches the value of a SAS signature (sig=), an account key in
+// a connection string (AccountKey=) and a client secret in a form
+// (client_secret=): a service that echoes the job's input URIs, or a proxy
+// that echoes a request, must not put them into an error.
+var secretParam = regexp.MustCompile(`(?i)\b(sig|accountkey|client_secret)=[^&;\s"'<>]+`)
+
 func redact(s string) string {
 	s = jwtLike.ReplaceAllString(s, "[redacted token]")
-	return bearerLike.ReplaceAllString(s, "Bearer [redacted]")
+	s = bearerLike.ReplaceAllString(s, "Bearer [redacted]")
+	return secretParam.ReplaceAllString(s, "$1=[redacted]")
 }
 
 // oneLine keeps the first line of s, at most n bytes of it, redacted.
+//
+// It redacts before it cuts: a token or signature that straddles the cut is
+// still recognised whole, rather than leaving its first part behind. The cut
+// never splits a UTF-8 sequence.
 func oneLine(s string, n int) string {
 	s = strings.TrimSpace(s)
 	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
 		s = strings.TrimSpace(s[:i])
 	}
+	s = redact(s)
 	if len(s) > n {
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
 		s = s[:n] + "…"
 	}
-	return redact(s)
+	return s
 }
 
 // authHint explains a 401 or 403 in batchd's terms. arm says which API

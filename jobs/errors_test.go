@@ -92,6 +92,42 @@ func TestEchoedTokenIsRedacted(t *testing.T) {
 	}
 }
 
+// A service that echoes an input URI carrying a SAS, or a connection string,
+// does not get the signature or the key into batchd's errors (the job's
+// error, or an error answer's message).
+func TestEchoedSecretsAreRedacted(t *testing.T) {
+	const (
+		sig = "c2VjcmV0LXNpZ25hdHVyZQ%3D%3D"
+		key = "QUNDT1VOVC1LRVktTkVWRVItU0hPV04="
+	)
+	echo := "input https://acct.blob.core.windows.net/c/x.csv?sv=2024-01-01&sp=r&sig=" + sig + "&se=2099-01-01 not found; " +
+		"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=" + key + ";EndpointSuffix=core.windows.net"
+	h := newHarness(t, jobstest.Options{Outcome: func(jobstest.JobView) jobstest.Lifecycle { return jobstest.Fails(echo) }})
+	h.sim.Inject(jobstest.RouteCreate, jobstest.Fault{Status: 400, Message: echo})
+	_, err := h.submit(h.sim.Endpoint("ep"), oneInput())
+	var ae *jobs.APIError
+	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "sig=[redacted]") || !strings.Contains(ae.Message, "AccountKey=[redacted]") {
+		t.Fatalf("err = %v, want a 400 whose message shows sig=[redacted] and AccountKey=[redacted]", err)
+	}
+	j, err := h.submit(h.sim.Endpoint("ep"), oneInput())
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	for range 4 {
+		if j, err = h.get(h.sim.Endpoint("ep"), j.Name); err != nil {
+			t.Fatalf("Get: %v", err)
+		}
+	}
+	if j.Status != jobs.StatusFailed || !strings.Contains(j.Error, "sig=[redacted]") {
+		t.Fatalf("job = %+v, want Failed with the echoed error, redacted", j)
+	}
+	for _, text := range []string{ae.Error(), j.Error} {
+		if strings.Contains(text, sig) || strings.Contains(text, key) {
+			t.Errorf("a secret leaked into %q", text)
+		}
+	}
+}
+
 // No token reaches a log line or an error: every operation, every fault,
 // debug logging on. The harness greps the logs and every error for every
 // token the simulator issued (it does so after every test; here the check is

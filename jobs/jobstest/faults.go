@@ -31,6 +31,12 @@ type Fault struct {
 	// Status, when non-zero, is answered instead of handling the request,
 	// with an ARM-style error body {"error":{"code","message"}}.
 	Status int
+	// AfterHandling, with Status, handles the request first (a create
+	// creates the job) and answers Status instead of the handler's answer:
+	// a gateway that fails (502, 504) after the service accepted the job.
+	// Without it a Status fault never reaches the handler, so a chaos run
+	// that wants "5xx, yet the job exists" sets it.
+	AfterHandling bool
 	// RetryAfter adds Retry-After (whole seconds, rounded up) and
 	// retry-after-ms headers to a Status answer.
 	RetryAfter time.Duration
@@ -134,6 +140,9 @@ func (s *Sim) route(r Route, h http.HandlerFunc) http.Handler {
 		case f.Reset == ResetBefore:
 			_, _ = io.Copy(io.Discard, io.LimitReader(req.Body, 1<<20))
 			resetConn(w)
+		case f.Status != 0 && f.AfterHandling:
+			h(&discardWriter{header: http.Header{}}, req)
+			writeFault(w, f)
 		case f.Status != 0:
 			_, _ = io.Copy(io.Discard, io.LimitReader(req.Body, 1<<20))
 			writeFault(w, f)

@@ -54,9 +54,11 @@
 // RouteARMCancel, RouteARMList) has a queue of faults, consumed one per
 // request (Inject), and an optional random fault rate for soaks
 // (SetFaultRate). A Fault answers with a status (and Retry-After, body),
-// resets the connection before or after the request is handled (ResetAfter
-// on RouteCreate creates the job, then resets: the ambiguous case), or
-// delays the answer. Counts reports requests per route.
+// before or after the request is handled (AfterHandling on RouteCreate
+// creates the job, then answers the status: a gateway failing after the
+// service accepted), resets the connection before or after the request is
+// handled (ResetAfter on RouteCreate creates the job, then resets: the
+// ambiguous case), or delays the answer. Counts reports requests per route.
 //
 // The Sim is safe for concurrent use.
 package jobstest

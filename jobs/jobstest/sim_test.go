@@ -348,6 +348,23 @@ func TestResets(t *testing.T) {
 	}
 }
 
+// A status fault answers instead of the handler; with AfterHandling the
+// handler runs first, so a create makes its job and the client still sees
+// the gateway's error.
+func TestStatusAfterHandling(t *testing.T) {
+	sim := jobstest.New(t, jobstest.Options{})
+	tok := sim.Token(jobstest.AudienceML, sim.Tenant(), "app", time.Hour)
+	sim.Inject(jobstest.RouteCreate, jobstest.Fault{Status: 504})
+	if a := call(t, sim, "POST", sim.ScoringURI("ep"), tok, body, nil); a.status != 504 || sim.JobCount() != 0 {
+		t.Errorf("504 before handling: answer %d, %d jobs; want 504 and no job", a.status, sim.JobCount())
+	}
+	sim.Inject(jobstest.RouteCreate, jobstest.Fault{Status: 504, AfterHandling: true})
+	a := call(t, sim, "POST", sim.ScoringURI("ep"), tok, body, nil)
+	if a.status != 504 || a.errorCode() != "InternalServerError" || sim.JobCount() != 1 {
+		t.Errorf("504 after handling: answer %d %q, %d jobs; want 504 InternalServerError and one job", a.status, a.errorCode(), sim.JobCount())
+	}
+}
+
 func TestARM(t *testing.T) {
 	sim := jobstest.New(t, jobstest.Options{ListPageSize: 2, Lifecycle: jobstest.Stuck(jobs.StatusRunning)})
 	ml := sim.Token(jobstest.AudienceML, sim.Tenant(), "app", time.Hour)
