@@ -42,6 +42,10 @@ type rawEnv struct {
 	WebhookSecret string `env:"BATCHD_WEBHOOK_SECRET"`
 	WebhookFile   string `env:"BATCHD_WEBHOOK_SECRET_FILE"`
 
+	WebhookEntraAudiences string `env:"BATCHD_WEBHOOK_ENTRA_AUDIENCES"`
+	WebhookEntraIssuers   string `env:"BATCHD_WEBHOOK_ENTRA_ISSUERS"`
+	WebhookEntraJWKSURL   string `env:"BATCHD_WEBHOOK_ENTRA_JWKS_URL"`
+
 	LogLevel  string `env:"BATCHD_LOG_LEVEL, default=info"`
 	LogFormat string `env:"BATCHD_LOG_FORMAT, default=text"`
 
@@ -85,6 +89,10 @@ type Env struct {
 	APIToken string
 	// WebhookSecret authenticates Event Grid deliveries. Secret.
 	WebhookSecret string
+	// WebhookEntra, when set, also requires Microsoft Entra-protected
+	// delivery: a bearer JWT with one of these audiences and issuers,
+	// signed by a key from JWKSURL.
+	WebhookEntra *WebhookEntra
 
 	LogLevel  string // debug | info | warn | error
 	LogFormat string // text | json
@@ -105,6 +113,13 @@ type Env struct {
 	PollMax        time.Duration
 	PollBudget     float64 // status requests per second per endpoint host
 	ReconcileGrace time.Duration
+}
+
+// WebhookEntra configures Entra-protected Event Grid delivery.
+type WebhookEntra struct {
+	Audiences []string
+	Issuers   []string
+	JWKSURL   string
 }
 
 // NATS is how batchd reaches NATS.
@@ -175,6 +190,19 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 	e.APIToken = secret(p, "BATCHD_API_TOKEN", raw.APIToken, raw.APITokenFile)
 	e.WebhookSecret = secret(p, "BATCHD_WEBHOOK_SECRET", raw.WebhookSecret, raw.WebhookFile)
 
+	if raw.WebhookEntraAudiences != "" || raw.WebhookEntraIssuers != "" || raw.WebhookEntraJWKSURL != "" {
+		w := &WebhookEntra{Audiences: splitList(raw.WebhookEntraAudiences), Issuers: splitList(raw.WebhookEntraIssuers), JWKSURL: raw.WebhookEntraJWKSURL}
+		if len(w.Audiences) == 0 {
+			p.add("BATCHD_WEBHOOK_ENTRA_AUDIENCES", "required for Entra-protected delivery: the app's client id or application id URI")
+		}
+		if len(w.Issuers) == 0 {
+			p.add("BATCHD_WEBHOOK_ENTRA_ISSUERS", "required for Entra-protected delivery, e.g. https://login.microsoftonline.com/<tenant>/v2.0")
+		}
+		if u, err := url.Parse(w.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.add("BATCHD_WEBHOOK_ENTRA_JWKS_URL", "%q must be an https URL such as https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys", w.JWKSURL)
+		}
+		e.WebhookEntra = w
+	}
 	if raw.StateDir == "" {
 		p.add("BATCHD_STATE_DIR", "must not be empty")
 	}
@@ -301,6 +329,17 @@ func secret(p *problems, name, value, file string) string {
 		p.add(name+"_FILE", "%s is empty", file)
 	}
 	return s
+}
+
+// splitList splits a comma-separated value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 func oneOf(p *problems, name, v string, allowed ...string) {

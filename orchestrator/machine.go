@@ -261,6 +261,12 @@ func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev ui
 	}
 	_ = d.msg.InProgress()
 	dec := o.checker.Check(ctx, chk)
+	if ctx.Err() != nil {
+		// A check cut short by shutdown is full of "interrupted" warnings
+		// and may read as allow: never record or act on it. The message is
+		// redelivered and the check runs again.
+		return settle{}, fmt.Errorf("preflight of run %s interrupted: %w", r.ID, ctx.Err())
+	}
 	if dec.At.IsZero() {
 		dec.At = time.Now().UTC()
 	}

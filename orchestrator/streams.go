@@ -204,6 +204,10 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
+		// The triggers write keys with per-key TTLs (cron slot markers,
+		// sequencers of blobs no poller sweeps), which need the bucket to
+		// allow them: the same as triggers.StateBucketConfig.
+		LimitMarkerTTL: time.Minute,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketTriggers, err)

@@ -123,7 +123,7 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	if err != nil {
 		return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_CREDENTIAL", Msg: err.Error()}}}
 	}
-	_, checker := newStorageChecker(env, f, cred, log)
+	storage, checker := newStorageChecker(env, f, cred, log)
 
 	orch, err = orchestrator.New(ctx, orchestrator.Options{
 		JS: b.JS, Conn: b.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker,
@@ -131,16 +131,19 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,
 		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
 		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace,
+		Replicas: env.NATS.Replicas,
 	})
+	if err != nil {
+		return err
+	}
+	trig, err := buildTriggers(env, f, orch, storage, b.Conn, log.With("component", "triggers"))
 	if err != nil {
 		return err
 	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/", orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api")}))
-	// TODO(lead): mount triggers: mux.Handle("/eventgrid", <triggers/blob webhook>), and run the
-	// trigger sources (blob poller, cron, natsmsg) in the errgroup below with orch as their Intake,
-	// orch as Runs for overlap policies and orch.TriggersKV() for their state.
+	mux.Handle("/eventgrid", trig.webhook)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -152,8 +155,11 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	}
 
 	log.Info("batchd starting", "http", ln.Addr().String(), "nats", natsDescription(env, b),
-		"pipelines", len(f.Pipelines), "workers", env.Workers)
+		"pipelines", len(f.Pipelines), "triggers", len(trig.sources), "workers", env.Workers)
 	g, gctx := errgroup.WithContext(ctx)
+	for _, s := range trig.sources {
+		g.Go(func() error { return s.runUntilDone(gctx) })
+	}
 	g.Go(func() error {
 		if err := orch.Run(gctx); err != nil {
 			return err

@@ -73,6 +73,9 @@ type Poller struct {
 	interval time.Duration
 	log      *slog.Logger
 	m        *trigmetrics.Metrics
+	// sweeps and lastSweep tell an operator the poller is alive.
+	sweeps    *prometheus.CounterVec
+	lastSweep *prometheus.GaugeVec
 }
 
 // minPollInterval is a floor under poll_interval (Validate asks for 1s;
@@ -123,6 +126,14 @@ func NewPoller(o PollerOptions) (*Poller, error) {
 		lease:    kvstate.NewLease(store, "poll."+kvstate.Token(o.Pipeline)+".lease", o.Holder, o.LeaseTTL),
 		interval: max(o.Config.PollIntervalOrDefault(), minPollInterval),
 		log:      log.With("trigger", "poll", "pipeline", o.Pipeline), m: trigmetrics.New(o.Registerer),
+		sweeps: trigmetrics.Register(o.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "batchd_trigger_poll_sweeps_total",
+			Help: "Storage poller sweeps this replica ran, by pipeline and result (complete, incomplete).",
+		}, []string{"pipeline", "result"})),
+		lastSweep: trigmetrics.Register(o.Registerer, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "batchd_trigger_poll_last_sweep_timestamp_seconds",
+			Help: "Unix time of this replica's last complete sweep, by pipeline. Alert when it falls behind poll_interval on every replica.",
+		}, []string{"pipeline"})),
 	}, nil
 }
 
@@ -148,8 +159,11 @@ func (p *Poller) Run(ctx context.Context) error {
 		case held:
 			st, err := p.sweep(ctx, true)
 			if err != nil && ctx.Err() == nil {
+				p.sweeps.WithLabelValues(p.pipeline, "incomplete").Inc()
 				p.log.Warn("sweep incomplete; the next one retries", "err", err, "emitted", st.Emitted, "failed", st.Failed)
 			} else if err == nil {
+				p.sweeps.WithLabelValues(p.pipeline, "complete").Inc()
+				p.lastSweep.WithLabelValues(p.pipeline).SetToCurrentTime()
 				p.log.Debug("sweep done", "listed", st.Listed, "emitted", st.Emitted, "filtered", st.Filtered)
 			}
 		}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/batchd/batchd/config"
+	"github.com/batchd/batchd/datastores"
+	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/triggers/blob"
+	"github.com/batchd/batchd/triggers/cron"
+	"github.com/batchd/batchd/triggers/natsmsg"
+)
+
+// source is one running trigger: a Run(ctx) error component.
+type source struct {
+	name string
+	run  func(context.Context) error
+}
+
+// triggerSet is every trigger of the pipelines file, wired to the
+// orchestrator: the Event Grid webhook (always mounted: without a secret it
+// answers 503 and says why) and the sources to run.
+type triggerSet struct {
+	webhook http.Handler
+	sources []source
+}
+
+// buildTriggers constructs the triggers. It starts nothing.
+func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestrator, st *datastores.Storage, nc *nats.Conn, log *slog.Logger) (*triggerSet, error) {
+	kv := orch.TriggersKV()
+	reg := orch.Registry()
+	set := &triggerSet{}
+	var errs []error
+
+	var routes []blob.Route
+	for _, name := range sortedNames(f.Triggers.Blob) {
+		cfg := f.Triggers.Blob[name]
+		if cfg.Webhooks() {
+			routes = append(routes, blob.Route{Pipeline: name, Config: cfg})
+		}
+		if cfg.Polls() {
+			p, err := blob.NewPoller(blob.PollerOptions{Pipeline: name, Config: cfg, Storage: st, Intake: orch, KV: kv,
+				Logger: log.With("pipeline", name), Registerer: reg})
+			if err != nil {
+				errs = append(errs, err)
+			} else {
+				set.sources = append(set.sources, source{"poller " + name, p.Run})
+			}
+		}
+		if cfg.Batch != nil {
+			b, err := blob.NewBatcher(blob.BatcherOptions{Pipeline: name, Config: cfg, Intake: orch, KV: kv,
+				Logger: log.With("pipeline", name), Registerer: reg})
+			if err != nil {
+				errs = append(errs, err)
+			} else {
+				set.sources = append(set.sources, source{"batcher " + name, b.Run})
+			}
+		}
+	}
+	wopts := blob.WebhookOptions{Routes: routes, Secret: env.WebhookSecret, Intake: orch, KV: kv,
+		Logger: log, Registerer: reg}
+	if e := env.WebhookEntra; e != nil {
+		wopts.Entra = &blob.EntraOptions{Audiences: e.Audiences, Issuers: e.Issuers, JWKSURL: e.JWKSURL}
+	}
+	wh, err := blob.NewWebhook(wopts)
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		set.webhook = wh
+		set.sources = append(set.sources, source{"eventgrid webhook", wh.Run})
+	}
+
+	for _, name := range sortedNames(f.Triggers.Cron) {
+		s, err := cron.New(cron.Options{Pipeline: name, Config: f.Triggers.Cron[name], Intake: orch, Runs: orch, KV: kv,
+			Logger: log.With("pipeline", name), Registerer: reg})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		set.sources = append(set.sources, source{"cron " + name, s.Run})
+	}
+
+	for _, name := range sortedNames(f.Triggers.NATS) {
+		p := f.Pipelines[name]
+		s, err := natsmsg.New(natsmsg.Options{Pipeline: name, Config: f.Triggers.NATS[name], Conn: nc, Intake: orch,
+			// Render the pipeline's templates before accepting a message, so
+			// one that lacks a field they read is rejected (and, on
+			// JetStream, terminated) at once with the reason.
+			Validate: func(ev orchestrator.Event) error {
+				_, _, err := p.Render(orchestrator.RunID(ev.Pipeline, ev.Key), ev)
+				return err
+			},
+			Logger: log.With("pipeline", name), Registerer: reg})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		set.sources = append(set.sources, source{"nats " + name, s.Run})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("triggers: %w", err)
+	}
+	return set, nil
+}
+
+// runUntilDone runs s and treats a return before ctx ends as a failure: a
+// trigger that stops silently would stop work silently.
+func (s source) runUntilDone(ctx context.Context) error {
+	err := s.run(ctx)
+	if err == nil && ctx.Err() == nil {
+		err = errors.New("returned before shutdown")
+	}
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("trigger %s: %w", s.name, err)
+	}
+	return nil
+}
