@@ -2,6 +2,8 @@ package orchestrator
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,6 +130,47 @@ func (o *Orchestrator) Retry(ctx context.Context, id, reason string) (*Run, erro
 		return nil, fmt.Errorf("retry %s: %w", id, err)
 	}
 	return o.awaitRun(ctx, id, func(x *record) bool { return x.Sys.Gen >= gen && x.State != StateReceived })
+}
+
+// Replay emits the event of run id again as a new run (Source replay,
+// Event.ReplayOf = id): say, after the model behind the endpoint was fixed.
+// Unlike Retry, the original run keeps its outcome. The new run's key is
+// the original's plus "#replay:" and req.Key (or a random suffix), so a
+// replay request that names a key replays once however often it is sent.
+// created is false when that replay already existed.
+func (o *Orchestrator) Replay(ctx context.Context, id string, req ReplayRequest) (resp *ReplayResponse, created bool, err error) {
+	r, _, err := o.ledger.get(ctx, id)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, ok := o.pipelines[r.Pipeline]; !ok {
+		if r.Pipeline == "" {
+			return nil, false, fmt.Errorf("%w: run %s matched no pipeline; there is nothing to replay", ErrNotAllowed, id)
+		}
+		return nil, false, fmt.Errorf("%w: run %s belongs to pipeline %q, which is not configured", ErrNotAllowed, id, r.Pipeline)
+	}
+	suffix := req.Key
+	if suffix == "" {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		suffix = hex.EncodeToString(b)
+	}
+	ev := r.Event
+	ev.Pipeline, ev.Key, ev.Source, ev.ReplayOf = r.Pipeline, r.Key+"#replay:"+suffix, SourceReplay, id
+	newID := RunID(ev.Pipeline, ev.Key)
+	resp = &ReplayResponse{ManualRunResponse: ManualRunResponse{RunID: newID, State: StateReceived}, ReplayOf: id}
+	if existing, err := o.Get(ctx, newID); err == nil {
+		resp.State, resp.Duplicate = existing.State, true
+		return resp, false, nil
+	} else if !errors.Is(err, ErrRunNotFound) {
+		return nil, false, err
+	}
+	rc, err := o.Emit(ctx, ev)
+	if err != nil {
+		return nil, false, fmt.Errorf("replay %s: %w", id, err)
+	}
+	resp.Duplicate = rc.Duplicate
+	return resp, !rc.Duplicate, nil
 }
 
 // Resolve records an operator's verdict on a run that is not finished:

@@ -85,8 +85,53 @@ type ActionRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// ReplayRequest is the body of POST /api/v1/runs/{id}/replay.
+type ReplayRequest struct {
+	// Key makes the request idempotent: the same key replays once. Empty
+	// means a new replay every time.
+	Key string `json:"key,omitempty"`
+}
+
+// ReplayResponse answers a replay: the new run.
+type ReplayResponse struct {
+	ManualRunResponse
+	ReplayOf string `json:"replay_of"`
+}
+
+// BackfillRequest is the body of POST /api/v1/pipelines/{name}/backfill:
+// the schedule's slots in (from, to].
+type BackfillRequest struct {
+	From   time.Time `json:"from"`
+	To     time.Time `json:"to"`
+	Limit  int       `json:"limit,omitempty"` // default 100, at most 1000
+	DryRun bool      `json:"dry_run,omitempty"`
+}
+
+// BackfillSlot is one slot of a backfill and the run it is.
+type BackfillSlot struct {
+	Time  time.Time `json:"time"`
+	RunID string    `json:"run_id"`
+	// Duplicate: the slot already had a run; nothing new was submitted.
+	Duplicate bool  `json:"duplicate,omitempty"`
+	State     State `json:"state,omitempty"`
+}
+
+// BackfillResponse lists the slots; More says the range had more than Limit.
+type BackfillResponse struct {
+	Slots  []BackfillSlot `json:"slots"`
+	More   bool           `json:"more,omitempty"`
+	DryRun bool           `json:"dry_run,omitempty"`
+}
+
+// BackfillFunc lists the events of a pipeline's schedule slots in (from,
+// to]; the daemon builds it from the cron trigger (the orchestrator does not
+// know schedules). It returns ErrInvalid-wrapped errors for bad requests.
+type BackfillFunc func(pipeline string, from, to time.Time, limit int) (evs []Event, more bool, err error)
+
 // HandlerOptions configure Handler.
 type HandlerOptions struct {
+	// Backfill, when set, serves POST /api/v1/pipelines/{name}/backfill.
+	Backfill BackfillFunc
 	// APIToken, when set, is required as "Authorization: Bearer <token>" on
 	// /api/. It is compared in constant time and never logged.
 	APIToken string
@@ -103,7 +148,7 @@ func (o *Orchestrator) Handler(opts HandlerOptions) http.Handler {
 	if log == nil {
 		log = o.log
 	}
-	a := &api{o: o, log: log}
+	a := &api{o: o, log: log, backfillFn: opts.Backfill}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -126,8 +171,10 @@ func (o *Orchestrator) Handler(opts HandlerOptions) http.Handler {
 	api.HandleFunc("POST /api/v1/runs/{id}/cancel", a.cancelRun)
 	api.HandleFunc("POST /api/v1/runs/{id}/retry", a.retryRun)
 	api.HandleFunc("POST /api/v1/runs/{id}/resolve", a.resolveRun)
+	api.HandleFunc("POST /api/v1/runs/{id}/replay", a.replayRun)
 	api.HandleFunc("GET /api/v1/pipelines", a.listPipelines)
 	api.HandleFunc("POST /api/v1/pipelines/{name}/runs", a.runPipeline)
+	api.HandleFunc("POST /api/v1/pipelines/{name}/backfill", a.backfill)
 	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such API path: "+r.Method+" "+r.URL.Path)
 	})
@@ -153,8 +200,9 @@ func bearer(token string, next http.Handler) http.Handler {
 }
 
 type api struct {
-	o   *Orchestrator
-	log *slog.Logger
+	o          *Orchestrator
+	log        *slog.Logger
+	backfillFn BackfillFunc
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -401,4 +449,68 @@ func fieldNames(f map[string]string) string {
 	}
 	slices.Sort(names)
 	return strings.Join(names, ", ")
+}
+
+func (a *api) replayRun(w http.ResponseWriter, r *http.Request) {
+	var req ReplayRequest
+	if err := decode(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	resp, created, err := a.o.Replay(r.Context(), r.PathValue("id"), req)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusAccepted
+	}
+	writeJSON(w, status, resp)
+}
+
+func (a *api) backfill(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	p, ok := a.o.pipelines[name]
+	if !ok {
+		a.fail(w, r, fmt.Errorf("%w: %q (configured: %s)", ErrUnknownPipeline, name, strings.Join(sortedKeys(a.o.pipelines), ", ")))
+		return
+	}
+	if a.backfillFn == nil || p.Trigger != "cron" {
+		a.fail(w, r, fmt.Errorf("%w: pipeline %s has no cron trigger; backfill fills schedule slots", ErrInvalid, name))
+		return
+	}
+	var req BackfillRequest
+	if err := decode(w, r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if req.Limit == 0 {
+		req.Limit = 100
+	}
+	evs, more, err := a.backfillFn(name, req.From, req.To, req.Limit)
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("%w: %v", ErrInvalid, err))
+		return
+	}
+	ctx := r.Context()
+	resp := BackfillResponse{Slots: []BackfillSlot{}, More: more, DryRun: req.DryRun}
+	for _, ev := range evs {
+		slot := BackfillSlot{Time: ev.Time, RunID: RunID(ev.Pipeline, ev.Key)}
+		if run, err := a.o.Get(ctx, slot.RunID); err == nil {
+			slot.Duplicate, slot.State = true, run.State
+		} else if !errors.Is(err, ErrRunNotFound) {
+			a.fail(w, r, err)
+			return
+		} else if !req.DryRun {
+			rc, err := a.o.Emit(ctx, ev)
+			if err != nil {
+				a.fail(w, r, err)
+				return
+			}
+			slot.Duplicate, slot.State = rc.Duplicate, StateReceived
+		}
+		resp.Slots = append(resp.Slots, slot)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }

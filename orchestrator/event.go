@@ -26,6 +26,9 @@ type Event struct {
 	Schedule *ScheduleEvent    `json:"schedule,omitempty"`
 	Message  *MessageEvent     `json:"message,omitempty"`
 	Fields   map[string]string `json:"fields,omitempty"`
+
+	// ReplayOf is the run this event replays (Source replay), if any.
+	ReplayOf string `json:"replay_of,omitempty"`
 }
 
 // Sources of events, as recorded on runs and in metrics.

@@ -18,6 +18,7 @@ import (
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/broker"
+	"github.com/batchd/batchd/triggers/cron"
 )
 
 // cliDaemon is an orchestrator with its API on httptest, against the
@@ -60,11 +61,20 @@ func startCLIDaemon(t *testing.T) *cliDaemon {
 		}
 	}
 	log := slog.New(slog.DiscardHandler)
+	// nightly is a cron pipeline, for backfill.
+	nightly := pipeline("nightly", "scorer")
+	nightly.Trigger = "cron"
+	day, err := orchestrator.CompileTemplate(`azureml://locations/westeurope/workspaces/sim/data/day-{{ date "20060102" .Schedule.Time }}/versions/1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nightly.Inputs = map[string]orchestrator.IOTemplate{"data": {Type: jobs.TypeUriFolder, URI: day}}
 	orch, err := orchestrator.New(t.Context(), orchestrator.Options{
 		JS: b.JS, Conn: b.Conn, Submitter: client,
-		Checker:   datastores.NewChecker(datastores.CheckerOptions{Logger: log}),
-		Pipelines: map[string]*orchestrator.Pipeline{"score": pipeline("score", "scorer"), "flaky": pipeline("flaky", "failing")},
-		Logger:    log, PollMin: 20 * time.Millisecond, PollMax: 100 * time.Millisecond, PollBudget: 1000,
+		Checker: datastores.NewChecker(datastores.CheckerOptions{Logger: log}),
+		Pipelines: map[string]*orchestrator.Pipeline{"score": pipeline("score", "scorer"), "flaky": pipeline("flaky", "failing"),
+			"nightly": nightly},
+		Logger: log, PollMin: 20 * time.Millisecond, PollMax: 100 * time.Millisecond, PollBudget: 1000,
 	})
 	if err != nil {
 		t.Fatalf("orchestrator: %v", err)
@@ -78,7 +88,8 @@ func startCLIDaemon(t *testing.T) *cliDaemon {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	srv := httptest.NewServer(orch.Handler(orchestrator.HandlerOptions{APIToken: cliToken}))
+	backfill := backfillFunc(&config.File{Triggers: config.Triggers{Cron: map[string]cron.Config{"nightly": {Schedule: "0 6 * * *"}}}})
+	srv := httptest.NewServer(orch.Handler(orchestrator.HandlerOptions{APIToken: cliToken, Backfill: backfill}))
 	t.Cleanup(srv.Close)
 	procWaitFor(t, 10*time.Second, "the daemon to be ready", func() bool { return orch.Ready() == nil })
 	return &cliDaemon{url: srv.URL, token: cliToken, sim: sim, orch: orch}

@@ -142,7 +142,8 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/", orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api")}))
+	mux.Handle("/", orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api"),
+		Backfill: backfillFunc(f)}))
 	mux.Handle("/eventgrid", trig.webhook)
 	srv := &http.Server{
 		Handler:           mux,

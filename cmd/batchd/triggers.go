@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -120,4 +121,16 @@ func (s source) runUntilDone(ctx context.Context) error {
 		return fmt.Errorf("trigger %s: %w", s.name, err)
 	}
 	return nil
+}
+
+// backfillFunc lists a cron pipeline's slots for the backfill API, built
+// exactly as the live trigger builds them.
+func backfillFunc(f *config.File) orchestrator.BackfillFunc {
+	return func(pipeline string, from, to time.Time, limit int) ([]orchestrator.Event, bool, error) {
+		cfg, ok := f.Triggers.Cron[pipeline]
+		if !ok {
+			return nil, false, fmt.Errorf("pipeline %s has no cron trigger", pipeline)
+		}
+		return cron.Backfill(pipeline, cfg, from, to, limit)
+	}
 }

@@ -217,3 +217,24 @@ func (c *Client) RunPipeline(ctx context.Context, name string, req orchestrator.
 	}
 	return &out, code == http.StatusAccepted, nil
 }
+
+// Replay starts a new run of run id's event. created is false when a replay
+// with the same key already existed (the same run is returned).
+func (c *Client) Replay(ctx context.Context, id string, req orchestrator.ReplayRequest) (resp *orchestrator.ReplayResponse, created bool, err error) {
+	var out orchestrator.ReplayResponse
+	code, err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/replay", req, &out)
+	if err != nil {
+		return nil, false, err
+	}
+	return &out, code == http.StatusAccepted, nil
+}
+
+// Backfill emits (or, with DryRun, lists) the schedule slots of a cron
+// pipeline in (From, To].
+func (c *Client) Backfill(ctx context.Context, name string, req orchestrator.BackfillRequest) (*orchestrator.BackfillResponse, error) {
+	var out orchestrator.BackfillResponse
+	if _, err := c.do(ctx, http.MethodPost, "/api/v1/pipelines/"+url.PathEscape(name)+"/backfill", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

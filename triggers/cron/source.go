@@ -408,10 +408,7 @@ func (s *Source) claim(ctx context.Context, slot time.Time) (bool, error) {
 }
 
 func (s *Source) event(slot time.Time) orchestrator.Event {
-	return orchestrator.Event{
-		Pipeline: s.pipeline, Key: SlotKey(slot), Source: orchestrator.SourceCron, Time: slot.UTC(),
-		Schedule: &orchestrator.ScheduleEvent{Time: slot.UTC(), Previous: s.sched.Prev(slot).UTC()},
-	}
+	return SlotEvent(s.pipeline, s.sched, slot, orchestrator.SourceCron)
 }
 
 // act applies the catch-up decision (skipWhy) or the overlap policy to a
