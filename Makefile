@@ -3,7 +3,8 @@
 
 GO       ?= go
 BIN      := bin/batchd
-AZURITE  := tools/azurite/node_modules/.bin/azurite-blob
+# A stamp, not the npm bin: npm gives package files their tarball mtimes.
+AZURITE  := tools/azurite/node_modules/.batchd-installed
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
@@ -20,15 +21,15 @@ deps: $(AZURITE)
 $(AZURITE): tools/azurite/package.json tools/azurite/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "make: npm not found. Azurite (the storage emulator used by tests and 'batchd dev') needs Node.js 20+ and npm: apt-get install -y nodejs npm" >&2; exit 1; }
 	cd tools/azurite && npm ci --no-audit --no-fund --loglevel=error
+	@test -x tools/azurite/node_modules/.bin/azurite-blob || { echo "make: npm ci did not install azurite-blob" >&2; exit 1; }
 	@touch $@
 
 ## build: the batchd binary in bin/
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/batchd
 
-## test: vet and the race-enabled test suite (what CI runs)
-test: deps
-	$(GO) vet ./...
+## test: lint (vet, gofmt, shellcheck, systemd-analyze) and the race-enabled test suite (what CI runs)
+test: deps lint
 	$(GO) test -race -timeout 20m $(TESTFLAGS) ./...
 
 ## demo: everything on this machine, no Azure account: `batchd dev`
@@ -44,10 +45,15 @@ SOAK ?= 10m
 soak: deps build
 	@echo "soak: not yet available"
 
-## fuzz: each fuzz target for FUZZTIME
+## fuzz: every Fuzz target of every package, FUZZTIME each (their seed corpora also run in make test)
 FUZZTIME ?= 30s
 fuzz: deps
-	@echo "fuzz: not yet available"
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
 
 ## lint: vet, gofmt, shellcheck (deploy/**/*.sh, .ci/run), systemd-analyze verify (deploy/**/*.service)
 # verify insists that ExecStart's binary exists, so it checks a copy of each
