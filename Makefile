@@ -10,7 +10,7 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TESTFLAGS ?=
 
-.PHONY: all deps build test demo bench soak fuzz lint release clean
+.PHONY: all deps chromium build test demo bench soak fuzz lint release clean
 
 all: build
 
@@ -24,17 +24,27 @@ $(AZURITE): tools/azurite/package.json tools/azurite/package-lock.json
 	@test -x tools/azurite/node_modules/.bin/azurite-blob || { echo "make: npm ci did not install azurite-blob" >&2; exit 1; }
 	@touch $@
 
+## chromium: Debian's Chromium, for the status page's browser test (installed when missing)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  echo "make: installing chromium (Debian package) for the status page's browser test"; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium >/dev/null; }
+
 ## build: the batchd binary in bin/
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/batchd
 
 ## test: lint (vet, gofmt, shellcheck, systemd-analyze) and the race-enabled test suite (what CI runs)
-test: deps lint
+test: deps chromium lint
 	$(GO) test -race -timeout 20m $(TESTFLAGS) ./...
 
-## demo: everything on this machine, no Azure account: `batchd dev`
+## demo: everything on this machine, no Azure account: `batchd dev` (Ctrl-C
+## stops it and everything it started). DEMOFLAGS are passed on, e.g.
+## `make demo DEMOFLAGS=--keep` or `DEMOFLAGS='--http 127.0.0.1:9090'`.
+DEMOFLAGS ?=
 demo: deps build
-	./$(BIN) dev
+	./$(BIN) dev $(DEMOFLAGS)
 
 ## bench: the benchmark suite (see docs/BENCHMARKS.md)
 bench: deps build
