@@ -52,11 +52,20 @@ type rawFile struct {
 }
 
 type rawEndpoint struct {
+	// Kind is batch (default) or online.
+	Kind           string        `yaml:"kind"`
 	URI            string        `yaml:"uri"`
 	Deployment     string        `yaml:"deployment"`
 	DeploymentKind string        `yaml:"deployment_kind"`
 	MaxRunningJobs int           `yaml:"max_running_jobs"`
 	Workspace      *rawWorkspace `yaml:"workspace"`
+
+	// Online endpoints only.
+	AuthMode              string        `yaml:"auth_mode"`
+	KeyFile               string        `yaml:"key_file"`
+	EndpointName          string        `yaml:"endpoint_name"`
+	Timeout               time.Duration `yaml:"timeout"`
+	MaxConcurrentRequests int           `yaml:"max_concurrent_requests"`
 }
 
 type rawWorkspace struct {
@@ -87,6 +96,17 @@ type rawPipeline struct {
 	Allow          *datastores.AllowList `yaml:"allow"`
 	Timeout        time.Duration         `yaml:"timeout"`
 	Retry          *rawRetry             `yaml:"retry"`
+	Retention      time.Duration         `yaml:"retention"`
+
+	// Pipelines of online endpoints only.
+	Request      string       `yaml:"request"`
+	SafeToRepeat bool         `yaml:"safe_to_repeat"`
+	Response     *rawResponse `yaml:"response"`
+}
+
+type rawResponse struct {
+	Store    *bool `yaml:"store"`
+	MaxBytes int   `yaml:"max_bytes"`
 }
 
 type rawTrigger struct {
@@ -264,10 +284,28 @@ func (v *validator) endpoint(path, name string, r *rawEndpoint) (orchestrator.En
 	}
 	n := len(v.list)
 	v.name(path, name)
+	switch r.Kind {
+	case "", orchestrator.EndpointBatch:
+	case orchestrator.EndpointOnline:
+		return v.onlineEndpoint(path, name, r, n)
+	default:
+		v.add(path+".kind", "%q is not one of batch, online", r.Kind)
+		return orchestrator.Endpoint{}, false
+	}
+	for _, k := range []struct {
+		key string
+		set bool
+	}{{"auth_mode", r.AuthMode != ""}, {"key_file", r.KeyFile != ""}, {"endpoint_name", r.EndpointName != ""},
+		{"timeout", r.Timeout != 0}, {"max_concurrent_requests", r.MaxConcurrentRequests != 0}} {
+		if k.set {
+			v.add(path+"."+k.key, "applies only to online endpoints (kind: online)")
+		}
+	}
 	ep := orchestrator.Endpoint{
 		Endpoint:       jobs.Endpoint{Name: name, ScoringURI: r.URI, Deployment: r.Deployment},
 		MaxRunningJobs: r.MaxRunningJobs,
 		DeploymentKind: r.DeploymentKind,
+		Kind:           orchestrator.EndpointBatch,
 	}
 	switch u, err := url.Parse(r.URI); {
 	case r.URI == "":
@@ -391,37 +429,23 @@ func (v *validator) pipeline(path, name string, r *rawPipeline, f *File) (*orche
 			p.Endpoint.Deployment = r.Deployment
 		}
 	}
-
-	// Trigger: at most one kind. None means the pipeline runs only by hand.
-	if t := r.Trigger; t != nil {
-		kinds := 0
-		if t.Blob != nil {
-			kinds++
-			p.Trigger = "blob"
-			v.validate(path+".trigger.blob", t.Blob)
-			f.Triggers.Blob[name] = *t.Blob
-		}
-		if t.Cron != nil {
-			kinds++
-			p.Trigger = "cron"
-			v.validate(path+".trigger.cron", t.Cron)
-			f.Triggers.Cron[name] = *t.Cron
-		}
-		if t.NATS != nil {
-			kinds++
-			p.Trigger = "nats"
-			v.validate(path+".trigger.nats", t.NATS)
-			f.Triggers.NATS[name] = *t.NATS
-		}
-		switch kinds {
-		case 0:
-			v.add(path+".trigger", "names no trigger: use blob, cron or nats, or remove trigger to run the pipeline only by hand")
-		case 1:
-		default:
-			v.add(path+".trigger", "has %d trigger kinds; a pipeline has one (make one pipeline per trigger)", kinds)
-			p.Trigger = ""
+	v.trigger(path, name, r, p, f)
+	if r.Retention < 0 || (r.Retention > 0 && r.Retention < time.Minute) {
+		v.add(path+".retention", "must be at least 1m (or unset: BATCHD_RETENTION)")
+	}
+	p.Retention = r.Retention
+	if p.IsOnline() || (p.Endpoint.Name == "" && v.declaredOnline(r.Endpoint)) {
+		return v.onlinePipeline(path, name, r, p, n)
+	}
+	for _, k := range []struct {
+		key string
+		set bool
+	}{{"request", r.Request != ""}, {"safe_to_repeat", r.SafeToRepeat}, {"response", r.Response != nil}} {
+		if k.set {
+			v.add(path+"."+k.key, "applies only to pipelines of online endpoints (kind: online)")
 		}
 	}
+
 	sample := orchestrator.SampleTemplateData(name, p.Trigger)
 
 	// Inputs and outputs.
@@ -502,6 +526,40 @@ func (v *validator) pipeline(path, name string, r *rawPipeline, f *File) (*orche
 		}
 	}
 	return p, len(v.list) == n
+}
+
+// trigger checks the pipeline's trigger section (at most one kind; none
+// means the pipeline runs only by hand) and files it under f.Triggers.
+func (v *validator) trigger(path, name string, r *rawPipeline, p *orchestrator.Pipeline, f *File) {
+	if t := r.Trigger; t != nil {
+		kinds := 0
+		if t.Blob != nil {
+			kinds++
+			p.Trigger = "blob"
+			v.validate(path+".trigger.blob", t.Blob)
+			f.Triggers.Blob[name] = *t.Blob
+		}
+		if t.Cron != nil {
+			kinds++
+			p.Trigger = "cron"
+			v.validate(path+".trigger.cron", t.Cron)
+			f.Triggers.Cron[name] = *t.Cron
+		}
+		if t.NATS != nil {
+			kinds++
+			p.Trigger = "nats"
+			v.validate(path+".trigger.nats", t.NATS)
+			f.Triggers.NATS[name] = *t.NATS
+		}
+		switch kinds {
+		case 0:
+			v.add(path+".trigger", "names no trigger: use blob, cron or nats, or remove trigger to run the pipeline only by hand")
+		case 1:
+		default:
+			v.add(path+".trigger", "has %d trigger kinds; a pipeline has one (make one pipeline per trigger)", kinds)
+			p.Trigger = ""
+		}
+	}
 }
 
 func (v *validator) io(path, name string, r *rawIO, sample *orchestrator.TemplateData, input bool) (orchestrator.IOTemplate, bool) {

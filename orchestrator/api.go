@@ -50,6 +50,16 @@ type PipelineInfo struct {
 	Timeout        string            `json:"timeout,omitempty"`
 	MaxAttempts    int               `json:"max_attempts"`
 	RetryBackoff   string            `json:"retry_backoff,omitempty"`
+
+	// Kind is "batch" or "online". The fields below are for online
+	// pipelines.
+	Kind                  string `json:"kind"`
+	AuthMode              string `json:"auth_mode,omitempty"`
+	Request               string `json:"request,omitempty"` // the request template
+	SafeToRepeat          bool   `json:"safe_to_repeat,omitempty"`
+	MaxConcurrentRequests int    `json:"max_concurrent_requests,omitempty"`
+	StoreResponse         bool   `json:"store_response,omitempty"`
+	ResponseMaxBytes      int    `json:"response_max_bytes,omitempty"`
 }
 
 // IOInfo is one input or output template.
@@ -387,6 +397,22 @@ func pipelineInfo(p *Pipeline) PipelineInfo {
 	}
 	if p.Retry.Backoff > 0 {
 		info.RetryBackoff = p.Retry.Backoff.String()
+	}
+	info.Kind = EndpointBatch
+	if p.IsOnline() {
+		info.Kind = EndpointOnline
+		info.MaxAttempts = 1
+		if p.Endpoint.Online != nil {
+			info.AuthMode = p.Endpoint.Online.AuthMode
+		}
+		info.Request = p.Request.Source()
+		info.SafeToRepeat = p.SafeToRepeat
+		info.MaxConcurrentRequests = p.Endpoint.MaxConcurrentRequests
+		info.StoreResponse = p.Response.Store
+		if p.Response.Store {
+			info.ResponseMaxBytes = p.maxBytes()
+		}
+		info.Timeout = p.budget().String()
 	}
 	return info
 }

@@ -25,14 +25,17 @@ type Completion struct {
 	Source   string `json:"source"`
 	State    State  `json:"state"`
 	// Reason says why the run ended so (the last history entry).
-	Reason   string            `json:"reason,omitempty"`
-	Error    string            `json:"error,omitempty"`
-	Attempts int               `json:"attempts"`
-	Job      *CompletionJob    `json:"job,omitempty"`
-	Inputs   map[string]string `json:"inputs,omitempty"`  // name -> URI or literal value
-	Outputs  map[string]string `json:"outputs,omitempty"` // name -> URI
-	Created  time.Time         `json:"created"`
-	Finished time.Time         `json:"finished"`
+	Reason   string         `json:"reason,omitempty"`
+	Error    string         `json:"error,omitempty"`
+	Attempts int            `json:"attempts"`
+	Job      *CompletionJob `json:"job,omitempty"`
+	// Response summarises an online run's answer (the body is on the run,
+	// and in the reply or results message).
+	Response *CompletionResponse `json:"response,omitempty"`
+	Inputs   map[string]string   `json:"inputs,omitempty"`  // name -> URI or literal value
+	Outputs  map[string]string   `json:"outputs,omitempty"` // name -> URI
+	Created  time.Time           `json:"created"`
+	Finished time.Time           `json:"finished"`
 	// Durations in seconds: Queued from the event's acceptance to the
 	// submission, Running from the submission to the end, Total both.
 	Durations Durations `json:"durations"`
@@ -43,6 +46,14 @@ type CompletionJob struct {
 	Name      string      `json:"name"`
 	Status    jobs.Status `json:"status"`
 	StudioURL string      `json:"studio_url,omitempty"`
+}
+
+// CompletionResponse is the online part of a Completion.
+type CompletionResponse struct {
+	Status     int     `json:"status"`
+	Deployment string  `json:"deployment,omitempty"`
+	LatencyMS  float64 `json:"latency_ms"`
+	BodyBytes  int     `json:"body_bytes"`
 }
 
 // Durations of a run, in seconds.
@@ -65,6 +76,10 @@ func completionOf(r *record) *Completion {
 		}
 	}
 	c.Durations.Total = r.Updated.Sub(r.Created).Seconds()
+	if r.Online != nil && r.Online.Response != nil {
+		a := r.Online.Response
+		c.Response = &CompletionResponse{Status: a.Status, Deployment: a.Deployment, LatencyMS: a.LatencyMS, BodyBytes: a.BodyBytes}
+	}
 	if r.Request != nil {
 		if len(r.Request.Inputs) > 0 {
 			c.Inputs = map[string]string{}

@@ -6,7 +6,16 @@ import (
 
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/online"
 )
+
+// Scorer is the online endpoint client (*online.Client implements it).
+// Score sends one scoring request (retrying only what cannot score twice,
+// within ctx's deadline) and returns the 2xx answer, or an error that
+// online.KindOf classifies.
+type Scorer interface {
+	Score(ctx context.Context, ep online.Endpoint, req online.Request) (*online.Response, error)
+}
 
 // Submitter is the part of the Azure ML client the orchestrator uses
 // (*jobs.Client implements it). Submit must not retry the POST; the

@@ -93,6 +93,39 @@
 // So there is one writer of state transitions per run at a time, and the
 // order above covers them too.
 //
+// # Online runs
+//
+// A pipeline whose endpoint is an online endpoint (Pipeline.IsOnline)
+// scores each event with one request (Scorer) instead of submitting a job,
+// through the same intake, ledger and completion messages, under the same
+// carrier rule and compare-and-set writes (online.go has the details):
+//
+//  1. Create the record (received), as above.
+//  2. Render the request body (it must be JSON; else rejected) and record
+//     the decision: allow, one "not-applicable" check (an online request
+//     names no URIs for the data-access preflight).
+//  3. Take a request slot of the endpoint (max_concurrent_requests, per
+//     replica, in process; waiting counts against the request's timeout).
+//  4. Write submitting (request id, SubmitDeadline = the request's deadline
+//     plus the submit margin) BEFORE the POST.
+//  5. POST (429/503 retried within the deadline; a sent request without an
+//     answer only when the pipeline is safe_to_repeat). Then write the
+//     outcome: completed, rejected, failed, timed_out (finish: completion
+//     message, then the write), or unknown (carrier = tracker, parked for an
+//     operator: there is no job to reconcile).
+//  6. Deliver the outcome (a reply to the requester of a core NATS request,
+//     or batchd.results.<pipeline>), then ack. A delivery never precedes the
+//     write that records it.
+//
+// A crash between 4 and 5's write leaves submitting: after SubmitDeadline
+// the redelivery scores again if safe_to_repeat, else makes the run
+// unknown ("scoring outcome unknown: batchd stopped while the request was in
+// flight") and tells the requester. A crash between 5's write and 6: the
+// redelivered intake message finds the run finished and delivers again
+// from the stored response (at least once). A duplicate request (same key)
+// is answered from the run (AnswerDuplicate, or the worker's duplicate
+// path) and never scored again.
+//
 // # Retention
 //
 // Finished runs are written with a per-message TTL (Nats-TTL) of Retention;

@@ -71,6 +71,10 @@ type MessageEvent struct {
 	Sequence uint64            `json:"sequence,omitempty"`
 	// Reply is the message's reply subject, when it had one.
 	Reply string `json:"reply,omitempty"`
+	// ReplyDeferred: the trigger did not answer the request; whoever runs
+	// the event answers on Reply (a pipeline targeting an online endpoint
+	// replies with the scoring response).
+	ReplyDeferred bool `json:"reply_deferred,omitempty"`
 }
 
 // RunID is the stable id of the run for (pipeline, key): the first 16 bytes

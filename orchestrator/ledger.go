@@ -19,6 +19,9 @@ import (
 type record struct {
 	Run
 	Sys sysState `json:"sys"`
+	// full is an online run's whole response body, in memory only, from the
+	// answer to the delivery of the outcome (the stored one may be cut).
+	full []byte
 }
 
 // Carriers: the message that drives a run. Every run that is not finished
@@ -132,6 +135,19 @@ type ledger struct {
 	js        jetstream.JetStream
 	kv        jetstream.KeyValue
 	retention time.Duration
+	// retentionOf, when set, gives a pipeline's own retention (0: the
+	// default).
+	retentionOf func(pipeline string) time.Duration
+}
+
+// ttl is how long r stays after it finished.
+func (l *ledger) ttl(r *record) time.Duration {
+	if l.retentionOf != nil {
+		if d := l.retentionOf(r.Pipeline); d > 0 {
+			return d
+		}
+	}
+	return l.retention
 }
 
 func (l *ledger) subject(id string) string { return "$KV." + BucketRuns + "." + id }
@@ -163,7 +179,7 @@ func (l *ledger) create(ctx context.Context, r *record) (uint64, error) {
 	}
 	var opts []jetstream.KVCreateOpt
 	if r.State.Terminal() {
-		opts = append(opts, jetstream.KeyTTL(l.retention))
+		opts = append(opts, jetstream.KeyTTL(l.ttl(r)))
 	}
 	rev, err := l.kv.Create(ctx, r.ID, b, opts...)
 	if err != nil {
@@ -185,7 +201,7 @@ func (l *ledger) put(ctx context.Context, r *record, rev uint64) (uint64, error)
 	m.Data = b
 	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
 	if r.State.Terminal() {
-		opts = append(opts, jetstream.WithMsgTTL(l.retention))
+		opts = append(opts, jetstream.WithMsgTTL(l.ttl(r)))
 	}
 	ack, err := l.js.PublishMsg(ctx, m, opts...)
 	if err != nil {

@@ -125,6 +125,11 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 		}
 		if r.State.Terminal() {
 			o.releaseSlot(ctx, r)
+			if d.carrier == carrierIntake && d.retryGen == 0 && !d.nudge && o.isOnline(r) {
+				// The run's own message again: its handler may have died
+				// between the outcome's write and its delivery.
+				o.deliverOnline(ctx, r, nil, "", false)
+			}
 			return ack(), nil
 		}
 		if r.Sys.Carrier != d.carrier {
@@ -162,6 +167,9 @@ func (o *Orchestrator) duplicate(ctx context.Context, r *record, d *delivery) (s
 		return settle{}, err
 	}
 	o.met.events.WithLabelValues(d.ev.Source, "duplicate").Inc()
+	if m := d.ev.Message; m != nil && m.ReplyDeferred && m.Reply != "" && o.isOnline(r) {
+		o.deliverOnline(ctx, r, nil, m.Reply, true)
+	}
 	if !r.State.Terminal() && r.Sys.Carrier == carrierTracker {
 		if err := o.ensureTracker(ctx, r); err != nil {
 			return settle{}, err
@@ -187,6 +195,9 @@ func (o *Orchestrator) step(ctx, stop context.Context, r *record, rev uint64, d 
 		}
 		return o.admitAndSubmit(ctx, stop, r, rev, d)
 	case StateSubmitting:
+		if o.isOnline(r) {
+			return o.stepOnlineFoundSubmitting(ctx, stop, r, rev, d)
+		}
 		return o.stepFoundSubmitting(ctx, r, rev, d)
 	case StateUnknown:
 		return o.stepUnknown(ctx, stop, r, rev, d)
@@ -253,6 +264,9 @@ func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev ui
 		}
 		reason := fmt.Sprintf("pipeline %q is not configured", r.Pipeline)
 		return o.finish(ctx, r, rev, StateRejected, reason, reason)
+	}
+	if p.IsOnline() {
+		return o.stepOnline(ctx, stop, r, rev, d, p, "")
 	}
 	req, chk, err := p.Render(r.ID, r.Event)
 	if err != nil {
@@ -610,7 +624,20 @@ func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state 
 	}
 	o.logRun(r)
 	o.releaseSlot(ctx, r)
+	if o.isOnline(r) {
+		o.deliverOnline(ctx, r, r.full, "", false)
+	}
 	return ack(), nil
+}
+
+// isOnline reports whether r is a run of an online pipeline (as the run
+// was made, or as its pipeline is configured now).
+func (o *Orchestrator) isOnline(r *record) bool {
+	if r.Online != nil {
+		return true
+	}
+	p := o.pipelines[r.Pipeline]
+	return p != nil && p.IsOnline()
 }
 
 // releaseSlot gives the run's admission slot back (if it holds one).
@@ -669,6 +696,12 @@ func (o *Orchestrator) logRun(r *record) {
 	}
 	if r.State == StateUnknown || r.State == StateRejected || r.State == StateFailed || r.State == StateTimedOut {
 		o.log.Warn("run", attrs...)
+		return
+	}
+	if (r.State == StateReceived || r.State == StateSubmitting) && o.isOnline(r) {
+		// An online run takes milliseconds: its outcome is the decision
+		// worth a line at info; the steps before it are debug.
+		o.log.Debug("run", attrs...)
 		return
 	}
 	o.log.Info("run", attrs...)

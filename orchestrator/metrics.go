@@ -22,6 +22,10 @@ type metrics struct {
 	polls          *prometheus.CounterVec   // endpoint, result
 	admissionWaits *prometheus.CounterVec   // endpoint, reason
 	reconciles     *prometheus.CounterVec   // endpoint, result
+
+	online           *prometheus.CounterVec   // endpoint, result
+	onlineLatency    *prometheus.HistogramVec // endpoint
+	onlineDeliveries *prometheus.CounterVec   // pipeline, via, result
 }
 
 func newMetrics() *metrics {
@@ -59,8 +63,21 @@ func newMetrics() *metrics {
 		Name: "batchd_reconciliations_total",
 		Help: "Reconciliation outcomes of runs whose submission was ambiguous: adopted, resubmitted, operator.",
 	}, []string{"endpoint", "result"})
+	m.online = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_online_requests_total",
+		Help: "Online endpoint requests, by endpoint and outcome: completed, rejected, failed, timed_out, unknown, interrupted (batchd stopped mid-request).",
+	}, []string{"endpoint", "result"})
+	m.onlineLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "batchd_online_request_duration_seconds",
+		Help:    "Time of the online endpoint's answered attempt, from sending the request to reading the answer, by endpoint.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"endpoint"})
+	m.onlineDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_online_deliveries_total",
+		Help: "Online outcomes delivered over NATS, by pipeline, via (reply, results, duplicate) and result (ok, error).",
+	}, []string{"pipeline", "via", "result"})
 	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration, m.tokenFetches,
-		m.polls, m.admissionWaits, m.reconciles,
+		m.polls, m.admissionWaits, m.reconciles, m.online, m.onlineLatency, m.onlineDeliveries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

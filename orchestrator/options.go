@@ -22,7 +22,10 @@ type Options struct {
 	Pipelines map[string]*Pipeline
 	Submitter Submitter
 	Checker   Checker
-	Logger    *slog.Logger
+	// Scorer sends the requests of pipelines that target online endpoints;
+	// required when there is one.
+	Scorer Scorer
+	Logger *slog.Logger
 
 	// Workers is the number of intake events processed at once (per
 	// replica). Default 8.
@@ -144,6 +147,15 @@ func (o *Options) validate() error {
 	for name, p := range o.Pipelines {
 		if p == nil || p.Name != name {
 			errs = append(errs, fmt.Errorf("pipeline %q: name does not match its key", name))
+			continue
+		}
+		if p.IsOnline() {
+			if o.Scorer == nil {
+				errs = append(errs, fmt.Errorf("pipeline %q targets an online endpoint: Scorer is required", name))
+			}
+			if p.Request == nil || p.Endpoint.Online == nil {
+				errs = append(errs, fmt.Errorf("pipeline %q targets an online endpoint: it needs a request template and the endpoint's online settings", name))
+			}
 		}
 	}
 	if o.Retention < time.Second {

@@ -35,6 +35,8 @@ type Orchestrator struct {
 	log       *slog.Logger
 	sub       Submitter
 	checker   Checker
+	scorer    Scorer
+	slots     onlineSlots
 	pipelines map[string]*Pipeline
 	// maxRunning by endpoint name, from the pipelines' endpoints.
 	maxRunning map[string]int
@@ -90,12 +92,19 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		log:        opts.Logger,
 		sub:        opts.Submitter,
 		checker:    opts.Checker,
+		scorer:     opts.Scorer,
 		pipelines:  opts.Pipelines,
 		maxRunning: map[string]int{},
 		limiters:   map[string]*rate.Limiter{},
 	}
 	if o.pipelines == nil {
 		o.pipelines = map[string]*Pipeline{}
+	}
+	o.ledger.retentionOf = func(pipeline string) time.Duration {
+		if p := o.pipelines[pipeline]; p != nil {
+			return p.Retention
+		}
+		return 0
 	}
 	for _, p := range o.pipelines {
 		if p.Endpoint.MaxRunningJobs > o.maxRunning[p.Endpoint.Name] {

@@ -77,6 +77,9 @@ type Run struct {
 	Error   string       `json:"error,omitempty"`
 	// Duplicates counts redeliveries of the same event that were ignored.
 	Duplicates int `json:"duplicates,omitempty"`
+	// Online is the scoring request and the endpoint's answer, for a run of
+	// a pipeline that targets an online endpoint (there is no Job).
+	Online *OnlineCall `json:"online,omitempty"`
 
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`
@@ -98,4 +101,40 @@ type Transition struct {
 	State  State     `json:"state"`
 	At     time.Time `json:"at"`
 	Reason string    `json:"reason,omitempty"`
+}
+
+// OnlineCall is one online run's scoring request and the endpoint's
+// answer. Bodies are kept as the pipeline's response policy says (cut to
+// max_bytes, or not at all); sizes, status, latency and deployment always.
+type OnlineCall struct {
+	// Request is the rendered body.
+	Request          string `json:"request,omitempty"`
+	RequestBytes     int    `json:"request_bytes"`
+	RequestTruncated bool   `json:"request_truncated,omitempty"`
+	// RequestID is sent as x-ms-client-request-id (the endpoint's logs
+	// carry it).
+	RequestID string `json:"request_id,omitempty"`
+	// Deployment is the deployment asked for (azureml-model-deployment);
+	// empty lets the endpoint's traffic rules choose.
+	Deployment string          `json:"deployment,omitempty"`
+	Response   *OnlineResponse `json:"response,omitempty"`
+}
+
+// OnlineResponse is the endpoint's answer to an online run's request.
+type OnlineResponse struct {
+	Status      int    `json:"status"`
+	ContentType string `json:"content_type,omitempty"`
+	Body        string `json:"body,omitempty"`
+	BodyBytes   int    `json:"body_bytes"`
+	// Truncated: Body holds only the first max_bytes of the answer.
+	Truncated bool `json:"truncated,omitempty"`
+	// NotStored: the pipeline keeps no bodies (response.store: false).
+	NotStored bool `json:"not_stored,omitempty"`
+	// Deployment is the deployment that served it (the answer's
+	// azureml-model-deployment header).
+	Deployment string `json:"deployment,omitempty"`
+	// LatencyMS is the time of the answered attempt, in milliseconds.
+	LatencyMS float64   `json:"latency_ms"`
+	Attempts  int       `json:"attempts"`
+	At        time.Time `json:"at"`
 }

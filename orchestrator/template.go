@@ -32,11 +32,23 @@ var templateFuncs = template.FuncMap{
 	"replace":    func(old, new, s string) string { return strings.ReplaceAll(s, old, new) },
 	"lower":      strings.ToLower,
 	"upper":      strings.ToUpper,
+	// json encodes a value as JSON text: {{ json .Message.Data.features }},
+	// {{ json .Fields.text }} (a quoted, escaped string). For request
+	// templates of online pipelines.
+	"json": templateJSON,
 }
 
 // TemplateFuncs lists the function names templates may use (for docs).
 func TemplateFuncs() []string {
-	return []string{"date", "trimPrefix", "trimSuffix", "base", "dir", "replace", "lower", "upper"}
+	return []string{"date", "trimPrefix", "trimSuffix", "base", "dir", "replace", "lower", "upper", "json"}
+}
+
+func templateJSON(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("json: %w", err)
+	}
+	return string(b), nil
 }
 
 // CompileTemplate parses src. A syntax error or an unknown function is an
@@ -84,11 +96,26 @@ type RunData struct {
 }
 
 // MessageData is a NATS message as templates see it: Data is the decoded
-// JSON body, so {{ .Message.Data.path }} reads a field of it.
+// JSON body, so {{ .Message.Data.path }} reads a field of it, and
+// {{ .Message.Body }} is the body as received.
 type MessageData struct {
 	Subject string
 	Data    any
 	Headers map[string]string
+	raw     []byte
+}
+
+// Body is the message body exactly as received (JSON text): the request
+// body of an online pipeline that passes messages through unchanged, with
+// no number or key order lost to decoding. "{}" for sample data.
+func (m *MessageData) Body() (string, error) {
+	if m == nil {
+		return "", errors.New(".Message is not available for this trigger (.Message.Body)")
+	}
+	if len(m.raw) == 0 {
+		return "{}", nil
+	}
+	return string(m.raw), nil
 }
 
 // NewTemplateData builds the data for ev and its run id.
@@ -102,7 +129,7 @@ func NewTemplateData(runID string, ev Event) (*TemplateData, error) {
 		Fields:   ev.Fields,
 	}
 	if ev.Message != nil {
-		m := &MessageData{Subject: ev.Message.Subject, Headers: ev.Message.Headers}
+		m := &MessageData{Subject: ev.Message.Subject, Headers: ev.Message.Headers, raw: ev.Message.Data}
 		if len(ev.Message.Data) > 0 {
 			if err := json.Unmarshal(ev.Message.Data, &m.Data); err != nil {
 				return nil, fmt.Errorf("message body is not JSON: %w", err)
@@ -158,6 +185,7 @@ var (
 	reNilPtr   = regexp.MustCompile(`at <([^>]*)>: nil pointer evaluating \*?[\w.]+\.(\w+)`)
 	reNoEntry  = regexp.MustCompile(`at <([^>]*)>: map has no entry for key "([^"]*)"`)
 	reNilData  = regexp.MustCompile(`at <([^>]*)>: nil data; no entry for key "([^"]*)"`)
+	reCallErr  = regexp.MustCompile(`at <[^>]*>: error calling \w+: (.*)$`)
 	rePrefix   = regexp.MustCompile(`^template: t:\d+(:\d+)?: `)
 )
 
@@ -177,6 +205,9 @@ func cleanTemplateError(err error) string {
 	}
 	if m := reNilData.FindStringSubmatch(msg); m != nil {
 		return "no value for " + m[1]
+	}
+	if m := reCallErr.FindStringSubmatch(msg); m != nil {
+		return m[1]
 	}
 	msg = rePrefix.ReplaceAllString(msg, "")
 	msg = strings.TrimPrefix(msg, `executing "t" `)

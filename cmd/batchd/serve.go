@@ -5,16 +5,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/online"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/broker"
 )
@@ -124,9 +127,13 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_CREDENTIAL", Msg: err.Error()}}}
 	}
 	storage, checker := newStorageChecker(env, f, cred, log)
+	scorer, err := newScorer(env, cred, log, func(kind string) { orch.TokenFetched(kind) })
+	if err != nil {
+		return err
+	}
 
 	orch, err = orchestrator.New(ctx, orchestrator.Options{
-		JS: b.JS, Conn: b.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker,
+		JS: b.JS, Conn: b.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker, Scorer: scorer,
 		Logger:  log.With("component", "orchestrator"),
 		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,
 		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
@@ -188,6 +195,25 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		log.Info("batchd stopped")
 	}
 	return err
+}
+
+// newScorer builds the online endpoint client on the process credential.
+// onFetch counts the Azure ML tokens and key lists it fetches (Entra
+// tokens are counted by the credential).
+func newScorer(env *config.Env, cred azcore.TokenCredential, log *slog.Logger, onFetch func(kind string)) (*online.Client, error) {
+	c, err := online.New(cred, online.Options{
+		MLScope: env.MLScope, ARMScope: env.ARMScope, ARMEndpoint: env.ARMEndpoint,
+		Transport: azureTransport, Logger: log.With("component", "online"),
+		OnFetch: func(kind string) {
+			if kind != "entra" && onFetch != nil {
+				onFetch("online:" + kind)
+			}
+		},
+	})
+	if err != nil {
+		return nil, &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_ARM_ENDPOINT", Msg: err.Error()}}}
+	}
+	return c, nil
 }
 
 func natsDescription(env *config.Env, b *broker.Broker) string {

@@ -89,7 +89,7 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 
 	for _, name := range sortedNames(f.Triggers.NATS) {
 		p := f.Pipelines[name]
-		s, err := natsmsg.New(natsmsg.Options{Pipeline: name, Config: f.Triggers.NATS[name], Conn: nc, Intake: orch,
+		nopts := natsmsg.Options{Pipeline: name, Config: f.Triggers.NATS[name], Conn: nc, Intake: orch,
 			// Render the pipeline's templates before accepting a message, so
 			// one that lacks a field they read is rejected (and, on
 			// JetStream, terminated) at once with the reason.
@@ -97,7 +97,15 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 				_, _, err := p.Render(orchestrator.RunID(ev.Pipeline, ev.Key), ev)
 				return err
 			},
-			Logger: log.With("pipeline", name), Registerer: reg})
+			Logger: log.With("pipeline", name), Registerer: reg}
+		if p.IsOnline() {
+			// A core NATS request to an online pipeline is answered with the
+			// scoring response by the run (docs/ONLINE.md).
+			nopts.DeferReply = true
+			nopts.OnDuplicate = orch.AnswerDuplicate
+			nopts.Concurrency = 32
+		}
+		s, err := natsmsg.New(nopts)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -95,8 +95,8 @@ func (s *Sim) PendingFaults(route Route) int {
 // ClearFaults drops every queued fault and random rate.
 func (s *Sim) ClearFaults() {
 	s.mu.Lock()
-	s.faults = [7][]Fault{}
-	s.rates = [7]faultRate{}
+	s.faults = [numRoutes][]Fault{}
+	s.rates = [numRoutes]faultRate{}
 	s.mu.Unlock()
 }
 

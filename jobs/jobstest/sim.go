@@ -141,9 +141,17 @@ const (
 	RouteARMGet    Route = "arm-get"   // GET .../workspaces/{ws}/jobs/{name}
 	RouteARMCancel Route = "arm-cancel"
 	RouteARMList   Route = "arm-list"
+	// Online endpoints (online.go).
+	RouteScore       Route = "score"        // POST {OnlineScoringURI}
+	RouteOnlineToken Route = "online-token" // POST .../onlineEndpoints/{name}/token (ARM)
+	RouteListKeys    Route = "list-keys"    // POST .../onlineEndpoints/{name}/listKeys (ARM)
 )
 
-var routes = []Route{RouteToken, RouteDiscovery, RouteCreate, RouteGet, RouteARMGet, RouteARMCancel, RouteARMList}
+var routes = []Route{RouteToken, RouteDiscovery, RouteCreate, RouteGet, RouteARMGet, RouteARMCancel, RouteARMList,
+	RouteScore, RouteOnlineToken, RouteListKeys}
+
+// numRoutes is len(routes), as a constant for the per-route arrays.
+const numRoutes = 10
 
 func routeIndex(r Route) int {
 	for i, x := range routes {
@@ -169,7 +177,7 @@ type Sim struct {
 	serving        sync.WaitGroup // Serve loops
 	handlers       sync.WaitGroup // requests in flight
 
-	counts   [7]atomic.Int64
+	counts   [numRoutes]atomic.Int64
 	seq      atomic.Int64
 	verified sync.Map // token string -> *claims, for tokens that verified once
 
@@ -178,16 +186,26 @@ type Sim struct {
 	order     []*job
 	endpoints map[string]*endpoint
 	denied    map[string]bool // oid or appid
-	missing   map[string]bool // managed identity client ids ("" = system) that do not exist
-	faults    [7][]Fault
-	rates     [7]faultRate
-	rng       *mrand.Rand
-	tokenReqs []TokenRequest
-	issued    []string
+	// deniedActions holds "<oid or appid> <action>" pairs (DenyAction).
+	deniedActions map[string]bool
+	online        map[string]*onlineEndpoint
+	handler       http.Handler
+	missing       map[string]bool // managed identity client ids ("" = system) that do not exist
+	faults        [numRoutes][]Fault
+	rates         [numRoutes]faultRate
+	rng           *mrand.Rand
+	tokenReqs     []TokenRequest
+	issued        []string
 }
 
 // Start starts a simulator on loopback.
 func Start(opts Options) (*Sim, error) {
+	return listen(newSim(opts))
+}
+
+// newSim builds a Sim with opts' defaults and its handler, listening on
+// nothing (NewInProcess serves it through InProcessTransport).
+func newSim(opts Options) *Sim {
 	if opts.TokenLifetime <= 0 {
 		opts.TokenLifetime = time.Hour
 	}
@@ -219,7 +237,22 @@ func Start(opts Options) (*Sim, error) {
 		denied:    map[string]bool{},
 		missing:   map[string]bool{},
 		rng:       mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+
+		deniedActions: map[string]bool{},
+		online:        map[string]*onlineEndpoint{},
 	}
+	s.handler = s.mux()
+	return s
+}
+
+func init() {
+	if len(routes) != numRoutes {
+		panic("jobstest: numRoutes does not match routes")
+	}
+}
+
+// listen starts the TLS and managed identity servers of s.
+func listen(s *Sim) (*Sim, error) {
 	cert, caPEM, pool, err := newCerts()
 	if err != nil {
 		return nil, fmt.Errorf("jobstest: certificates: %w", err)
@@ -247,7 +280,7 @@ func Start(opts Options) (*Sim, error) {
 	}
 
 	quiet := log.New(io.Discard, "", 0) // TLS handshake noise from resets and probes
-	s.srv = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: quiet}
+	s.srv = &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: quiet}
 	s.miSrv = &http.Server{Handler: s.miMux(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: quiet}
 	tlsLn := tls.NewListener(ln, &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -264,12 +297,16 @@ func Start(opts Options) (*Sim, error) {
 // cut short) and closes the idle connections of Transport.
 func (s *Sim) Close() error {
 	s.closeOnce.Do(func() {
-		_ = s.srv.Close() // connections first, so a released handler cannot answer
-		_ = s.miSrv.Close()
+		if s.srv != nil {
+			_ = s.srv.Close() // connections first, so a released handler cannot answer
+			_ = s.miSrv.Close()
+		}
 		close(s.done)
 		s.serving.Wait()
 		s.handlers.Wait()
-		s.transport.CloseIdleConnections()
+		if s.transport != nil {
+			s.transport.CloseIdleConnections()
+		}
 	})
 	return nil
 }
@@ -344,6 +381,15 @@ func (s *Sim) Count(r Route) int64 {
 	return 0
 }
 
+// DenyAction makes calls by the identity (object id or app/client id) that
+// need action (ActionOnlineScore, ActionOnlineToken, ActionListKeys, ...)
+// fail with 403 AuthorizationFailed naming it, as a missing role does.
+func (s *Sim) DenyAction(id, action string) {
+	s.mu.Lock()
+	s.deniedActions[id+" "+action] = true
+	s.mu.Unlock()
+}
+
 // DenyIdentity makes every data-plane and ARM call by the identity (object
 // id or app/client id) fail with 403 AuthorizationFailed.
 func (s *Sim) DenyIdentity(id string) {
@@ -384,6 +430,9 @@ func (s *Sim) mux() *http.ServeMux {
 	m.Handle("GET "+ws+"/jobs/{name}", s.route(RouteARMGet, s.handleARMGet))
 	m.Handle("POST "+ws+"/jobs/{name}/cancel", s.route(RouteARMCancel, s.handleARMCancel))
 	m.Handle("GET "+ws+"/jobs", s.route(RouteARMList, s.handleARMList))
+	m.Handle("POST /online/{endpoint}/score", s.route(RouteScore, s.handleScore))
+	m.Handle("POST "+ws+"/onlineEndpoints/{endpoint}/token", s.route(RouteOnlineToken, s.handleOnlineToken))
+	m.Handle("POST "+ws+"/onlineEndpoints/{endpoint}/listKeys", s.route(RouteListKeys, s.handleListKeys))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NotFound", fmt.Sprintf("no route for %s %s in the simulator", r.Method, r.URL.Path))
 	})

@@ -71,8 +71,9 @@ func (s *Sim) TokenRequests() []TokenRequest {
 	return append([]TokenRequest(nil), s.tokenReqs...)
 }
 
-// IssuedTokens returns every token the simulator issued, for tests that
-// check that no token leaks into logs, errors or output.
+// IssuedTokens returns every token the simulator issued (Entra tokens and
+// online endpoints' Azure ML tokens) and every online endpoint key it made,
+// for tests that check that no secret leaks into logs, errors or output.
 func (s *Sim) IssuedTokens() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -202,7 +203,7 @@ func (s *Sim) authorize(w http.ResponseWriter, r *http.Request, audience, action
 		return nil, false
 	}
 	s.mu.Lock()
-	denied := s.denied[c.OID] || s.denied[c.AppID]
+	denied := s.denied[c.OID] || s.denied[c.AppID] || s.deniedActions[c.OID+" "+action] || s.deniedActions[c.AppID+" "+action]
 	s.mu.Unlock()
 	if denied {
 		ws := s.opts.Workspace

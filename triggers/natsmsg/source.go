@@ -27,6 +27,19 @@
 //     acceptable. A request (a message with a reply subject) gets an answer
 //     either way, so its publisher knows: {"run_id": ..., "duplicate": ...}
 //     or {"error": ..., "state": "rejected"|"failed"}.
+//
+// Deferred replies (Options.DeferReply, for pipelines that target an online
+// endpoint): a core NATS request that becomes a run is not answered here.
+// Its reply subject travels with the event (Event.Message.Reply,
+// ReplyDeferred), and whoever runs the event answers it with the scoring
+// response. The source still answers what no run will: a rejected message
+// and one the intake did not take; and a duplicate through
+// Options.OnDuplicate. Such a request without a Nats-Msg-Id is keyed by its
+// subject, body and reply subject: every request is its own occurrence (core
+// NATS never redelivers one, and two requesters sending the same body each
+// want an answer); set Nats-Msg-Id to make a requester's retries one run.
+// JetStream messages have no requester (their reply subject is the ack
+// subject), so DeferReply does not apply to them.
 package natsmsg
 
 import (
@@ -73,9 +86,17 @@ type Options struct {
 	// it is given up (default 5, with backoff from RetryDelay/10).
 	CoreRetries int
 	// Grace bounds the handling of messages in hand at shutdown (default 10s).
-	Grace      time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Grace time.Duration
+	// DeferReply leaves the answer to a core NATS request that becomes a
+	// run to the run (see the package comment).
+	DeferReply bool
+	// OnDuplicate, with DeferReply, answers a request whose event the
+	// intake already holds (Receipt.Duplicate: a repeated Nats-Msg-Id): the
+	// daemon replies with that run's outcome. It may wait for the run to
+	// finish. Without it the source answers {"run_id", "duplicate": true}.
+	OnDuplicate func(ctx context.Context, runID, reply string) error
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
 }
 
 // Source is one pipeline's NATS trigger.
@@ -180,11 +201,29 @@ func Key(subject string, body []byte, h nats.Header, stream string, seq uint64) 
 	return fmt.Sprintf("nats-seq:%s:%d", stream, seq)
 }
 
+// requestKey is the key of a deferred-reply request without a Nats-Msg-Id:
+// the reply subject makes every request its own run.
+func requestKey(subject string, body []byte, reply string) string {
+	sum := sha256.New()
+	sum.Write([]byte(subject))
+	sum.Write([]byte{0})
+	sum.Write([]byte(reply))
+	sum.Write([]byte{0})
+	sum.Write(body)
+	return "nats-request:" + hex.EncodeToString(sum.Sum(nil)[:16])
+}
+
 // event builds the message's event; a non-nil error is a *rejection.
 func (s *Source) event(subject string, body []byte, h nats.Header, stream string, seq uint64, reply string, at time.Time) (orchestrator.Event, error) {
 	ev := orchestrator.Event{
 		Pipeline: s.o.Pipeline, Key: Key(subject, body, h, stream, seq), Source: orchestrator.SourceNATS, Time: at.UTC(),
 		Message: &orchestrator.MessageEvent{Subject: subject, Headers: firstValues(h), Stream: stream, Sequence: seq, Reply: reply},
+	}
+	if s.o.DeferReply && stream == "" && reply != "" {
+		ev.Message.ReplyDeferred = true
+		if h.Get(jetstream.MsgIDHeader) == "" {
+			ev.Key = requestKey(subject, body, reply)
+		}
 	}
 	if len(body) > s.o.MaxBodyBytes {
 		return ev, &rejection{fmt.Sprintf("body of %d bytes is over the %d byte limit", len(body), s.o.MaxBodyBytes)}
@@ -435,6 +474,15 @@ func (s *Source) handleCore(ctx context.Context, m *nats.Msg) {
 	}
 	var r replyBody
 	switch {
+	case out.err == nil && out.rejected == "" && ev.Message.ReplyDeferred && out.receipt.Duplicate && s.o.OnDuplicate != nil:
+		err := s.o.OnDuplicate(ctx, out.receipt.RunID, m.Reply)
+		if err == nil {
+			return
+		}
+		s.log.Warn("answer a duplicate request", "key", ev.Key, "run", out.receipt.RunID, "err", err)
+		r = replyBody{RunID: out.receipt.RunID, Duplicate: true}
+	case out.err == nil && out.rejected == "" && ev.Message.ReplyDeferred && !out.receipt.Duplicate:
+		return // the run answers
 	case out.err != nil:
 		s.log.Error("core NATS message lost: the intake did not take it and core NATS cannot redeliver", "key", ev.Key, "subject", m.Subject, "err", out.err)
 		r = replyBody{Error: "not taken: " + out.err.Error(), State: "failed"}

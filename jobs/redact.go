@@ -1,0 +1,8 @@
+package jobs
+
+// OneLine returns the first line of s, at most n bytes of it, with anything
+// shaped like a secret removed: JWTs, "Bearer <value>", SAS signatures,
+// account keys and client secrets. Clients of other Azure ML services
+// (jobs/online) pass service messages through it before they reach an
+// error or a log, as this package does.
+func OneLine(s string, n int) string { return oneLine(s, n) }
