@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/cmd/batchd/internal/benchtab"
+	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/jobstest"
+	"github.com/batchd/batchd/orchestrator"
+)
+
+// Tracking configuration of the benchmark's daemon: the bounds the
+// completion delay is reported against, and the budget the status requests
+// must stay within.
+const (
+	benchPollMin    = 5 * time.Second
+	benchPollMax    = 2 * time.Minute
+	benchPollBudget = 1000 // status requests per second per endpoint host
+	// benchDoneAfter is when, after its creation, a job of the completion
+	// sample completes in the simulator.
+	benchDoneAfter = 30 * time.Second
+)
+
+// benchTracking runs `batchd serve` as a process (embedded NATS, managed
+// identity against the simulator, status through ARM) and:
+//
+//   - submits jobs that stay Running until 10k, 30k and 100k are tracked at
+//     once, and at each size, once tracking is steady, reads the process's
+//     RSS and the status requests per second the simulator receives
+//     (against BATCHD_POLL_BUDGET);
+//   - then submits a sample of jobs that complete in the simulator 30 s
+//     after their creation, amid the 100k, and measures the delay between
+//     that moment and the run's `completed` (its Updated time), against
+//     BATCHD_POLL_MIN/MAX;
+//   - counts token requests per 10,000 submissions;
+//   - measures cold start (process start to /readyz 200) with an empty state
+//     dir and with the state dir of the 100k runs.
+func benchTracking(b *testing.B, rep *benchtab.Report) {
+	sizes := []int{benchScaled(10000), benchScaled(30000), benchScaled(100000)}
+	sample := benchScaled(2000)
+	settle := 20 * time.Second
+	window := 20 * time.Second
+	dir := b.TempDir()
+	bin := procBuild(b, dir)
+	sim := jobstest.New(b, jobstest.Options{Outcome: func(j jobstest.JobView) jobstest.Lifecycle {
+		if strings.Contains(j.Inputs["data"].URI, "/done-") {
+			return jobstest.Lifecycle{Steps: []jobstest.Step{{Status: jobs.StatusRunning, After: benchDoneAfter}, {Status: jobs.StatusCompleted}}}
+		}
+		return jobstest.Stuck(jobs.StatusRunning)
+	}})
+	env := procSimEnv(b, sim, dir)
+	env["BATCHD_POLL_MIN"] = benchPollMin.String()
+	env["BATCHD_POLL_MAX"] = benchPollMax.String()
+	env["BATCHD_POLL_BUDGET"] = strconv.Itoa(benchPollBudget)
+	env["BATCHD_SUBMIT_TIMEOUT"] = "30s"
+	env["BATCHD_RECONCILE_GRACE"] = "1m"
+	env["BATCHD_LOG_LEVEL"] = "warn"
+	p := newProc(b, bin, env, "tracking")
+	p.start()
+	started := time.Now()
+
+	ctx, cancel := context.WithTimeout(b.Context(), 20*time.Minute)
+	defer cancel()
+	submit := func(keys []string) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		sem := make(chan struct{}, 32)
+		for _, key := range keys {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := procEmit(ctx, p.url, key, procInputURI(key)); err != nil {
+					failed.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if n := failed.Load(); n > 0 {
+			b.Fatalf("%d submissions were not accepted", n)
+		}
+		return time.Since(start)
+	}
+	tracked := func() int {
+		m := benchMetrics(p.url())
+		return int(m[`batchd_runs{state="submitted"}`] + m[`batchd_runs{state="running"}`])
+	}
+	statusRequests := func() int64 {
+		return sim.Count(jobstest.RouteGet) + sim.Count(jobstest.RouteARMGet) + sim.Count(jobstest.RouteARMList)
+	}
+
+	var xs, rss, peaks, rates []float64
+	total := 0
+	var submitTime time.Duration
+	for _, n := range sizes {
+		var keys []string
+		for i := total; i < n; i++ {
+			keys = append(keys, "run-"+strconv.Itoa(i))
+		}
+		submitTime += submit(keys)
+		total = n
+		benchWaitFor(b, 10*time.Minute, fmt.Sprintf("%d jobs tracked", n), func() bool {
+			return sim.JobCount() >= n && tracked() >= n
+		})
+		time.Sleep(settle) // steady tracking: the submission burst is over
+		r, peak, err := benchtab.ProcessMemory(p.cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c0, t0 := statusRequests(), time.Now()
+		time.Sleep(window)
+		rate := float64(statusRequests()-c0) / time.Since(t0).Seconds()
+		b.Logf("%d jobs tracked: VmRSS %.1f MiB (peak %.1f), %.0f status requests/s (budget %d)", n, r, peak, rate, benchPollBudget)
+		xs, rss, peaks, rates = append(xs, float64(n)), append(rss, r), append(peaks, peak), append(rates, rate)
+	}
+	submitted := sim.JobCount()
+	submitRate := float64(submitted) / submitTime.Seconds()
+
+	// The completion sample, amid the 100k.
+	var doneKeys []string
+	for i := range sample {
+		doneKeys = append(doneKeys, "done-"+strconv.Itoa(i))
+	}
+	submit(doneKeys)
+	benchWaitFor(b, benchDoneAfter+2*benchPollMax+5*time.Minute, "the completion sample to complete", func() bool {
+		return int(benchMetrics(p.url())[`batchd_runs{state="completed"}`]) >= sample
+	})
+	jobsByURI := map[string]jobstest.JobView{}
+	for _, j := range sim.Jobs() {
+		jobsByURI[j.Inputs["data"].URI] = j
+	}
+	runs, err := procListAll(p.url())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var delays []time.Duration
+	for _, r := range runs {
+		if !strings.HasPrefix(r.Key, "done-") {
+			continue
+		}
+		if r.State != orchestrator.StateCompleted {
+			b.Fatalf("sample run %s is %s, want completed", r.Key, r.State)
+		}
+		j, ok := jobsByURI[procInputURI(r.Key)]
+		if !ok {
+			b.Fatalf("sample run %s has no job in the simulator", r.Key)
+		}
+		delays = append(delays, r.Updated.Sub(j.CreatedAt.Add(benchDoneAfter)))
+	}
+	if len(delays) != sample {
+		b.Fatalf("%d sample runs found, want %d", len(delays), sample)
+	}
+
+	// Tokens: every Entra token the process asked for, by audience, per
+	// 10,000 submissions.
+	elapsed := time.Since(started)
+	tokens := map[string]int{}
+	for _, tr := range sim.TokenRequests() {
+		tokens[tr.Audience]++
+	}
+	allSubmitted := sim.JobCount()
+	perLifetime := max(1, int(elapsed/(55*time.Minute))+1) // azcore refreshes 5 min before expiry
+	mlPer10k := float64(tokens[jobstest.AudienceML]) * 10000 / float64(allSubmitted)
+
+	// Cold start with the state of the 100k runs (still tracked), then with
+	// an empty state dir.
+	var warm []time.Duration
+	for range 3 {
+		if code := p.stop(syscall.SIGTERM); code != 0 {
+			b.Fatalf("exit code after SIGTERM = %d, want 0", code)
+		}
+		warm = append(warm, benchStartTimed(b, p))
+	}
+	p.stop(syscall.SIGTERM)
+	var empty []time.Duration
+	for i := range 3 {
+		q := newProc(b, bin, env, "empty-"+strconv.Itoa(i))
+		empty = append(empty, benchStartTimed(b, q))
+		q.stop(syscall.SIGTERM)
+	}
+	med := func(ds []time.Duration) float64 { return benchtab.Ms(benchtab.Percentile(ds, 0.5)) }
+
+	big := len(xs) - 1
+	rep.Add(
+		benchtab.Figure{Group: "tracking", Name: fmt.Sprintf("RSS with %d jobs tracked (embedded NATS included)", sizes[big]), Unit: "MiB",
+			Batchd: rss[big], Target: "≤ 256 MiB", Met: benchtab.Met(rss[big] <= 256),
+			Note: fmt.Sprintf("peak (VmHWM) %.0f MiB during the submissions; %.0f submissions/s through the API", peaks[big], submitRate)},
+		benchtab.Figure{Group: "tracking", Name: fmt.Sprintf("status requests/s with %d tracked", sizes[big]), Unit: "req/s",
+			Batchd: rates[big], Reference: benchtab.Ref(benchPollBudget), RefName: "BATCHD_POLL_BUDGET",
+			Target: "≤ budget", Met: benchtab.Met(rates[big] <= benchPollBudget*(1+1/window.Seconds()))},
+		benchtab.Figure{Group: "tracking", Name: fmt.Sprintf("completion delay p50 (%d jobs completing amid %d)", sample, sizes[big]), Unit: "s",
+			Batchd: benchPct(delays, 0.5) / 1000, Reference: benchtab.Ref(benchPollMax.Seconds()), RefName: "BATCHD_POLL_MAX",
+			Note: fmt.Sprintf("poll bounds %s…%s, budget %d/s: %d jobs take ≥ %.0f s to visit once", benchPollMin, benchPollMax,
+				benchPollBudget, sizes[big], float64(sizes[big])/benchPollBudget)},
+		benchtab.Figure{Group: "tracking", Name: "completion delay p99", Unit: "s",
+			Batchd: benchPct(delays, 0.99) / 1000, Reference: benchtab.Ref(benchPollMax.Seconds()), RefName: "BATCHD_POLL_MAX",
+			Target: "≤ POLL_MAX", Met: benchtab.Met(benchPct(delays, 0.99)/1000 <= benchPollMax.Seconds())},
+		benchtab.Figure{Group: "tokens", Name: fmt.Sprintf("ML-scope token requests per 10,000 submissions (%d submissions in %s)", allSubmitted, elapsed.Round(time.Second)),
+			Unit: "tokens", Batchd: mlPer10k, Reference: benchtab.Ref(float64(perLifetime) * 10000 / float64(allSubmitted)),
+			RefName: "1 per token lifetime (1 h)", Target: "1 per token lifetime", Met: benchtab.Met(tokens[jobstest.AudienceML] <= perLifetime),
+			Note: fmt.Sprintf("ML tokens %d, ARM tokens %d (status and reconciliation) in %s", tokens[jobstest.AudienceML], tokens[jobstest.AudienceARM], elapsed.Round(time.Second))},
+		benchtab.Figure{Group: "cold start", Name: "serve → /readyz 200, empty state dir (median of 3)", Unit: "ms", Batchd: med(empty)},
+		benchtab.Figure{Group: "cold start", Name: fmt.Sprintf("serve → /readyz 200, %d runs in the state dir (median of 3)", len(runs)), Unit: "ms",
+			Batchd: med(warm), Reference: benchtab.Ref(med(empty)), RefName: "empty state dir"},
+	)
+	kib := make([]float64, len(rss))
+	for i, v := range rss {
+		kib[i] = v * 1024
+	}
+	rep.AddSlope(benchtab.Slope{Group: "tracking", Name: "RSS (KiB) by jobs tracked", Sizes: xs, Batchd: kib, PerUnitName: "KiB/job"})
+	rep.AddSlope(benchtab.Slope{Group: "tracking", Name: "status requests/s by jobs tracked", Sizes: xs, Batchd: rates, PerUnitName: "req/s per job"})
+	b.Logf("completion delay: p50 %.1f s, p99 %.1f s; cold start: empty %v, 100k %v; tokens %v", benchPct(delays, 0.5)/1000,
+		benchPct(delays, 0.99)/1000, empty, warm, tokens)
+	b.ReportMetric(0, "ns/op")
+}
+
+// benchStartTimed starts p as p.start does and returns the time from the
+// process's start to the first /readyz 200 (polled every 10 ms).
+func benchStartTimed(b *testing.B, p *batchdProc) time.Duration {
+	b.Helper()
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(p.bin, "serve")
+	for k, v := range p.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		b.Fatalf("start batchd: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait(); f.Close() }()
+	p.mu.Lock()
+	p.cmd, p.done = cmd, done
+	p.mu.Unlock()
+	client := &http.Client{Timeout: 2 * time.Second}
+	deadline := start.Add(5 * time.Minute)
+	for {
+		resp, err := client.Get(p.url() + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return time.Since(start)
+			}
+		}
+		select {
+		case err := <-done:
+			done <- err
+			b.Fatalf("batchd exited while starting: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("batchd not ready after 5m")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// benchMetrics reads every sample of /metrics, keyed by the series as
+// printed (name{labels}).
+func benchMetrics(base string) map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
