@@ -455,10 +455,6 @@ func TestCrashRecovery(t *testing.T) {
 	if code := p.stop(syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code after SIGTERM = %d, want 0", code)
 	}
-	if os.Getenv("ZZDEBUG") != "" {
-		b, _ := os.ReadFile(p.log)
-		os.WriteFile("/tmp/crash.log", b, 0o644)
-	}
 }
 
 // quickLifecycle: Running for one status read, then Completed.
