@@ -247,12 +247,15 @@ var bearerLike = regexp.MustCompile(`(?i)bearer\s+[A-Za-z0-9._~+/=-]{16,}`)
 // a connection string (AccountKey=) and a client secret in a form
 // (client_secret=): a service that echoes the job's input URIs, or a proxy
 // that echoes a request, must not put them into an error.
-var secretParam = regexp.MustCompile(`(?i)\b(sig|accountkey|client_secret)=[^&;\s"'<>]+`)
+// Inside JSON the separator before the name is often escaped ("\u0026sig="),
+// which has no word boundary, and inside another URL the "=" is encoded
+// ("sig%3D"); both are matched.
+var secretParam = regexp.MustCompile(`(?i)(\b|\\u0026|\\u003f|%26|%3f)(sig|accountkey|client_secret)(=|%3D)[^&;\s"'<>\\]+`)
 
 func redact(s string) string {
 	s = jwtLike.ReplaceAllString(s, "[redacted token]")
 	s = bearerLike.ReplaceAllString(s, "Bearer [redacted]")
-	return secretParam.ReplaceAllString(s, "$1=[redacted]")
+	return secretParam.ReplaceAllString(s, "$1$2$3[redacted]")
 }
 
 // oneLine keeps the first line of s, at most n bytes of it, redacted.

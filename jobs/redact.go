@@ -6,3 +6,9 @@ package jobs
 // (jobs/online) pass service messages through it before they reach an
 // error or a log, as this package does.
 func OneLine(s string, n int) string { return oneLine(s, n) }
+
+// Redact returns s with anything shaped like a secret replaced: JWTs,
+// "Bearer <value>", SAS signatures (sig=, also JSON-escaped or URL-encoded),
+// account keys and client secrets. It keeps the rest of s byte for byte, so
+// it can run over JSON text and leave valid JSON.
+func Redact(s string) string { return redact(s) }

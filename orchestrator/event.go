@@ -6,7 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"maps"
 	"time"
+
+	"github.com/batchd/batchd/jobs"
 )
 
 // Event is one trigger occurrence destined for one pipeline. Key is its
@@ -75,6 +78,36 @@ type MessageEvent struct {
 	// the event answers on Reply (a pipeline targeting an online endpoint
 	// replies with the scoring response).
 	ReplyDeferred bool `json:"reply_deferred,omitempty"`
+}
+
+// scrub removes what looks like a secret (SAS signatures, account keys,
+// client secrets, tokens: jobs.Redact) from the parts of ev that come from
+// outside batchd: a message's body and a manual run's fields. Emit and Record
+// scrub every event before it is stored, so no log line, API answer, page
+// or completion message can show such a value. A job input that carried a
+// SAS URL is rejected either way (URIs with a query string are not
+// accepted); its record then shows sig=[redacted]. ev's Message and Fields
+// are replaced, not modified, as the caller may still hold them.
+func scrub(ev *Event) {
+	if m := ev.Message; m != nil && len(m.Data) > 0 {
+		if s := jobs.Redact(string(m.Data)); s != string(m.Data) {
+			c := *m
+			c.Data = json.RawMessage(s)
+			ev.Message = &c
+		}
+	}
+	var f map[string]string
+	for k, v := range ev.Fields {
+		if s := jobs.Redact(v); s != v {
+			if f == nil {
+				f = maps.Clone(ev.Fields)
+			}
+			f[k] = s
+		}
+	}
+	if f != nil {
+		ev.Fields = f
+	}
 }
 
 // RunID is the stable id of the run for (pipeline, key): the first 16 bytes

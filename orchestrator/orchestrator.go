@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
+
+	"github.com/batchd/batchd/jobs"
 )
 
 // Orchestrator is batchd's durable core: intake, workers, ledger, admission,
@@ -188,6 +190,7 @@ func (o *Orchestrator) Emit(ctx context.Context, ev Event) (Receipt, error) {
 		o.met.events.WithLabelValues(ev.Source, "error").Inc()
 		return Receipt{}, err
 	}
+	scrub(&ev)
 	id := RunID(ev.Pipeline, ev.Key)
 	b, err := json.Marshal(ev)
 	if err != nil {
@@ -246,6 +249,8 @@ func (o *Orchestrator) Record(ctx context.Context, ev Event, state State, reason
 		ev.Time = time.Now()
 	}
 	ev.Time = ev.Time.UTC()
+	scrub(&ev)
+	reason = jobs.Redact(reason)
 	id := RunID(ev.Pipeline, ev.Key)
 	if _, _, err := o.ledger.get(ctx, id); err == nil {
 		o.met.events.WithLabelValues(ev.Source, "duplicate").Inc()

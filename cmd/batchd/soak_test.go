@@ -1,0 +1,852 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/datastores/azurite"
+	"github.com/batchd/batchd/datastores/azurite/azuritetest"
+	"github.com/batchd/batchd/jobs/jobstest"
+	"github.com/batchd/batchd/orchestrator"
+)
+
+// TestSoak is the chaos soak (make soak; SOAK=60s is the short form that
+// make test runs). For BATCHD_SOAK it feeds one batchd process a steady
+// mix of work from every kind of trigger:
+//
+//   - blobs uploaded to Azurite, their BlobCreated events posted to
+//     /eventgrid (some twice) and the poller sweeping the same container;
+//   - a cron schedule firing every 2 s with catch_up: all;
+//   - JetStream messages with Nats-Msg-Ids, some redelivered past the
+//     stream's duplicate window, some malformed, some carrying a SAS URL;
+//   - manual runs through the API.
+//
+// Meanwhile the simulator injects 5xx (before and after creating the job),
+// 429 with Retry-After, resets after job creation and token endpoint
+// failures; batchd is SIGKILLed at random (about every 30 s, more often in
+// short soaks) and restarted; the NATS server, a separate process, is
+// restarted twice (once with SIGKILL).
+//
+// At the end every accepted event must have exactly one finished run and
+// the simulator exactly one job per run: it prints lost=0 duplicate=0 with
+// the counts, and fails otherwise. Then it audits everything batchd wrote
+// or answered (logs, API, metrics, completion messages) for the
+// simulator's tokens, the client secret, the webhook secret, the storage
+// key and any SAS sig= value.
+func TestSoak(t *testing.T) {
+	raw := os.Getenv("BATCHD_SOAK")
+	if raw == "" {
+		t.Skip("the chaos soak runs with BATCHD_SOAK=<duration> (make soak)")
+	}
+	soak, err := time.ParseDuration(raw)
+	if err != nil || soak < 20*time.Second {
+		t.Fatalf("BATCHD_SOAK=%q: want a duration of at least 20s", raw)
+	}
+	s := newSoak(t)
+	s.run(soak)
+	s.check()
+	s.audit()
+}
+
+const (
+	soakClientID     = "soak-app"
+	soakClientSecret = "soak-client-secret-Qm9vZ2xl"
+	soakWebhook      = "soak-webhook-secret-8c1e"
+	soakSASSig       = "c29ha1NBU3NpZ25hdHVyZQ%3D%3D"
+	soakStream       = "SOAK"
+	soakSubject      = "soak.in"
+	soakCronEvery    = 2 * time.Second
+)
+
+type soak struct {
+	t    *testing.T
+	dir  string
+	sim  *jobstest.Sim
+	az   *azurite.Server
+	nats *natsProc
+	p    *batchdProc
+
+	mu sync.Mutex
+	// accepted events by pipeline: key -> the input URI its job must have
+	// ("" for an event that must end rejected).
+	accepted map[string]map[string]string
+	// webhook deliveries answered 200, duplicate deliveries among them.
+	hookOK, hookDup atomic.Int64
+	// NATS publishes acknowledged, and redeliveries past the duplicate window.
+	pubOK, pubDup atomic.Int64
+	// messages acknowledged that carried a SAS signature.
+	sasSent atomic.Int64
+	// kills, NATS restarts and unexpected exits of batchd.
+	kills, natsRestarts, selfExits int
+}
+
+func newSoak(t *testing.T) *soak {
+	dir := t.TempDir()
+	s := &soak{t: t, dir: dir, accepted: map[string]map[string]string{}}
+	s.sim = jobstest.New(t, jobstest.Options{
+		Lifecycle:     procQuickLifecycle(),
+		ClientSecrets: map[string]string{soakClientID: soakClientSecret},
+	})
+	s.az = azuritetest.Start(t)
+	if _, err := azuritetest.Client(t, s.az).CreateContainer(t.Context(), "soak", nil); err != nil {
+		t.Fatal(err)
+	}
+	s.nats = startNATSProc(t, dir)
+	s.createStream()
+
+	bin := procBuild(t, dir)
+	env := procSimEnv(t, s.sim, dir)
+	// A service principal, so that a client secret is there to leak.
+	delete(env, "IDENTITY_ENDPOINT")
+	delete(env, "IDENTITY_HEADER")
+	env["BATCHD_CREDENTIAL"] = "client-secret"
+	env["AZURE_TENANT_ID"] = s.sim.Tenant()
+	env["AZURE_CLIENT_ID"] = soakClientID
+	env["AZURE_CLIENT_SECRET"] = soakClientSecret
+	env["AZURE_AUTHORITY_HOST"] = s.sim.AuthorityHost()
+	env["BATCHD_NATS_URL"] = s.nats.url()
+	env["BATCHD_WEBHOOK_SECRET"] = soakWebhook
+	env["BATCHD_PIPELINES"] = s.writePipelines()
+	// Longer than the slowest create the simulator is told to make (2.5 s):
+	// reconciliation must not give up on a job that is still being created.
+	env["BATCHD_RECONCILE_GRACE"] = "5s"
+	s.p = newProc(t, bin, env, "batchd")
+	return s
+}
+
+func (s *soak) writePipelines() string {
+	keyFile := filepath.Join(s.dir, "azurite.key")
+	if err := os.WriteFile(keyFile, []byte(azurite.Key), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	ws := s.sim.Workspace()
+	text := fmt.Sprintf(`endpoints:
+  sim:
+    uri: %[1]s
+    workspace: {subscription: %[2]s, resource_group: %[3]s, name: %[4]s}
+storage:
+  accounts:
+    devstoreaccount1: {blob_endpoint: "%[5]s", auth: shared_key, key_file: "%[6]s"}
+pipelines:
+  blobs:
+    endpoint: sim
+    trigger:
+      blob: {account: devstoreaccount1, container: soak, source: both, poll_interval: 3s}
+    inputs:
+      data: {type: UriFile, uri: "{{ .Blob.URL }}"}
+    allow: {accounts: [devstoreaccount1], containers: [soak]}
+  ticks:
+    endpoint: sim
+    trigger:
+      cron: {schedule: "*/2 * * * * *", catch_up: all, catch_up_window: 1h}
+    inputs:
+      data: {type: UriFolder, uri: "azureml://locations/westeurope/workspaces/sim/data/tick-{{ .Schedule.Time.Unix }}/versions/1"}
+  messages:
+    endpoint: sim
+    trigger:
+      nats: {stream: %[7]s, consumer: batchd}
+    inputs:
+      data: {type: UriFile, uri: "{{ .Message.Data.uri }}"}
+  manual:
+    endpoint: sim
+    inputs:
+      data: {type: UriFile, uri: "{{ .Fields.uri }}"}
+`, s.sim.ScoringURI("soak"), ws.Subscription, ws.ResourceGroup, ws.Name, s.az.AccountURL(), keyFile, soakStream)
+	path := filepath.Join(s.dir, "soak-pipelines.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	return path
+}
+
+// createStream makes the source stream of the messages pipeline. Its
+// duplicate window is short, so that a message published again a few
+// seconds later reaches batchd twice, as a redelivery would.
+func (s *soak) createStream() {
+	nc, js := s.nats.connect(s.t)
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(s.t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: soakStream, Subjects: []string{soakSubject}, Duplicates: time.Second,
+	}); err != nil {
+		s.t.Fatalf("create stream %s: %v", soakStream, err)
+	}
+}
+
+func (s *soak) accept(pipeline, key, uri string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.accepted[pipeline] == nil {
+		s.accepted[pipeline] = map[string]string{}
+	}
+	s.accepted[pipeline][key] = uri
+}
+
+// run feeds work for d while killing and restarting batchd and NATS, then
+// stops feeding. Chaos runs on the test goroutine (procs call t.Fatal);
+// the feeders run beside it and retry each event until it is acknowledged,
+// as a real source would.
+func (s *soak) run(d time.Duration) {
+	t := s.t
+	s.sim.SetFaultRate(jobstest.RouteCreate, 0.2,
+		jobstest.Fault{Status: 503},
+		jobstest.Fault{Status: 502, AfterHandling: true},
+		jobstest.Fault{Status: 429, RetryAfter: time.Second},
+		jobstest.Fault{Reset: jobstest.ResetAfter},
+		jobstest.Fault{Reset: jobstest.ResetBefore},
+		jobstest.Fault{Delay: 2500 * time.Millisecond}) // past BATCHD_SUBMIT_TIMEOUT: an answer that never comes
+	for _, r := range []jobstest.Route{jobstest.RouteARMGet, jobstest.RouteGet, jobstest.RouteARMList} {
+		s.sim.SetFaultRate(r, 0.1, jobstest.Fault{Status: 503}, jobstest.Fault{Status: 429, RetryAfter: time.Second})
+	}
+	// Tokens are fetched about once per process start: fail them often.
+	s.sim.SetFaultRate(jobstest.RouteToken, 0.4, jobstest.Fault{Status: 500}, jobstest.Fault{Status: 503})
+	s.p.start()
+
+	start := time.Now()
+	feedCtx, stopFeeding := context.WithDeadline(t.Context(), start.Add(d))
+	defer stopFeeding()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for _, feed := range []func(context.Context) error{s.feedBlobs, s.feedMessages, s.feedManual} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := feed(feedCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				errs <- err
+			}
+		}()
+	}
+
+	// Kills about every 30 s (every d/5 in short soaks), NATS restarts at
+	// a third and two thirds of the way.
+	every := min(30*time.Second, d/5)
+	natsAt := []time.Time{start.Add(d / 3), start.Add(2 * d / 3)}
+	nextKill := start.Add(jitter(every))
+	for time.Now().Before(start.Add(d)) {
+		if s.p.exited() {
+			s.selfExits++
+			t.Logf("batchd exited by itself; restarting it")
+			s.p.start()
+		}
+		now := time.Now()
+		switch {
+		case len(natsAt) > 0 && now.After(natsAt[0]):
+			sig := syscall.SIGTERM
+			if len(natsAt) == 1 {
+				sig = syscall.SIGKILL
+			}
+			natsAt = natsAt[1:]
+			s.nats.restart(t, sig)
+			s.natsRestarts++
+		case now.After(nextKill):
+			s.p.stop(syscall.SIGKILL)
+			s.kills++
+			s.p.start()
+			nextKill = time.Now().Add(jitter(every))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("feeding: %v", err)
+	}
+	if s.p.exited() {
+		s.selfExits++
+		s.p.start()
+	}
+	t.Logf("fed for %s: %d kills of batchd, %d NATS restarts, %d unexpected exits", d, s.kills, s.natsRestarts, s.selfExits)
+}
+
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.5 + rand.Float64()))
+}
+
+// feedBlobs uploads a blob every 400 ms and posts its BlobCreated event,
+// every fourth one twice. The poller sweeps the same container, so every
+// uploaded blob is an accepted event whether or not its delivery got a
+// 200 before a kill.
+func (s *soak) feedBlobs(ctx context.Context) error {
+	client := azuritetest.Client(s.t, s.az)
+	tick := time.NewTicker(400 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		name := fmt.Sprintf("in/%05d.csv", i)
+		up, err := client.UploadBuffer(context.WithoutCancel(ctx), "soak", name, []byte("x,y\n1,2\n"), nil)
+		if err != nil {
+			return fmt.Errorf("upload %s: %w", name, err)
+		}
+		url := s.az.AccountURL() + "soak/" + name
+		s.accept("blobs", url+"@"+strings.Trim(string(*up.ETag), `"`), url)
+		event := fmt.Sprintf(`[{"topic":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
+"subject":"/blobServices/default/containers/soak/blobs/%s","eventType":"Microsoft.Storage.BlobCreated",
+"eventTime":%q,"id":"soak-%d","dataVersion":"","metadataVersion":"1",
+"data":{"api":"PutBlob","eTag":%q,"contentType":"text/csv","contentLength":8,"blobType":"BlockBlob",
+"url":%q,"sequencer":"%048d"}}]`, name, time.Now().UTC().Format(time.RFC3339Nano), i, string(*up.ETag), url, i+1)
+		deliveries := 1
+		if i%4 == 0 {
+			deliveries = 2
+		}
+		for k := range deliveries {
+			if err := s.post(ctx, "/eventgrid?code="+soakWebhook, event); err != nil {
+				return err
+			}
+			s.hookOK.Add(1)
+			if k > 0 {
+				s.hookDup.Add(1)
+			}
+		}
+	}
+}
+
+// feedMessages publishes a message every 200 ms until its PubAck. Every
+// 10th is published again 2 s later (past the 1 s duplicate window, so
+// batchd sees it twice), every 25th is not JSON (it must end rejected),
+// and one in 50 names a URL with a SAS signature (rejected, and the
+// signature must never show).
+func (s *soak) feedMessages(ctx context.Context) error {
+	nc, js := s.nats.connect(s.t)
+	defer nc.Close()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	type later struct {
+		at  time.Time
+		msg *nats.Msg
+	}
+	var again []later
+	publish := func(m *nats.Msg) error {
+		for {
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_, err := js.PublishMsg(pctx, m)
+			cancel()
+			if err == nil {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				// Keep trying after the deadline only for a message already
+				// counted; the caller counts after success.
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		id := fmt.Sprintf("msg-%05d", i)
+		m := nats.NewMsg(soakSubject)
+		m.Header.Set(nats.MsgIdHdr, id)
+		uri := procInputURI(id)
+		switch {
+		case i%25 == 24:
+			m.Data = []byte(`{"uri": not json`)
+			uri = ""
+		case i%50 == 12:
+			m.Data = fmt.Appendf(nil, `{"uri": %q}`, s.az.AccountURL()+"soak/missing.csv?sv=2025-01-05&sr=b&sp=r&sig="+soakSASSig)
+			uri = ""
+		default:
+			m.Data = fmt.Appendf(nil, `{"uri": %q}`, uri)
+		}
+		if err := publish(m); err != nil {
+			return err
+		}
+		s.pubOK.Add(1)
+		if bytes.Contains(m.Data, []byte(soakSASSig)) {
+			s.sasSent.Add(1)
+		}
+		s.accept("messages", "nats-msg-id:"+id, uri)
+		if i%10 == 0 {
+			again = append(again, later{time.Now().Add(2 * time.Second), m})
+		}
+		for len(again) > 0 && time.Now().After(again[0].at) {
+			if err := publish(again[0].msg); err != nil {
+				return err
+			}
+			s.pubOK.Add(1)
+			s.pubDup.Add(1)
+			again = again[1:]
+		}
+	}
+}
+
+// feedManual asks for a manual run every 500 ms until it is acknowledged.
+func (s *soak) feedManual(ctx context.Context) error {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		key := fmt.Sprintf("manual-%05d", i)
+		uri := procInputURI(key)
+		if err := s.post(ctx, "/api/v1/pipelines/manual/runs", fmt.Sprintf(`{"key":%q,"fields":{"uri":%q}}`, key, uri)); err != nil {
+			return err
+		}
+		s.accept("manual", key, uri)
+	}
+}
+
+// post sends body until batchd answers 200 or 202. A 4xx other than a
+// daemon that is not ready is a bug, not chaos.
+func (s *soak) post(ctx context.Context, path, body string) error {
+	for {
+		req, err := http.NewRequestWithContext(ctx, "POST", s.p.url()+path, strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == 200 || resp.StatusCode == 202:
+				return nil
+			case resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != 409 && resp.StatusCode != 429:
+				return fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, b)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// check waits for every run to finish and compares the ledger and the
+// simulator with what was accepted.
+func (s *soak) check() {
+	t := s.t
+	s.sim.ClearFaults() // the reckoning, not more chaos
+	runs := s.settle(4 * time.Minute)
+	// A run whose resubmission was ambiguous too waits for an operator
+	// (reconciliation submits once more, never twice). Act as one, as the
+	// README says: adopt the job the workspace shows, else retry.
+	operated := 0
+	for _, r := range runs {
+		if r.State != orchestrator.StateUnknown || !strings.Contains(r.Reason, "an operator must") {
+			continue
+		}
+		operated++
+		full, err := procGetRun(s.p.url(), r.ID)
+		if err != nil || full.Request == nil {
+			t.Fatalf("run %s: %v", r.ID, err)
+		}
+		var found []string
+		for _, j := range s.sim.Jobs() {
+			if j.Inputs["data"].URI == full.Request.Inputs["data"].URI {
+				found = append(found, j.Name)
+			}
+		}
+		path, body := "/retry", `{"reason":"soak operator: no job in the workspace"}`
+		if len(found) > 0 {
+			path, body = "/resolve", fmt.Sprintf(`{"job":%q,"reason":"soak operator: adopting the job the workspace shows"}`, found[0])
+		}
+		if err := s.post(t.Context(), "/api/v1/runs/"+r.ID+path, body); err != nil {
+			t.Errorf("operator %s on run %s: %v", path, r.ID, err)
+		}
+	}
+	if operated > 0 {
+		runs = s.settle(2 * time.Minute)
+	}
+
+	byKey := map[string]map[string]orchestrator.RunSummary{}
+	var cronSlots []int64
+	states := map[orchestrator.State]int{}
+	var notFinished []string
+	for _, r := range runs {
+		states[r.State]++
+		if !r.State.Terminal() {
+			notFinished = append(notFinished, fmt.Sprintf("%s %s %s (%s)", r.Pipeline, r.Key, r.State, r.Reason))
+		}
+		if byKey[r.Pipeline] == nil {
+			byKey[r.Pipeline] = map[string]orchestrator.RunSummary{}
+		}
+		if _, dup := byKey[r.Pipeline][r.Key]; dup {
+			t.Errorf("two runs for %s key %s", r.Pipeline, r.Key)
+		}
+		byKey[r.Pipeline][r.Key] = r
+		if r.Pipeline == "ticks" {
+			at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(r.Key, "slot:"))
+			if err != nil {
+				t.Errorf("cron run key %q: %v", r.Key, err)
+				continue
+			}
+			cronSlots = append(cronSlots, at.Unix())
+		}
+	}
+
+	jobsByURI := map[string][]string{}
+	for _, j := range s.sim.Jobs() {
+		u := j.Inputs["data"].URI
+		jobsByURI[u] = append(jobsByURI[u], j.Name)
+	}
+	lost, duplicate, wrong := 0, 0, 0
+	history := func(r orchestrator.RunSummary) string {
+		full, err := procGetRun(s.p.url(), r.ID)
+		if err != nil {
+			return err.Error()
+		}
+		var b strings.Builder
+		for _, h := range full.History {
+			fmt.Fprintf(&b, "\n\t%s %s: %s", h.At.Format("15:04:05.000"), h.State, h.Reason)
+		}
+		return b.String()
+	}
+	checkRun := func(pipeline, key, uri string) {
+		r, ok := byKey[pipeline][key]
+		switch {
+		case !ok:
+			lost++
+			t.Errorf("lost: %s event %s has no run", pipeline, key)
+			return
+		case uri == "":
+			if r.State != orchestrator.StateRejected {
+				wrong++
+				t.Errorf("%s event %s ended %s, want rejected:%s", pipeline, key, r.State, history(r))
+			}
+			return
+		case r.State != orchestrator.StateCompleted:
+			wrong++
+			t.Errorf("%s run %s (%s) ended %s, want completed:%s", pipeline, r.ID, key, r.State, history(r))
+		}
+		got := jobsByURI[uri]
+		switch {
+		case len(got) > 1:
+			t.Errorf("duplicate: %s event %s made %d jobs %v:%s", pipeline, key, len(got), got, history(r))
+		case len(got) == 0 && r.State == orchestrator.StateCompleted:
+			t.Errorf("%s run %s completed without a job in the simulator", pipeline, key)
+		case len(got) == 1 && (r.Job == nil || r.Job.Name != got[0]):
+			t.Errorf("%s run %s tracks job %v, want %s", pipeline, key, r.Job, got[0])
+		}
+	}
+	events := 0
+	for pipeline, keys := range s.accepted {
+		for key, uri := range keys {
+			events++
+			checkRun(pipeline, key, uri)
+		}
+	}
+	// Cron: every slot from the first to the last fired must have a run
+	// (catch_up: all brings back the ones a kill missed), each with one job.
+	sort.Slice(cronSlots, func(i, j int) bool { return cronSlots[i] < cronSlots[j] })
+	if len(cronSlots) < 3 {
+		t.Errorf("only %d cron slots fired", len(cronSlots))
+	} else {
+		step := int64(soakCronEvery / time.Second)
+		for at := cronSlots[0]; at <= cronSlots[len(cronSlots)-1]; at += step {
+			key := "slot:" + time.Unix(at, 0).UTC().Format(time.RFC3339Nano)
+			events++
+			checkRun("ticks", key, fmt.Sprintf("azureml://locations/westeurope/workspaces/sim/data/tick-%d/versions/1", at))
+		}
+	}
+	// Every input names one event: a second job for any input, accepted or
+	// not, is a duplicate submission.
+	for _, names := range jobsByURI {
+		duplicate += len(names) - 1
+	}
+	if len(notFinished) > 0 {
+		t.Errorf("%d runs not finished: %v", len(notFinished), notFinished[:min(10, len(notFinished))])
+	}
+	c := s.sim.Counts()
+	fmt.Printf("soak: lost=%d duplicate=%d wrong_outcome=%d events=%d runs=%d jobs=%d states=%v "+
+		"operator_actions=%d webhook_200=%d (dup %d) nats_acked=%d (redelivered %d) cron_slots=%d kills=%d nats_restarts=%d unexpected_exits=%d "+
+		"posts=%d status_reads=%d arm_lists=%d token_requests=%d\n",
+		lost, duplicate, wrong, events, len(runs), s.sim.JobCount(), states, operated,
+		s.hookOK.Load(), s.hookDup.Load(), s.pubOK.Load(), s.pubDup.Load(), len(cronSlots),
+		s.kills, s.natsRestarts, s.selfExits,
+		c[jobstest.RouteCreate], c[jobstest.RouteGet]+c[jobstest.RouteARMGet], c[jobstest.RouteARMList], c[jobstest.RouteToken])
+	if lost > 0 || duplicate > 0 || wrong > 0 {
+		t.Errorf("lost=%d duplicate=%d wrong_outcome=%d, want all 0", lost, duplicate, wrong)
+	}
+	if s.kills == 0 || s.natsRestarts != 2 {
+		t.Errorf("chaos did not happen: %d kills, %d NATS restarts", s.kills, s.natsRestarts)
+	}
+	if code := s.p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("batchd exit code after SIGTERM = %d, want 0", code)
+	}
+}
+
+// allHaveRuns says whether every accepted event has a run.
+func (s *soak) allHaveRuns(runs []orchestrator.RunSummary) bool {
+	have := map[string]bool{}
+	for _, r := range runs {
+		have[r.Pipeline+" "+r.Key] = true
+	}
+	for pipeline, keys := range s.accepted {
+		for key := range keys {
+			if !have[pipeline+" "+key] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// settle waits until every accepted event has a run and every run is
+// finished or waits for an operator, or until d has passed.
+func (s *soak) settle(d time.Duration) []orchestrator.RunSummary {
+	var runs []orchestrator.RunSummary
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		var err error
+		if runs, err = procListAll(s.p.url()); err == nil && settled(runs) && s.allHaveRuns(runs) {
+			break
+		}
+	}
+	return runs
+}
+
+func settled(runs []orchestrator.RunSummary) bool {
+	for _, r := range runs {
+		if !r.State.Terminal() && (r.State != orchestrator.StateUnknown || !strings.Contains(r.Reason, "an operator must")) {
+			return false
+		}
+	}
+	return len(runs) > 0
+}
+
+// sasSignature finds a SAS signature value that was not redacted.
+// It takes no word boundary before "sig": in JSON, "&sig=" is often
+// written "\u0026sig=".
+var sasSignature = regexp.MustCompile(`(?i)sig(=|%3D)([^&;\s"'<>\[\\]{4,})`)
+
+// audit scans every log, API answer, metric and completion message for a
+// secret. It runs after check, with batchd stopped, so it starts it once
+// more to read the API and metrics.
+func (s *soak) audit() {
+	t := s.t
+	s.p.start()
+	defer s.p.stop(syscall.SIGTERM)
+	type section struct {
+		what string
+		text string
+	}
+	var corpus []section
+	size := 0
+	add := func(what string, b []byte) {
+		corpus = append(corpus, section{what, string(b)})
+		size += len(b)
+	}
+	for _, p := range []string{s.p.log, s.nats.log} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		add(p, b)
+	}
+	get := func(path string) []byte {
+		resp, err := http.Get(s.p.url() + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return b
+	}
+	add("/metrics", get("/metrics"))
+	add("/api/v1/pipelines", get("/api/v1/pipelines"))
+	add("/", get("/"))
+	runs, err := procListAll(s.p.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range runs {
+		add("/api/v1/runs/"+r.ID, get("/api/v1/runs/"+r.ID))
+	}
+	nc, js := s.nats.connect(t)
+	defer nc.Close()
+	completions := 0
+	if cons, err := js.OrderedConsumer(t.Context(), "BATCHD_RUNS", jetstream.OrderedConsumerConfig{}); err != nil {
+		t.Errorf("read completion messages: %v", err)
+	} else {
+		for {
+			batch, err := cons.FetchNoWait(500)
+			if err != nil {
+				t.Fatalf("fetch completion messages: %v", err)
+			}
+			n := 0
+			for m := range batch.Messages() {
+				add("completion "+m.Subject(), m.Data())
+				n++
+			}
+			completions += n
+			if n == 0 {
+				break
+			}
+		}
+	}
+	if completions == 0 {
+		t.Errorf("no completion messages to audit")
+	}
+
+	secrets := map[string]string{
+		"client secret":  soakClientSecret,
+		"webhook secret": soakWebhook,
+		"storage key":    azurite.Key,
+		"SAS signature":  soakSASSig,
+	}
+	for i, tok := range s.sim.IssuedTokens() {
+		secrets["simulator token "+strconv.Itoa(i)] = tok
+	}
+	if s.sasSent.Load() == 0 {
+		t.Errorf("no message carried a SAS signature: the audit would prove nothing about them")
+	}
+	hits := 0
+	for _, sec := range corpus {
+		for what, secret := range secrets {
+			if i := strings.Index(sec.text, secret); i >= 0 {
+				hits++
+				t.Errorf("secrets audit: the %s appears in %s: …%s…", what, sec.what, context100(sec.text, i))
+			}
+		}
+		for _, m := range sasSignature.FindAllStringIndex(sec.text, -1) {
+			hits++
+			t.Errorf("secrets audit: a SAS signature appears in %s: …%s…", sec.what, context100(sec.text, m[0]))
+		}
+	}
+	fmt.Printf("soak: secrets audit: %d hits in %d bytes (%d secrets, %d runs, %d completion messages, logs, metrics)\n",
+		hits, size, len(secrets), len(runs), completions)
+}
+
+func context100(s string, i int) string {
+	return s[max(0, i-60):min(len(s), i+40)]
+}
+
+// natsProc is a nats-server process with JetStream, built from the module's
+// own nats-server dependency.
+type natsProc struct {
+	bin, store, log string
+	port            int
+	cmd             *exec.Cmd
+	done            chan error
+}
+
+func startNATSProc(t *testing.T, dir string) *natsProc {
+	t.Helper()
+	bin := filepath.Join(dir, "nats-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		t.Fatalf("build nats-server: %v\n%s", err, out)
+	}
+	_, portStr, _ := strings.Cut(procFreeAddr(t), ":")
+	port, _ := strconv.Atoi(portStr)
+	n := &natsProc{bin: bin, store: filepath.Join(dir, "nats-store"), log: filepath.Join(dir, "nats.log"), port: port}
+	n.start(t)
+	t.Cleanup(func() { n.stop(syscall.SIGKILL) })
+	return n
+}
+
+func (n *natsProc) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
+
+func (n *natsProc) start(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(n.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(n.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-js", "-sd", n.store, "-n", "soak")
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start nats-server: %v", err)
+	}
+	n.cmd, n.done = cmd, make(chan error, 1)
+	go func() { n.done <- cmd.Wait(); f.Close() }()
+	procWaitFor(t, 30*time.Second, "nats-server with JetStream", func() bool {
+		nc, err := nats.Connect(n.url(), nats.Timeout(time.Second))
+		if err != nil {
+			return false
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err = js.AccountInfo(ctx)
+		return err == nil
+	})
+}
+
+func (n *natsProc) stop(sig syscall.Signal) {
+	if n.cmd == nil {
+		return
+	}
+	_ = n.cmd.Process.Signal(sig)
+	select {
+	case <-n.done:
+	case <-time.After(30 * time.Second):
+		_ = n.cmd.Process.Kill()
+		<-n.done
+	}
+	n.cmd = nil
+}
+
+func (n *natsProc) restart(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	n.stop(sig)
+	n.start(t)
+}
+
+// connect opens a client connection that reconnects for ever.
+func (n *natsProc) connect(t *testing.T) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(n.url(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatalf("connect to nats-server: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// exited says whether the process ended without being stopped.
+func (p *batchdProc) exited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case err := <-p.done:
+		p.t.Logf("batchd exited: %v", err)
+		p.cmd = nil
+		return true
+	default:
+		return false
+	}
+}
