@@ -40,6 +40,7 @@ func BenchmarkBatchd(b *testing.B) {
 	b.Run("intake", func(b *testing.B) { benchIntake(b, rep) })
 	b.Run("webhook", func(b *testing.B) { benchWebhook(b, rep) })
 	b.Run("event-to-post", func(b *testing.B) { benchEventToPOST(b, rep) })
+	b.Run("online", func(b *testing.B) { benchOnline(b, rep) })
 	b.Run("tracking", func(b *testing.B) { benchTracking(b, rep) })
 	rep.Finish()
 	var out strings.Builder

@@ -134,9 +134,14 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		doneKeys = append(doneKeys, "done-"+strconv.Itoa(i))
 	}
 	submit(doneKeys)
-	benchWaitFor(b, benchDoneAfter+2*benchPollMax+5*time.Minute, "the completion sample to complete", func() bool {
-		return int(benchMetrics(p.url())[`batchd_runs{state="completed"}`]) >= sample
-	})
+	// A sample job that is not completed by the deadline is reported (as
+	// missing), not fatal: a saturated tracker is a result, not a crash.
+	sampleWait := benchDoneAfter + 2*benchPollMax + 5*time.Minute
+	for deadline := time.Now().Add(sampleWait); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if int(benchMetrics(p.url())[`batchd_runs{state="completed"}`]) >= sample {
+			break
+		}
+	}
 	jobsByURI := map[string]jobstest.JobView{}
 	for _, j := range sim.Jobs() {
 		jobsByURI[j.Inputs["data"].URI] = j
@@ -146,11 +151,16 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		b.Fatal(err)
 	}
 	var delays []time.Duration
+	late := 0
 	for _, r := range runs {
 		if !strings.HasPrefix(r.Key, "done-") {
 			continue
 		}
 		if r.State != orchestrator.StateCompleted {
+			if !r.State.Terminal() {
+				late++
+				continue
+			}
 			b.Fatalf("sample run %s is %s, want completed", r.Key, r.State)
 		}
 		j, ok := jobsByURI[procInputURI(r.Key)]
@@ -159,8 +169,13 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		}
 		delays = append(delays, r.Updated.Sub(j.CreatedAt.Add(benchDoneAfter)))
 	}
-	if len(delays) != sample {
-		b.Fatalf("%d sample runs found, want %d", len(delays), sample)
+	if len(delays)+late != sample || len(delays) == 0 {
+		b.Fatalf("%d sample runs completed and %d not yet, want %d in all", len(delays), late, sample)
+	}
+	lateNote := ""
+	if late > 0 {
+		lateNote = fmt.Sprintf("; %d of %d sample runs were still not completed %s after their jobs were created (left out of the percentiles)",
+			late, sample, sampleWait)
 	}
 
 	// Tokens: every Entra token the process asked for, by audience, per
@@ -202,11 +217,11 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 			Target: "≤ budget", Met: benchtab.Met(rates[big] <= benchPollBudget*(1+1/window.Seconds()))},
 		benchtab.Figure{Group: "tracking", Name: fmt.Sprintf("completion delay p50 (%d jobs completing amid %d)", sample, sizes[big]), Unit: "s",
 			Batchd: benchPct(delays, 0.5) / 1000, Reference: benchtab.Ref(benchPollMax.Seconds()), RefName: "BATCHD_POLL_MAX",
-			Note: fmt.Sprintf("poll bounds %s…%s, budget %d/s: %d jobs take ≥ %.0f s to visit once", benchPollMin, benchPollMax,
-				benchPollBudget, sizes[big], float64(sizes[big])/benchPollBudget)},
+			Note: fmt.Sprintf("poll bounds %s…%s, budget %d/s: %d jobs take ≥ %.0f s to visit once%s", benchPollMin, benchPollMax,
+				benchPollBudget, sizes[big], float64(sizes[big])/benchPollBudget, lateNote)},
 		benchtab.Figure{Group: "tracking", Name: "completion delay p99", Unit: "s",
 			Batchd: benchPct(delays, 0.99) / 1000, Reference: benchtab.Ref(benchPollMax.Seconds()), RefName: "BATCHD_POLL_MAX",
-			Target: "≤ POLL_MAX", Met: benchtab.Met(benchPct(delays, 0.99)/1000 <= benchPollMax.Seconds())},
+			Target: "≤ POLL_MAX", Met: benchtab.Met(late == 0 && benchPct(delays, 0.99)/1000 <= benchPollMax.Seconds())},
 		benchtab.Figure{Group: "tokens", Name: fmt.Sprintf("ML-scope token requests per 10,000 submissions (%d submissions in %s)", allSubmitted, elapsed.Round(time.Second)),
 			Unit: "tokens", Batchd: mlPer10k, Reference: benchtab.Ref(float64(perLifetime) * 10000 / float64(allSubmitted)),
 			RefName: "1 per token lifetime (1 h)", Target: "1 per token lifetime", Met: benchtab.Met(tokens[jobstest.AudienceML] <= perLifetime),

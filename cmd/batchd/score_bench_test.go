@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
+	"github.com/batchd/batchd/cmd/batchd/internal/benchtab"
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/jobs/online"
 )
@@ -20,8 +20,35 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkOnlineRequestReply -benchtime 2000x ./cmd/batchd/
 func BenchmarkOnlineRequestReply(b *testing.B) {
+	viaT, directT := measureOnlineRequestReply(b, max(b.N, 500))
+	b.ReportMetric(benchPct(viaT, 0.50), "batchd-p50-ms")
+	b.ReportMetric(benchPct(viaT, 0.99), "batchd-p99-ms")
+	b.ReportMetric(benchPct(directT, 0.50), "direct-p50-ms")
+	b.ReportMetric(benchPct(directT, 0.99), "direct-p99-ms")
+	b.ReportMetric(benchPct(viaT, 0.50)/benchPct(directT, 0.50), "p50-ratio")
+	b.ReportMetric(0, "ns/op")
+}
+
+// benchOnline is the online figure of make bench (BenchmarkBatchd).
+func benchOnline(b *testing.B, rep *benchtab.Report) {
+	n := benchScaled(1000)
+	viaT, directT := measureOnlineRequestReply(b, n)
+	ref := fmt.Sprintf("direct POST to the simulator (%d pairs, one at a time)", n)
+	rep.Add(
+		benchtab.Figure{Group: "online", Name: "NATS request-reply through batchd, p50", Unit: "ms",
+			Batchd: benchPct(viaT, 0.5), Reference: benchtab.Ref(benchPct(directT, 0.5)), RefName: ref},
+		benchtab.Figure{Group: "online", Name: "NATS request-reply through batchd, p99", Unit: "ms",
+			Batchd: benchPct(viaT, 0.99), Reference: benchtab.Ref(benchPct(directT, 0.99)), RefName: ref},
+	)
+}
+
+// measureOnlineRequestReply times n core NATS requests through a batchd
+// process (trigger, intake stream, ledger writes, scoring POST, completion
+// message, reply) and n direct POSTs to the same simulated endpoint with the
+// same client, alternating, one at a time, after 50 warm-up pairs.
+func measureOnlineRequestReply(b *testing.B, n int) (viaBatchd, direct []time.Duration) {
 	d := startOnlineDaemon(b, jobstest.OnlineOptions{}, map[string]string{"BATCHD_LOG_LEVEL": "info"})
-	direct, err := online.New(d.sim.Credential("bench-direct"), online.Options{ARMEndpoint: d.sim.ARMEndpoint(), Transport: d.sim.HTTPClient()})
+	client, err := online.New(d.sim.Credential("bench-direct"), online.Options{ARMEndpoint: d.sim.ARMEndpoint(), Transport: d.sim.HTTPClient()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -34,7 +61,7 @@ func BenchmarkOnlineRequestReply(b *testing.B) {
 			if _, err := d.request(ctx, fmt.Sprintf("bench-%d", i), body, 30*time.Second); err != nil {
 				b.Fatalf("request through batchd: %v", err)
 			}
-		} else if _, err := direct.Score(ctx, ep, online.Request{Body: []byte(body)}); err != nil {
+		} else if _, err := client.Score(ctx, ep, online.Request{Body: []byte(body)}); err != nil {
 			b.Fatalf("direct POST: %v", err)
 		}
 		return time.Since(start)
@@ -43,26 +70,13 @@ func BenchmarkOnlineRequestReply(b *testing.B) {
 		one(-1-i, true)
 		one(-1-i, false)
 	}
-	// Percentiles need samples: at least 500 pairs, even for -benchtime 1x
-	// (make bench runs every benchmark once).
-	samples := max(b.N, 500)
-	viaT := make([]time.Duration, 0, samples)
-	directT := make([]time.Duration, 0, samples)
+	viaBatchd = make([]time.Duration, 0, n)
+	direct = make([]time.Duration, 0, n)
 	b.ResetTimer()
-	for i := range samples {
-		viaT = append(viaT, one(i, true))
-		directT = append(directT, one(i, false))
+	for i := range n {
+		viaBatchd = append(viaBatchd, one(i, true))
+		direct = append(direct, one(i, false))
 	}
 	b.StopTimer()
-	pct := func(ds []time.Duration, p float64) float64 {
-		s := slices.Clone(ds)
-		slices.Sort(s)
-		return float64(s[min(len(s)-1, int(p*float64(len(s))))].Microseconds()) / 1000
-	}
-	b.ReportMetric(pct(viaT, 0.50), "batchd-p50-ms")
-	b.ReportMetric(pct(viaT, 0.99), "batchd-p99-ms")
-	b.ReportMetric(pct(directT, 0.50), "direct-p50-ms")
-	b.ReportMetric(pct(directT, 0.99), "direct-p99-ms")
-	b.ReportMetric(pct(viaT, 0.50)/pct(directT, 0.50), "p50-ratio")
-	b.ReportMetric(0, "ns/op")
+	return viaBatchd, direct
 }
