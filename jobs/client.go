@@ -444,7 +444,7 @@ func (c *Client) apiError(op string, arm bool, method, u string, resp *http.Resp
 		StatusCode: resp.StatusCode,
 		Code:       code,
 		Message:    msg,
-		RetryAfter: retryAfter(resp),
+		RetryAfter: HeaderRetryAfter(resp.Header),
 		RequestID:  rid,
 	}
 	if e.Message == "" && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
@@ -490,32 +490,6 @@ func answered(resp *http.Response, err error) bool {
 	}
 	var te *TokenError
 	return resp != nil && resp.StatusCode > 0 && !isSuccess(resp.StatusCode) && !errors.As(err, &te)
-}
-
-// retryAfter reads the headers azcore's retry policy reads, in its order.
-func retryAfter(resp *http.Response) time.Duration {
-	for _, h := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
-		if v := resp.Header.Get(h); v != "" {
-			var ms int64
-			if _, err := fmt.Sscan(v, &ms); err == nil && ms > 0 {
-				return time.Duration(ms) * time.Millisecond
-			}
-		}
-	}
-	v := resp.Header.Get("Retry-After")
-	if v == "" {
-		return 0
-	}
-	var s int64
-	if _, err := fmt.Sscan(v, &s); err == nil && s > 0 {
-		return time.Duration(s) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := time.Until(t); d > 0 {
-			return d
-		}
-	}
-	return 0
 }
 
 func (c *Client) checkScoringURI(s string) error {

@@ -355,3 +355,32 @@ var InvokeActions = []string{
 	"Microsoft.MachineLearningServices/workspaces/environments/build/action",
 	"Microsoft.MachineLearningServices/workspaces/environments/readSecrets/action",
 }
+
+// HeaderRetryAfter is how long an answer with headers h asks to wait: the
+// headers azcore's retry policy reads, in its order (retry-after-ms,
+// x-ms-retry-after-ms, then Retry-After in seconds or as an HTTP date);
+// 0 when none says.
+func HeaderRetryAfter(h http.Header) time.Duration {
+	for _, k := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
+		if v := h.Get(k); v != "" {
+			var ms int64
+			if _, err := fmt.Sscan(v, &ms); err == nil && ms > 0 {
+				return time.Duration(ms) * time.Millisecond
+			}
+		}
+	}
+	v := h.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	var s int64
+	if _, err := fmt.Sscan(v, &s); err == nil && s > 0 {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := time.Until(t); d > 0 {
+			return d
+		}
+	}
+	return 0
+}

@@ -134,7 +134,7 @@ func (s *benchStack) run(b *testing.B) {
 			b.Errorf("orchestrator: %v", err)
 		}
 	})
-	benchWaitFor(b, 30*time.Second, "the orchestrator to be ready", func() bool { return s.orch.Ready() == nil })
+	procWaitFor(b, 30*time.Second, "the orchestrator to be ready", func() bool { return s.orch.Ready() == nil })
 }
 
 // benchParallel calls f(0..n-1) from conc goroutines and returns the
@@ -189,17 +189,6 @@ func benchOpenLoop(n int, rate float64, fire func(i int, at time.Time)) {
 		})
 	}
 	wg.Wait()
-}
-
-func benchWaitFor(b testing.TB, d time.Duration, what string, cond func() bool) {
-	b.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // benchAssetURI is an input URI the preflight accepts without a storage

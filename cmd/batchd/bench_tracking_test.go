@@ -111,7 +111,7 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		}
 		submitTime += submit(keys)
 		total = n
-		benchWaitFor(b, 10*time.Minute, fmt.Sprintf("%d jobs tracked", n), func() bool {
+		procWaitFor(b, 10*time.Minute, fmt.Sprintf("%d jobs tracked", n), func() bool {
 			return sim.JobCount() >= n && tracked() >= n
 		})
 		time.Sleep(settle) // steady tracking: the submission burst is over

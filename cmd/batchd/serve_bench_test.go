@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batchd/batchd/cmd/batchd/internal/benchtab"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/jobstest"
 )
@@ -79,12 +79,12 @@ func BenchmarkServeTrackedRSS(b *testing.B) {
 			time.Sleep(200 * time.Millisecond)
 		}
 		cancel()
-		rss, hwm = procMemory(b, p.cmd.Process.Pid)
+		rss, hwm = benchMemory(b, p.cmd.Process.Pid)
 		b.Logf("%d runs tracked: VmRSS %.1f MB, VmHWM %.1f MB (embedded NATS included)", runs, rss, hwm)
 		// After a while of steady tracking the runtime has returned what
 		// the burst of submissions left behind.
 		time.Sleep(settle)
-		rss, _ = procMemory(b, p.cmd.Process.Pid)
+		rss, _ = benchMemory(b, p.cmd.Process.Pid)
 		b.Logf("after %s of steady tracking: VmRSS %.1f MB", settle, rss)
 		p.stop(syscall.SIGTERM)
 	}
@@ -93,24 +93,11 @@ func BenchmarkServeTrackedRSS(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// procMemory reads VmRSS and VmHWM (MB) of pid.
-func procMemory(tb testing.TB, pid int) (rss, hwm float64) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+// benchMemory reads VmRSS and VmHWM (MiB) of pid.
+func benchMemory(tb testing.TB, pid int) (rss, hwm float64) {
+	rss, hwm, err := benchtab.ProcessMemory(pid)
 	if err != nil {
-		tb.Fatalf("read /proc status: %v", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = kb / 1024
-		case "VmHWM:":
-			hwm = kb / 1024
-		}
+		tb.Fatal(err)
 	}
 	return rss, hwm
 }

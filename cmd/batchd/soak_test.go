@@ -289,14 +289,7 @@ func jitter(d time.Duration) time.Duration {
 // 200 before a kill.
 func (s *soak) feedBlobs(ctx context.Context) error {
 	client := azuritetest.Client(s.t, s.az)
-	tick := time.NewTicker(400 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; ; i++ {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
+	return every(ctx, 400*time.Millisecond, func(i int) error {
 		name := fmt.Sprintf("in/%05d.csv", i)
 		up, err := client.UploadBuffer(context.WithoutCancel(ctx), "soak", name, []byte("x,y\n1,2\n"), nil)
 		if err != nil {
@@ -322,7 +315,8 @@ func (s *soak) feedBlobs(ctx context.Context) error {
 				s.hookDup.Add(1)
 			}
 		}
-	}
+		return nil
+	})
 }
 
 // feedMessages publishes a message every 200 ms until its PubAck. Every
@@ -333,8 +327,6 @@ func (s *soak) feedBlobs(ctx context.Context) error {
 func (s *soak) feedMessages(ctx context.Context) error {
 	nc, js := s.nats.connect(s.t)
 	defer nc.Close()
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
 	type later struct {
 		at  time.Time
 		msg *nats.Msg
@@ -357,12 +349,7 @@ func (s *soak) feedMessages(ctx context.Context) error {
 			}
 		}
 	}
-	for i := 0; ; i++ {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
+	return every(ctx, 200*time.Millisecond, func(i int) error {
 		id := fmt.Sprintf("msg-%05d", i)
 		m := nats.NewMsg(soakSubject)
 		m.Header.Set(nats.MsgIdHdr, id)
@@ -396,26 +383,21 @@ func (s *soak) feedMessages(ctx context.Context) error {
 			s.pubDup.Add(1)
 			again = again[1:]
 		}
-	}
+		return nil
+	})
 }
 
 // feedManual asks for a manual run every 500 ms until it is acknowledged.
 func (s *soak) feedManual(ctx context.Context) error {
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; ; i++ {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
+	return every(ctx, 500*time.Millisecond, func(i int) error {
 		key := fmt.Sprintf("manual-%05d", i)
 		uri := procInputURI(key)
 		if err := s.post(ctx, "/api/v1/pipelines/manual/runs", fmt.Sprintf(`{"key":%q,"fields":{"uri":%q}}`, key, uri)); err != nil {
 			return err
 		}
 		s.accept("manual", key, uri)
-	}
+		return nil
+	})
 }
 
 // post sends body until batchd answers 200 or 202. A 4xx other than a
@@ -848,5 +830,22 @@ func (p *batchdProc) exited() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// every calls f(0), f(1), … once per tick of d until ctx ends (it returns
+// ctx's error) or f returns an error.
+func every(ctx context.Context, d time.Duration, f func(i int) error) error {
+	tick := time.NewTicker(d)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		if err := f(i); err != nil {
+			return err
+		}
 	}
 }

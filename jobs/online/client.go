@@ -313,7 +313,7 @@ func (s *scoring) run(ctx context.Context) (*Response, error) {
 		case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable || code == http.StatusRequestTimeout:
 			// Refused before the model ran: wait and send again.
 			s.last = s.answerError(KindTimedOut, resp)
-			if err := s.wait(ctx, retryAfter(resp.header)); err != nil {
+			if err := s.wait(ctx, jobs.HeaderRetryAfter(resp.header)); err != nil {
 				return nil, err
 			}
 		case code >= 400 && code < 500:

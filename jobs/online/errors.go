@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/batchd/batchd/jobs"
 )
@@ -136,32 +135,6 @@ var errDeadline = errors.New("deadline passed")
 // ErrInvalidRequest: the request was refused before anything was sent (a
 // bad scoring URI, a body that is not JSON, a missing workspace).
 var ErrInvalidRequest = errors.New("invalid request")
-
-// retryAfter reads Retry-After (and the millisecond variants azcore reads).
-func retryAfter(h http.Header) time.Duration {
-	for _, k := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
-		if v := h.Get(k); v != "" {
-			var ms int64
-			if _, err := fmt.Sscan(v, &ms); err == nil && ms > 0 {
-				return time.Duration(ms) * time.Millisecond
-			}
-		}
-	}
-	v := h.Get("Retry-After")
-	if v == "" {
-		return 0
-	}
-	var s int64
-	if _, err := fmt.Sscan(v, &s); err == nil && s > 0 {
-		return time.Duration(s) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := time.Until(t); d > 0 {
-			return d
-		}
-	}
-	return 0
-}
 
 // scoreHint explains a 401 or 403 from the scoring URI in batchd's terms.
 func scoreHint(ep *Endpoint, status int, msg, mlScope string) string {
