@@ -265,6 +265,17 @@ func (x *index) isLoaded() bool {
 	return x.loaded
 }
 
+// tracked is the number of runs whose jobs are being polled (submitted or
+// running), as far as the index has read the ledger; 0 without an index.
+func (x *index) tracked() int {
+	if x == nil {
+		return 0
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.count[StateSubmitted] + x.count[StateRunning]
+}
+
 func (x *index) counts() (map[State]int, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()

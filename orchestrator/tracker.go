@@ -28,14 +28,32 @@ func pollInterval(age, lo, hi time.Duration) time.Duration {
 	return min(max(age/10, lo), hi)
 }
 
+// budgetHeadroom keeps the stretched intervals' demand (see pollDelay) a
+// fifth under the budget, for reconciliation lists and jitter.
+const budgetHeadroom = 1.2
+
 // pollDelay is pollInterval for the run now, jittered, and never past the
 // run's deadline (so a timeout is noticed on time).
+//
+// When more jobs are tracked than the poll budget can look at within their
+// intervals, every interval is stretched to tracked ÷ budget (with
+// headroom), so that the demand fits the budget. Without that floor a
+// saturated tracker starves new jobs: JetStream hands out due redeliveries
+// before new messages, so with redeliveries always due, a just-submitted
+// job's first look is never delivered. The count is of all tracked runs,
+// not those of one endpoint host, and the budget is one replica's: with
+// several hosts or replicas the floor is conservative.
 func (o *Orchestrator) pollDelay(r *record, now time.Time) time.Duration {
 	age := time.Duration(0)
 	if r.Job != nil && !r.Job.SubmittedAt.IsZero() {
 		age = now.Sub(r.Job.SubmittedAt)
 	}
-	d := jitter(pollInterval(age, o.opts.PollMin, o.opts.PollMax), 0.1)
+	d := pollInterval(age, o.opts.PollMin, o.opts.PollMax)
+	if o.opts.PollBudget > 0 {
+		floor := time.Duration(float64(o.index.tracked()) * budgetHeadroom / o.opts.PollBudget * float64(time.Second))
+		d = max(d, floor)
+	}
+	d = jitter(d, 0.1)
 	if !r.Sys.Deadline.IsZero() {
 		if until := r.Sys.Deadline.Sub(now) + 100*time.Millisecond; until < d {
 			d = max(until, 0)

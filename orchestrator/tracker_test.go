@@ -343,6 +343,26 @@ func TestPollDelayAndBackoffBounds(t *testing.T) {
 		if d := o.pollDelay(r, now); d > 7200*time.Millisecond {
 			t.Errorf("pollDelay 7s before the deadline = %s, want at most 7.1s", d)
 		}
+
+		// 100,000 jobs tracked on a budget of 1,000/s: even a young job
+		// waits tracked × 1.2 ÷ budget = 120s, so the demand fits the
+		// budget; the deadline still wins.
+		o.opts.PollBudget = 1000
+		o.index = newIndex(nil, nil)
+		o.index.count[StateRunning], o.index.count[StateSubmitted] = 90000, 10000
+		young := &record{Run: Run{Job: &JobRef{SubmittedAt: now.Add(-time.Minute)}}}
+		if d := o.pollDelay(young, now); d < 108*time.Second || d > 132*time.Second {
+			t.Errorf("pollDelay with 100k tracked on 1000/s = %s, want 120s ±10%%", d)
+		}
+		o.index.count[StateRunning], o.index.count[StateSubmitted] = 10, 0
+		if d := o.pollDelay(young, now); d < 9*time.Second || d > 11*time.Second {
+			t.Errorf("pollDelay for a 1-minute-old job with 10 tracked = %s, want PollMin (10s) ±10%%", d)
+		}
+		young.Sys.Deadline = now.Add(7 * time.Second)
+		o.index.count[StateRunning] = 100000
+		if d := o.pollDelay(young, now); d > 7200*time.Millisecond {
+			t.Errorf("stretched pollDelay 7s before the deadline = %s, want at most 7.1s", d)
+		}
 	})
 	for n := 1; n < 40; n++ {
 		if d := backoff(n, time.Second, 30*time.Second); d < 800*time.Millisecond || d > 36*time.Second {
