@@ -25,20 +25,30 @@ type invokeSim struct {
 func newInvokeSim(t *testing.T, opts jobstest.Options) *invokeSim {
 	t.Helper()
 	sim := jobstest.New(t, opts)
-	t.Setenv("IDENTITY_ENDPOINT", sim.IdentityEndpoint())
-	t.Setenv("IDENTITY_HEADER", sim.IdentityHeader())
-	for _, v := range []string{"IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT"} {
-		t.Setenv(v, "")
-	}
-	prev := azureTransport
-	azureTransport = sim.HTTPClient()
-	t.Cleanup(func() { azureTransport = prev })
+	useSimInProcess(t, sim)
 	return &invokeSim{sim: sim, env: map[string]string{
 		"BATCHD_CREDENTIAL":   "managed-identity",
 		"AZURE_CLIENT_ID":     invokeUniqueID("uami"), // azidentity's MI cache is process-wide
 		"BATCHD_ARM_ENDPOINT": sim.ARMEndpoint(),
 		"BATCHD_LOG_LEVEL":    "debug",
 	}}
+}
+
+// useSimInProcess points this process's Azure clients at sim: managed
+// identity through the App Service protocol (IDENTITY_ENDPOINT, set with
+// Setenv, so callers are not parallel; the other managed identity sources
+// cleared) and azureTransport trusting the simulator's CA, restored at the
+// end of the test.
+func useSimInProcess(tb testing.TB, sim *jobstest.Sim) {
+	tb.Helper()
+	tb.Setenv("IDENTITY_ENDPOINT", sim.IdentityEndpoint())
+	tb.Setenv("IDENTITY_HEADER", sim.IdentityHeader())
+	for _, v := range []string{"IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT"} {
+		tb.Setenv(v, "")
+	}
+	prev := azureTransport
+	azureTransport = sim.HTTPClient()
+	tb.Cleanup(func() { azureTransport = prev })
 }
 
 // run runs the CLI in-process and checks that no token reached its output.

@@ -42,14 +42,7 @@ func startOnlineDaemon(tb testing.TB, ep jobstest.OnlineOptions, extraEnv map[st
 	if err := sim.AddOnlineEndpoint("ep", ep); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Setenv("IDENTITY_ENDPOINT", sim.IdentityEndpoint())
-	tb.Setenv("IDENTITY_HEADER", sim.IdentityHeader())
-	for _, v := range []string{"IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT"} {
-		tb.Setenv(v, "")
-	}
-	prev := azureTransport
-	azureTransport = sim.HTTPClient()
-	tb.Cleanup(func() { azureTransport = prev })
+	useSimInProcess(tb, sim)
 
 	dir := tb.TempDir()
 	pf := filepath.Join(dir, "pipelines.yaml")

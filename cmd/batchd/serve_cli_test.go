@@ -78,14 +78,7 @@ func TestServeRefusesBadConfiguration(t *testing.T) {
 // (the signal) ends it with exit 0.
 func TestServeRunsAndStops(t *testing.T) {
 	sim := jobstest.New(t, jobstest.Options{Lifecycle: procQuickLifecycle()})
-	t.Setenv("IDENTITY_ENDPOINT", sim.IdentityEndpoint())
-	t.Setenv("IDENTITY_HEADER", sim.IdentityHeader())
-	for _, v := range []string{"IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT"} {
-		t.Setenv(v, "")
-	}
-	prev := azureTransport
-	azureTransport = sim.HTTPClient()
-	t.Cleanup(func() { azureTransport = prev })
+	useSimInProcess(t, sim)
 
 	addr := procFreeAddr(t)
 	const token = "serve-test-token-abcdef123456"

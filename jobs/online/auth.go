@@ -20,20 +20,24 @@ import (
 // the cache (see cache.go). After a 401 (refreshNext) it fetches the AML
 // token or the keys again, once, and in key mode takes the next key not
 // refused yet.
+// cached returns the credential under key from the cache, fetching it when
+// missing or due; after a 401 (refreshNext) it fetches it again, once, in
+// place of the one that was refused.
+func (s *scoring) cached(ctx context.Context, key string, fetch func(context.Context) (*secret, error)) (*secret, error) {
+	if s.refreshNext && s.cred != nil {
+		s.refreshNext = false
+		return s.c.creds.refresh(ctx, key, s.cred, fetch)
+	}
+	return s.c.creds.get(ctx, key, fetch)
+}
+
 func (s *scoring) authorization(ctx context.Context) (string, error) {
 	c, ep := s.c, s.ep
 	switch ep.mode() {
 	case AuthAMLToken:
 		key := "aml_token|" + cacheKey(ep)
 		fetch := func(ctx context.Context) (*secret, error) { return c.fetchAMLToken(ctx, ep) }
-		var sec *secret
-		var err error
-		if s.refreshNext && s.cred != nil {
-			s.refreshNext = false
-			sec, err = c.creds.refresh(ctx, key, s.cred, fetch)
-		} else {
-			sec, err = c.creds.get(ctx, key, fetch)
-		}
+		sec, err := s.cached(ctx, key, fetch)
 		if err != nil {
 			return "", s.credError(OpToken, err)
 		}
@@ -46,14 +50,7 @@ func (s *scoring) authorization(ctx context.Context) (string, error) {
 		if ep.Keys != nil {
 			op = OpKeyFile
 		}
-		var sec *secret
-		var err error
-		if s.refreshNext && s.cred != nil {
-			s.refreshNext = false
-			sec, err = c.creds.refresh(ctx, key, s.cred, fetch)
-		} else {
-			sec, err = c.creds.get(ctx, key, fetch)
-		}
+		sec, err := s.cached(ctx, key, fetch)
 		if err != nil {
 			return "", s.credError(op, err)
 		}
