@@ -36,11 +36,13 @@ type rawEnv struct {
 	NATSTLSKey   string `env:"BATCHD_NATS_TLS_KEY"`
 	NATSReplicas string `env:"BATCHD_NATS_REPLICAS, default=1"`
 
-	HTTPAddr      string `env:"BATCHD_HTTP_ADDR, default=127.0.0.1:8080"`
-	APIToken      string `env:"BATCHD_API_TOKEN"`
-	APITokenFile  string `env:"BATCHD_API_TOKEN_FILE"`
-	WebhookSecret string `env:"BATCHD_WEBHOOK_SECRET"`
-	WebhookFile   string `env:"BATCHD_WEBHOOK_SECRET_FILE"`
+	HTTPAddr         string `env:"BATCHD_HTTP_ADDR, default=127.0.0.1:8080"`
+	HTTPReadTimeout  string `env:"BATCHD_HTTP_READ_TIMEOUT, default=30s"`
+	HTTPWriteTimeout string `env:"BATCHD_HTTP_WRITE_TIMEOUT, default=60s"`
+	APIToken         string `env:"BATCHD_API_TOKEN"`
+	APITokenFile     string `env:"BATCHD_API_TOKEN_FILE"`
+	WebhookSecret    string `env:"BATCHD_WEBHOOK_SECRET"`
+	WebhookFile      string `env:"BATCHD_WEBHOOK_SECRET_FILE"`
 
 	WebhookEntraAudiences string `env:"BATCHD_WEBHOOK_ENTRA_AUDIENCES"`
 	WebhookEntraIssuers   string `env:"BATCHD_WEBHOOK_ENTRA_ISSUERS"`
@@ -85,6 +87,11 @@ type Env struct {
 	NATS NATS
 
 	HTTPAddr string
+	// HTTPReadTimeout and HTTPWriteTimeout bound reading one request and
+	// writing one response. The status page's live stream is exempt: it
+	// sets a deadline per write instead.
+	HTTPReadTimeout  time.Duration
+	HTTPWriteTimeout time.Duration
 	// APIToken, when set, is required as a bearer token on /api. Secret.
 	APIToken string
 	// WebhookSecret authenticates Event Grid deliveries. Secret.
@@ -257,6 +264,8 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 		p.add("BATCHD_ARM_ENDPOINT", "%q must be an https:// URL", raw.ARMEndpoint)
 	}
 
+	e.HTTPReadTimeout = duration(p, "BATCHD_HTTP_READ_TIMEOUT", raw.HTTPReadTimeout, time.Second)
+	e.HTTPWriteTimeout = duration(p, "BATCHD_HTTP_WRITE_TIMEOUT", raw.HTTPWriteTimeout, time.Second)
 	e.Workers = positiveInt(p, "BATCHD_WORKERS", raw.Workers)
 	e.Retention = duration(p, "BATCHD_RETENTION", raw.Retention, time.Hour)
 	e.ShutdownGrace = duration(p, "BATCHD_SHUTDOWN_GRACE", raw.ShutdownGrace, time.Second)

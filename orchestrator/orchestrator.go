@@ -45,6 +45,7 @@ type Orchestrator struct {
 
 	limMu    sync.Mutex
 	limiters map[string]*rate.Limiter // by endpoint host
+	meters   map[string]*meter        // polls sent, by endpoint host
 
 	running atomic.Bool
 }
@@ -98,6 +99,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		pipelines:  opts.Pipelines,
 		maxRunning: map[string]int{},
 		limiters:   map[string]*rate.Limiter{},
+		meters:     map[string]*meter{},
 	}
 	if o.pipelines == nil {
 		o.pipelines = map[string]*Pipeline{}

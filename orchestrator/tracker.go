@@ -69,6 +69,7 @@ func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bo
 	res := o.limiter(host).Reserve()
 	d := res.Delay()
 	if d == 0 {
+		o.pollsUsed(host).add(time.Now())
 		return settle{}, true
 	}
 	if d > 2*time.Second {
@@ -79,6 +80,7 @@ func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bo
 		res.Cancel()
 		return nakAfter(0), false
 	}
+	o.pollsUsed(host).add(time.Now())
 	return settle{}, true
 }
 

@@ -302,7 +302,7 @@ func TestPollInterval(t *testing.T) {
 // tracker slot.
 func TestPollBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		o := &Orchestrator{opts: Options{PollBudget: 2}, limiters: map[string]*rate.Limiter{}}
+		o := &Orchestrator{opts: Options{PollBudget: 2}, limiters: map[string]*rate.Limiter{}, meters: map[string]*meter{}}
 		ctx := t.Context()
 		for i := range 2 {
 			if _, ok := o.takeBudget(ctx, "h"); !ok {

@@ -161,7 +161,7 @@ func runDev(ctx context.Context, c *cli, o devOptions) int {
 	code = d.wait(ctx)
 	d.stop()
 	if code == exitOK {
-		d.say("dev", "stopped; state kept in %s (batchd dev --keep resumes from it)", d.rel(d.dir))
+		d.say("dev", "stopped; the state stays in %s: 'batchd dev --keep' resumes from it, 'batchd dev' starts afresh", d.rel(d.dir))
 	}
 	return code
 }

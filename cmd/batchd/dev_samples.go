@@ -610,7 +610,7 @@ func (d *devRun) banner() {
 	fmt.Fprintf(tw, "  Azurite\t%s\tpid %d, data in %s\n", st.AccountURL, d.az.Pid(), d.rel(filepath.Join(d.dir, devAzuriteDir)))
 	fmt.Fprintf(tw, "  Azure ML\t%s\tsimulator of the batch endpoint, Entra and ARM; its CA is trusted only in this process\n", d.sim.ScoringURI(devEndpointName))
 	fmt.Fprintf(tw, "  pipelines\t%s\tuploads (blob, container incoming), nightly (cron %s), on-message (NATS %s)\n", d.rel(st.PipelinesFile), t.cron, devSampleSubj)
-	fmt.Fprintf(tw, "  state\t%s\t%s\n", d.rel(d.dir), map[bool]string{true: "kept from the previous run (--keep)", false: "fresh; --keep keeps it for the next start"}[d.o.keep])
+	fmt.Fprintf(tw, "  state\t%s\t%s\n", d.rel(d.dir), map[bool]string{true: "resumed from the previous run (--keep)", false: "fresh: this start cleared the previous run's; start with --keep to resume from it"}[d.o.keep])
 	fmt.Fprintf(tw, "  log\t%s\twarnings and errors are also printed here\n", d.rel(d.logPath))
 	tw.Flush()
 	sampleURI := st.AccountURL + devUploadsCont + "/sample-1.csv"

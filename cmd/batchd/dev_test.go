@@ -329,9 +329,20 @@ func TestDevEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds batchd and runs batchd dev with Azurite")
 	}
+	t.Parallel()
+	// As a user runs it: from a checkout with the binary in bin/, the
+	// default state directory, so that the README's and the banner's
+	// commands run verbatim.
 	dir := t.TempDir()
-	bin := procBuild(t, dir)
-	state := filepath.Join(dir, "state")
+	bin := procBuild(t, filepath.Join(dir, "bin"))
+	tools, err := filepath.Abs(filepath.Join("..", "..", "tools"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(tools, filepath.Join(dir, "tools")); err != nil { // Azurite, as in a checkout
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, devDefaultState)
 	httpAddr := procFreeAddr(t)
 	base := "http://" + httpAddr
 	natsPort, azPort := freePortT(t), freePortT(t)
@@ -339,7 +350,8 @@ func TestDevEndToEnd(t *testing.T) {
 
 	var stdout, stderr lockedBuffer
 	cmd := exec.Command(bin, "dev", "--fast", "--http", httpAddr, "--nats-port", strconv.Itoa(natsPort),
-		"--azurite-port", strconv.Itoa(azPort), "--state", state)
+		"--azurite-port", strconv.Itoa(azPort))
+	cmd.Dir = dir
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -449,8 +461,9 @@ func TestDevEndToEnd(t *testing.T) {
 		t.Errorf("GET /api/v1/pipelines = %d pipelines, %v; want 3", len(pl.Pipelines), err)
 	}
 	out := stdout.String()
-	for _, s := range []string{base + "/", "nats://127.0.0.1:" + strconv.Itoa(natsPort), "dev upload --state ", "dev publish --state ",
-		"pipelines run nightly --wait", "runs show ID", "export BATCHD_URL=" + base, filepath.Join(state, devPipelines)} {
+	for _, s := range []string{base + "/", "nats://127.0.0.1:" + strconv.Itoa(natsPort), "./bin/batchd dev upload FILE", "./bin/batchd dev publish demo.score",
+		"pipelines run nightly --wait", "runs show ID", "export BATCHD_URL=" + base, filepath.Join(devDefaultState, devPipelines),
+		"fresh: this start cleared"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("the output does not show %q", s)
 		}
@@ -499,6 +512,8 @@ func TestDevEndToEnd(t *testing.T) {
 		t.Errorf("batchd pipelines run nightly --wait: exit %d, output:\n%s", code, runOut)
 	}
 
+	devWalkthrough(t, dir, base, stdout.String())
+
 	// Shutdown: every process batchd dev started goes with it.
 	kids := devDescendants(t, cmd.Process.Pid)
 	azuriteSeen := false
@@ -520,6 +535,9 @@ func TestDevEndToEnd(t *testing.T) {
 		running = false
 		if err != nil {
 			t.Errorf("batchd dev after SIGINT: %v, want exit 0", err)
+		}
+		if out := stdout.String(); !strings.Contains(out, "'batchd dev --keep' resumes from it, 'batchd dev' starts afresh") {
+			t.Errorf("the stop message does not say what happens to the state:\n%s", out[max(0, len(out)-400):])
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("batchd dev did not exit within 60s of SIGINT")

@@ -20,13 +20,15 @@ import (
 	"github.com/batchd/batchd/jobs/online"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/broker"
+	"github.com/batchd/batchd/orchestrator/statuspage"
 )
 
 const serveUsage = `Usage: batchd serve [--config FILE]
 
 Runs the daemon: the triggers, the workers that check and submit jobs, the
 tracker that follows them, and the HTTP server on BATCHD_HTTP_ADDR
-(/healthz, /readyz, /metrics, /api/v1/...).
+(/healthz, /readyz, /metrics, /api/v1/..., /eventgrid, and the status
+page at /).
 
 State lives in NATS JetStream: an embedded server in BATCHD_STATE_DIR, or
 the cluster at BATCHD_NATS_URL (then any number of replicas may run).
@@ -148,19 +150,25 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		return err
 	}
 
-	mux := http.NewServeMux()
-	mux.Handle("/", orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api"),
-		Backfill: backfillFunc(f)}))
-	mux.Handle("/eventgrid", trig.webhook)
+	page, err := statuspage.New(statuspage.Options{
+		Source: orch, Token: env.APIToken, NextFires: trig.nextFires, Endpoints: orch.Endpoints,
+		Logger: log.With("component", "statuspage"),
+	})
+	if err != nil {
+		return err
+	}
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           serveMux(orch, f, trig, page, env, log),
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
+		ReadTimeout:       env.HTTPReadTimeout,
+		WriteTimeout:      env.HTTPWriteTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
 	}
+	// Shutdown waits for active requests, and a live stream never ends by
+	// itself.
+	srv.RegisterOnShutdown(page.StopStreams)
 
 	log.Info("batchd starting", "http", ln.Addr().String(), "nats", natsDescription(env, b),
 		"pipelines", len(f.Pipelines), "triggers", len(trig.sources), "workers", env.Workers)
@@ -195,6 +203,20 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		log.Info("batchd stopped")
 	}
 	return err
+}
+
+// serveMux routes batchd's HTTP paths: the orchestrator's API and probes,
+// the Event Grid webhook, and the status page for everything else.
+func serveMux(orch *orchestrator.Orchestrator, f *config.File, trig *triggerSet, page http.Handler, env *config.Env, log *slog.Logger) *http.ServeMux {
+	api := orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api"),
+		Backfill: backfillFunc(f)})
+	mux := http.NewServeMux()
+	for _, p := range []string{"/api/", "/healthz", "/readyz", "/metrics"} {
+		mux.Handle(p, api)
+	}
+	mux.Handle("/eventgrid", trig.webhook)
+	mux.Handle("/", page)
+	return mux
 }
 
 // newScorer builds the online endpoint client on the process credential.

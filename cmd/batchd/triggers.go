@@ -30,13 +30,32 @@ type source struct {
 type triggerSet struct {
 	webhook http.Handler
 	sources []source
+	// schedules are the cron pipelines' schedules, for the status page.
+	schedules map[string]*cron.Schedule
+}
+
+// nextFires returns the next n fire times of a cron pipeline after now (none
+// for other pipelines).
+func (s *triggerSet) nextFires(pipeline string, n int) []time.Time {
+	sched := s.schedules[pipeline]
+	if sched == nil {
+		return nil
+	}
+	var out []time.Time
+	for t := time.Now(); len(out) < n; {
+		if t = sched.Next(t); t.IsZero() {
+			break
+		}
+		out = append(out, t)
+	}
+	return out
 }
 
 // buildTriggers constructs the triggers. It starts nothing.
 func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestrator, st *datastores.Storage, nc *nats.Conn, log *slog.Logger) (*triggerSet, error) {
 	kv := orch.TriggersKV()
 	reg := orch.Registry()
-	set := &triggerSet{}
+	set := &triggerSet{schedules: map[string]*cron.Schedule{}}
 	var errs []error
 
 	var routes []blob.Route
@@ -85,6 +104,7 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 			continue
 		}
 		set.sources = append(set.sources, source{"cron " + name, s.Run})
+		set.schedules[name] = s.Schedule()
 	}
 
 	for _, name := range sortedNames(f.Triggers.NATS) {

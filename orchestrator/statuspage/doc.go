@@ -51,7 +51,10 @@
 // the page's rendering and the subscription is never missed. A stream that
 // may have missed changes (the subscription's buffer was full) says "resync"
 // for the same effect. Comments (": ping") every Options.Heartbeat keep
-// proxies from closing an idle stream. A stream ends when the client goes
+// proxies from closing an idle stream. Each write has its own deadline, so
+// a stream outlives the server's WriteTimeout; at most Options.MaxStreams
+// streams are open at once (503 with Retry-After beyond, and the script
+// tries again). A stream ends when the client goes
 // away or when StopStreams is called (register it with
 // http.Server.RegisterOnShutdown: Shutdown does not end streaming responses
 // by itself).

@@ -52,6 +52,14 @@ func (p *Page) events(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("state %q is not a run state", state), http.StatusBadRequest)
 		return
 	}
+	select {
+	case p.streams <- struct{}{}:
+		defer func() { <-p.streams }()
+	default:
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, fmt.Sprintf("too many live streams are open (%d); try again later", cap(p.streams)), http.StatusServiceUnavailable)
+		return
+	}
 	rc := http.NewResponseController(w)
 
 	// Subscribe before saying hello: the client re-reads the page after

@@ -291,13 +291,15 @@ func TestEventsWithToken(t *testing.T) {
 	}
 }
 
-// A stream outlives the server's WriteTimeout: each write sets its own
-// deadline.
+// A stream outlives the server's WriteTimeout and ReadTimeout (batchd
+// serve sets both): each write sets its own deadline, and net/http clears
+// the read deadline while a handler runs (its background read).
 func TestEventsOutliveWriteTimeout(t *testing.T) {
 	src := newFakeSource("score")
 	p := newPage(t, src, func(o *Options) { o.Heartbeat = 20 * time.Millisecond })
 	srv := httptest.NewUnstartedServer(p)
 	srv.Config.WriteTimeout = 150 * time.Millisecond
+	srv.Config.ReadTimeout = 100 * time.Millisecond
 	srv.Start()
 	t.Cleanup(srv.Close)
 	res := openStream(t, t.Context(), srv.URL+"/ui/events")
@@ -317,5 +319,28 @@ func TestEventsOutliveWriteTimeout(t *testing.T) {
 	src.publish("a", mkRun("a", "score", orchestrator.StateRunning, time.Minute))
 	if b := sse.next(t); b.event != "run" {
 		t.Errorf("event %q after the WriteTimeout, want run", b.event)
+	}
+}
+
+// Streams beyond MaxStreams are refused with 503 and Retry-After; a closed
+// stream frees its place.
+func TestEventsStreamCap(t *testing.T) {
+	src := newFakeSource("score")
+	p := newPage(t, src, func(o *Options) { o.MaxStreams = 1 })
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithCancel(t.Context())
+	first := openStream(t, ctx, srv.URL+"/ui/events")
+	sse := readSSE(first.Body)
+	sse.next(t) // hello
+	second := openStream(t, t.Context(), srv.URL+"/ui/events")
+	if second.StatusCode != http.StatusServiceUnavailable || second.Header.Get("Retry-After") == "" {
+		t.Errorf("a second stream with MaxStreams 1: status %d, Retry-After %q; want 503 with Retry-After", second.StatusCode, second.Header.Get("Retry-After"))
+	}
+	cancel()
+	waitUntil(t, "the first stream to end", func() bool { return src.watchers.Load() == 0 })
+	third := openStream(t, t.Context(), srv.URL+"/ui/events")
+	if third.StatusCode != http.StatusOK {
+		t.Errorf("a stream after the first closed: status %d, want 200", third.StatusCode)
 	}
 }

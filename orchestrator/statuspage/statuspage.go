@@ -37,25 +37,8 @@ type Source interface {
 var _ Source = (*orchestrator.Orchestrator)(nil)
 
 // EndpointStatus is one batch endpoint's admission state, for the endpoints
-// view.
-type EndpointStatus struct {
-	// Name is batchd's name for the endpoint (the key in the pipelines file).
-	Name string
-	// RunningJobs is the number of admission slots held (jobs batchd keeps
-	// running on the endpoint, across replicas).
-	RunningJobs int
-	// MaxRunningJobs is the endpoint's cap; 0 means no cap.
-	MaxRunningJobs int
-	// PausedUntil is set while the endpoint is paused after a 429.
-	PausedUntil time.Time
-	PauseReason string
-	// PollBudget is the status requests per second this replica may send to
-	// the endpoint's host; PollBudgetInUse is the part of it in use now (for
-	// example, requests per second over the last minute). A negative
-	// PollBudgetInUse means "not known".
-	PollBudget      float64
-	PollBudgetInUse float64
-}
+// view: orchestrator.(*Orchestrator).Endpoints reports it.
+type EndpointStatus = orchestrator.EndpointStatus
 
 // Options configure a Page.
 type Options struct {
@@ -85,7 +68,11 @@ type Options struct {
 	Heartbeat time.Duration
 	// WatchBuffer is the change buffer of one event stream (default 1024).
 	WatchBuffer int
-	Logger      *slog.Logger
+	// MaxStreams caps the event streams open at once (default 64); a
+	// stream beyond it is answered 503 with Retry-After, and the page's
+	// script tries again later. Each stream holds a ledger watch.
+	MaxStreams int
+	Logger     *slog.Logger
 }
 
 //go:embed templates/*.html
@@ -107,6 +94,7 @@ type Page struct {
 	rows      *rowCache
 	stop      chan struct{}
 	stopOnce  sync.Once
+	streams   chan struct{} // one token per open event stream
 	tokenHash []byte
 }
 
@@ -129,11 +117,15 @@ func New(opts Options) (*Page, error) {
 	if opts.WatchBuffer <= 0 {
 		opts.WatchBuffer = 1024
 	}
+	if opts.MaxStreams <= 0 {
+		opts.MaxStreams = 64
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Page{opts: opts, log: log, rows: newRowCache(rowCacheSize), stop: make(chan struct{})}
+	p := &Page{opts: opts, log: log, rows: newRowCache(rowCacheSize), stop: make(chan struct{}),
+		streams: make(chan struct{}, opts.MaxStreams)}
 	if opts.Token != "" {
 		h := sha256.Sum256([]byte(opts.Token))
 		p.tokenHash = h[:]
