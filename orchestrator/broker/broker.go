@@ -38,6 +38,12 @@ type Options struct {
 	TLSCert    string
 	TLSKey     string
 	ClientName string
+	// NoSync, for the embedded server only, keeps nats-server's default
+	// file-store sync (every 2 minutes) instead of syncing every write
+	// before it is acknowledged. Only make bench sets it, to show what the
+	// sync costs; batchd never does: an acknowledgement must survive a
+	// power loss.
+	NoSync bool
 	// ReadyTimeout bounds the wait for the embedded server (default 10 s).
 	ReadyTimeout time.Duration
 	Logger       *slog.Logger
@@ -162,6 +168,13 @@ func (b *Broker) Close() {
 	b.shutdownServer()
 }
 
+// SyncsBeforeAck reports whether the embedded server syncs every write
+// to disk before acknowledging it (false for an external cluster, whose
+// durability is its replicas').
+func (b *Broker) SyncsBeforeAck() bool {
+	return b.srv != nil && b.srv.JetStreamConfig() != nil && b.srv.JetStreamConfig().SyncAlways
+}
+
 func (b *Broker) shutdownServer() {
 	if b.srv != nil {
 		b.srv.Shutdown()
@@ -179,6 +192,14 @@ func startEmbedded(opts Options, log *slog.Logger) (*server.Server, error) {
 		StoreDir:   opts.StoreDir,
 		NoSigs:     true,
 		DontListen: true,
+		// Acknowledged means on disk: with SyncAlways the file store
+		// fsyncs each message block write (and writes its consumer and
+		// stream state files with O_SYNC) before the write returns, and
+		// a stream answers a publish (PubAck), a KV put and a consumer ack
+		// only after its store write returned. The default syncs every 2
+		// minutes, so a host crash could lose what Event Grid already got
+		// a 200 for.
+		SyncAlways: !opts.NoSync,
 		// The in-process connection needs no auth; a listener is loopback only.
 		Host: "127.0.0.1",
 		Port: server.RANDOM_PORT,

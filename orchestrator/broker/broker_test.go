@@ -113,3 +113,26 @@ func ctxTimeout(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// Acknowledged means on disk: the embedded server syncs every write before
+// it acknowledges it (nats-server's sync_always; see Options.NoSync). A
+// power loss cannot be simulated with SIGKILL, which leaves the page cache
+// intact, so this checks the server's setting itself.
+func TestEmbeddedSyncsBeforeAck(t *testing.T) {
+	b, err := broker.Start(t.Context(), broker.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if !b.SyncsBeforeAck() {
+		t.Errorf("the embedded server does not sync before it acknowledges (sync_always off)")
+	}
+	b.Close()
+	b, err = broker.Start(t.Context(), broker.Options{StoreDir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer b.Close()
+	if b.SyncsBeforeAck() {
+		t.Errorf("NoSync: the server still syncs every write")
+	}
+}
