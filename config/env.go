@@ -60,7 +60,7 @@ type rawEnv struct {
 
 	Workers        string `env:"BATCHD_WORKERS, default=8"`
 	Retention      string `env:"BATCHD_RETENTION, default=168h"`
-	ShutdownGrace  string `env:"BATCHD_SHUTDOWN_GRACE, default=30s"`
+	ShutdownGrace  string `env:"BATCHD_SHUTDOWN_GRACE, default=60s"`
 	SubmitTimeout  string `env:"BATCHD_SUBMIT_TIMEOUT, default=60s"`
 	PollMin        string `env:"BATCHD_POLL_MIN, default=10s"`
 	PollMax        string `env:"BATCHD_POLL_MAX, default=5m"`
@@ -303,6 +303,34 @@ func (e *Env) RedactedNATSURL() string {
 		parts[i] = u.String()
 	}
 	return strings.Join(parts, ",")
+}
+
+// DeployProblems are settings that are each valid but together break a
+// promise once deployed: `batchd check` reports them as problems (exit 2),
+// `batchd serve` logs them as warnings and runs.
+//   - A shutdown grace shorter than the submit timeout: a POST in flight at
+//     SIGTERM always finishes (batchd records its answer), so the process
+//     may outlive the grace, and the process manager's stop timeout
+//     (TimeoutStopSec, terminationGracePeriodSeconds), set from the grace,
+//     would kill it mid-POST.
+func (e *Env) DeployProblems() error {
+	p := &problems{}
+	if e.ShutdownGrace < e.SubmitTimeout {
+		p.add("BATCHD_SHUTDOWN_GRACE", "%s is shorter than BATCHD_SUBMIT_TIMEOUT (%s): a POST in flight at shutdown takes up to the submit timeout, and a process manager that stops batchd after the grace would kill it before its answer is recorded; set the grace to at least the submit timeout",
+			e.ShutdownGrace, e.SubmitTimeout)
+	}
+	return p.err()
+}
+
+// Warnings are settings that work but weaken a promise; `batchd check`
+// prints them and `batchd serve` logs them.
+func (e *Env) Warnings() []string {
+	var w []string
+	if e.NATS.URL != "" && e.NATS.Replicas < 3 {
+		w = append(w, fmt.Sprintf("BATCHD_NATS_REPLICAS is %d on an external NATS cluster: every acknowledged event, run and schedule rests on %s disk; use 3 on a cluster of 3 or more JetStream nodes",
+			e.NATS.Replicas, map[bool]string{true: "one node's", false: "two nodes'"}[e.NATS.Replicas < 2]))
+	}
+	return w
 }
 
 // HTTPLoopback reports whether HTTPAddr binds only the loopback interface.

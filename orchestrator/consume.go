@@ -31,8 +31,9 @@ func nakAfter(d time.Duration) settle { return settle{kind: settleNak, delay: ma
 // consume hands the consumer's messages to up to n handlers at once until
 // ctx ends. Then it stops fetching (messages still buffered in the client
 // are redelivered after AckWait) and waits for the handlers: they run on a
-// context that survives ctx by ShutdownGrace, so a POST in flight can record
-// its answer; after the grace that context is canceled too.
+// context that survives ctx by ShutdownGrace; after the grace that context
+// is canceled too, except for a POST (or scoring request) in flight, which
+// always gets its submit timeout and the recording of its answer.
 func (o *Orchestrator) consume(ctx context.Context, cons jetstream.Consumer, n int, carrier string) error {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -98,7 +99,7 @@ loop:
 	select {
 	case <-done:
 	case <-grace.C:
-		o.log.Warn("shutdown grace over; abandoning steps in flight (they resume on the next start)", "carrier", carrier)
+		o.log.Warn("shutdown grace over; abandoning steps in flight (they resume on the next start) except POSTs, which finish and record their answers", "carrier", carrier)
 		cancelWork()
 		<-done
 	}

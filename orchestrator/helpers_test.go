@@ -24,12 +24,30 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // startBroker starts an embedded nats-server with JetStream in a temp dir.
 func startBroker(t testing.TB) *broker.Broker {
 	t.Helper()
-	b, err := broker.Start(t.Context(), broker.Options{StoreDir: t.TempDir()})
+	return startBrokerIn(t, t.TempDir())
+}
+
+// startBrokerIn starts an embedded nats-server with JetStream in dir.
+func startBrokerIn(t testing.TB, dir string) *broker.Broker {
+	t.Helper()
+	b, err := broker.Start(t.Context(), broker.Options{StoreDir: dir})
 	if err != nil {
 		t.Fatalf("broker.Start: %v", err)
 	}
 	t.Cleanup(b.Close)
 	return b
+}
+
+// crash simulates the process dying with work in flight: NATS goes away at
+// once (nothing more is written or acked), then the orchestrator's Run
+// returns. It returns a new embedded server on the same store, as the next
+// start would find it. (A SIGTERM never abandons a POST: see
+// TestShutdownDoesNotAbandonPOST.)
+func crash(t testing.TB, h *harness, dir string) *broker.Broker {
+	t.Helper()
+	h.b.Close()
+	_ = h.stop() // steps in flight fail to record: NATS is gone
+	return startBrokerIn(t, dir)
 }
 
 // fakeSub is a hand-written Submitter: an Azure ML batch endpoint in

@@ -382,11 +382,21 @@ func (o *Orchestrator) submit(ctx context.Context, r *record, rev uint64, d *del
 		return settle{}, err
 	}
 	_ = d.msg.InProgress()
-	pctx, cancel := context.WithTimeout(ctx, o.opts.SubmitTimeout)
+	// From the POST to its recorded answer, shutdown does not interrupt:
+	// the POST gets its submit timeout whatever the shutdown grace, and its
+	// answer is written. Canceling it would leave the run unknown although
+	// the endpoint may have answered (and created the job).
+	sctx := context.WithoutCancel(ctx)
+	pctx, cancel := context.WithTimeout(sctx, o.opts.SubmitTimeout)
 	job, err := o.sub.Submit(pctx, *r.Sys.Endpoint, req)
 	cancel()
-	return o.afterSubmit(ctx, r, req.RequestID, job, err, d)
+	rctx, cancel := context.WithTimeout(sctx, recordTimeout)
+	defer cancel()
+	return o.afterSubmit(rctx, r, req.RequestID, job, err, d)
 }
+
+// recordTimeout bounds writing a POST's answer after shutdown began.
+const recordTimeout = 30 * time.Second
 
 // ours reports whether x is still in the submission with request id rid
 // (submitting, or made unknown by someone who gave up waiting for it).

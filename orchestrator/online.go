@@ -195,15 +195,15 @@ func (o *Orchestrator) stepOnline(ctx, stop context.Context, r *record, rev uint
 	}
 	o.logRun(r)
 	_ = d.msg.InProgress()
-	sctx, cancel := context.WithDeadline(ctx, deadline)
+	// As for a batch POST: shutdown does not interrupt the request or the
+	// recording of its answer; the request's own deadline bounds it.
+	wctx := context.WithoutCancel(ctx)
+	sctx, cancel := context.WithDeadline(wctx, deadline)
 	resp, serr := o.scorer.Score(sctx, *p.Endpoint.Online, online.Request{Body: body, RequestID: rid, SafeToRepeat: p.SafeToRepeat})
 	cancel()
-	if ctx.Err() != nil {
-		// The shutdown grace ended with the request in flight: leave the
-		// run in submitting; the next delivery applies the crash rule.
-		return settle{}, fmt.Errorf("scoring run %s interrupted: %w", r.ID, ctx.Err())
-	}
-	return o.afterScore(ctx, r, p, call, resp, serr)
+	rctx, cancel := context.WithTimeout(wctx, recordTimeout)
+	defer cancel()
+	return o.afterScore(rctx, r, p, call, resp, serr)
 }
 
 // keepInProgress tells JetStream every interval that m is still being

@@ -369,19 +369,20 @@ func (h *harness) emitFields(pipeline, key string, fields map[string]string) str
 	return rc.RunID
 }
 
-// The crash rule: batchd stops with a request in flight. The next start
+// The crash rule: batchd dies with a request in flight. The next start
 // finds the run in submitting after its deadline and, since the pipeline
 // is not safe_to_repeat, makes it unknown without sending the request
 // again; with safe_to_repeat it scores it again.
 func TestOnlineCrashMidRequest(t *testing.T) {
 	for _, safe := range []bool{false, true} {
 		t.Run(map[bool]string{false: "not safe to repeat", true: "safe to repeat"}[safe], func(t *testing.T) {
+			t.Parallel()
 			s := newOnlineSim(t, map[string]jobstest.OnlineOptions{"ep": {}, "slow": {Latency: time.Hour}})
 			slow := s.pipeline(t, "score", "slow", `{}`)
 			slow.Timeout = time.Second
-			b := startBroker(t)
-			short := func(o *Options) { o.ShutdownGrace = 100 * time.Millisecond }
-			h := startOn(t, b, []*Pipeline{slow}, newFakeSub(), s.scorer, short)
+			dir := t.TempDir()
+			b := startBrokerIn(t, dir)
+			h := startOn(t, b, []*Pipeline{slow}, newFakeSub(), s.scorer)
 			inbox := nats.NewInbox()
 			replies := subscribe(t, b.Conn, inbox)
 			rc, err := h.o.Emit(t.Context(), Event{Pipeline: "score", Key: "k", Source: SourceNATS,
@@ -391,19 +392,19 @@ func TestOnlineCrashMidRequest(t *testing.T) {
 			}
 			h.waitState(rc.RunID, StateSubmitting, 5*time.Second)
 			waitFor(t, 5*time.Second, "the request to reach the endpoint", func() bool { return s.sim.Count(jobstest.RouteScore) == 1 })
-			if err := h.stop(); err != nil {
-				t.Fatal(err)
-			}
-			if r, _ := h.o.Get(t.Context(), rc.RunID); r.State != StateSubmitting {
-				t.Fatalf("state after stopping mid-request = %s, want submitting", r.State)
-			}
+			b = crash(t, h, dir)
+			replies = subscribe(t, b.Conn, inbox) // the requester is still listening
 
 			// The endpoint is fast now (same name, same run).
 			fast := s.pipeline(t, "score", "ep", `{}`)
 			fast.SafeToRepeat = safe
 			h2 := startOn(t, b, []*Pipeline{fast}, newFakeSub(), s.scorer)
+			if r, err := h2.o.Get(t.Context(), rc.RunID); err != nil || r.State != StateSubmitting {
+				t.Fatalf("state after a crash mid-request = %v (%v), want submitting", r, err)
+			}
 			if !safe {
-				r := h2.waitState(rc.RunID, StateUnknown, 10*time.Second)
+				// The intake message comes back after its AckWait (12 s here).
+				r := h2.waitState(rc.RunID, StateUnknown, 30*time.Second)
 				if !strings.Contains(r.lastReasonText(), "scoring outcome unknown: batchd stopped while the request was in flight") {
 					t.Errorf("reason %q", r.lastReasonText())
 				}
@@ -424,7 +425,7 @@ func TestOnlineCrashMidRequest(t *testing.T) {
 				}
 				return
 			}
-			r := h2.waitState(rc.RunID, StateCompleted, 10*time.Second)
+			r := h2.waitState(rc.RunID, StateCompleted, 30*time.Second)
 			if r.Attempts != 2 || s.sim.OnlineScored("ep") != 1 {
 				t.Errorf("attempts %d, scored %d; want 2 and 1", r.Attempts, s.sim.OnlineScored("ep"))
 			}

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -36,27 +37,55 @@ func TestShutdownLetsInFlightSubmissionFinish(t *testing.T) {
 	h2.waitState(id, StateCompleted, 10*time.Second)
 }
 
-// A POST that outlives the grace period is abandoned; the next start finds
-// the run in submitting after its deadline and makes it unknown.
-func TestShutdownGraceExpiresAndTheNextStartReconciles(t *testing.T) {
+// A POST that outlives the shutdown grace is not abandoned: it gets its
+// submit timeout and its answer is recorded, so the run never becomes
+// unknown because batchd was stopped.
+func TestShutdownDoesNotAbandonPOST(t *testing.T) {
+	sub := newFakeSub()
+	sub.hold = make(chan struct{})
+	sub.inSubmit = make(chan struct{}, 1)
+	short := func(o *Options) { o.ShutdownGrace = 100 * time.Millisecond }
+	h := newHarness(t, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub, short)
+	id := h.emit("score", "k", "https://a.blob.core.windows.net/c/x")
+	<-sub.inSubmit
+	errc := make(chan error, 1)
+	go func() { errc <- h.stop() }()
+	<-h.stopping
+	waitFor(t, 5*time.Second, "the shutdown grace to pass", func() bool {
+		return strings.Contains(h.logs.String(), "shutdown grace over")
+	})
+	close(sub.hold) // the endpoint answers after the grace
+	if err := <-errc; err != nil {
+		t.Fatalf("Run() = %v, want nil", err)
+	}
+	r, err := h.o.Get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != StateSubmitted || r.Job == nil || contains(states(r), StateUnknown) {
+		t.Fatalf("state after shutdown = %s (%s), want submitted with the job, never unknown", r.State, historyString(r))
+	}
+}
+
+// A crash with a POST in flight: the next start finds the run in
+// submitting after its deadline and makes it unknown, then reconciles.
+func TestCrashMidPOSTAndTheNextStartReconciles(t *testing.T) {
 	sub := newFakeSub()
 	sub.hold = make(chan struct{})
 	defer close(sub.hold)
 	sub.inSubmit = make(chan struct{}, 1)
-	b := startBroker(t)
-	short := func(o *Options) { o.ShutdownGrace = 100 * time.Millisecond }
-	h := startOn(t, b, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub, short)
+	dir := t.TempDir()
+	b := startBrokerIn(t, dir)
+	h := startOn(t, b, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub)
 	id := h.emit("score", "k", "https://a.blob.core.windows.net/c/x")
 	<-sub.inSubmit
-	if err := h.stop(); err != nil {
-		t.Fatalf("Run() = %v, want nil", err)
-	}
-	if r, _ := h.o.Get(t.Context(), id); r.State != StateSubmitting {
-		t.Fatalf("state after an abandoned POST = %s, want submitting", r.State)
-	}
+	b = crash(t, h, dir)
 
 	sub2 := newFakeSub()
 	h2 := startOn(t, b, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub2)
+	if r, err := h2.o.Get(t.Context(), id); err != nil || r.State != StateSubmitting {
+		t.Fatalf("state after the crash = %v (%v), want submitting", r, err)
+	}
 	r := h2.waitState(id, StateCompleted, 20*time.Second)
 	if !contains(states(r), StateUnknown) {
 		t.Errorf("history has no unknown entry: %s", historyString(r))

@@ -35,6 +35,9 @@ func cmdCheck(ctx context.Context, c *cli, args []string) int {
 		return exitUsage
 	}
 	env, f, err := config.Load(ctx, c.env, *file)
+	if err == nil {
+		err = env.DeployProblems()
+	}
 	if err != nil {
 		return configExit(c, err)
 	}
@@ -61,6 +64,12 @@ func cmdCheck(ctx context.Context, c *cli, args []string) int {
 	}
 	tw.Flush()
 	fmt.Fprintf(c.stdout, "\nCredential: %s. NATS: %s. HTTP: %s.\n", env.Credential.Kind, natsText(env), env.HTTPAddr)
+	if len(sum.Warnings) > 0 {
+		fmt.Fprintln(c.stdout, "\nWarnings:")
+		for _, w := range sum.Warnings {
+			fmt.Fprintf(c.stdout, "  %s\n", w)
+		}
+	}
 	return exitOK
 }
 
@@ -73,6 +82,8 @@ type checkSummary struct {
 	Credential string   `json:"credential"`
 	NATS       string   `json:"nats"`
 	HTTPAddr   string   `json:"http_addr"`
+	// Warnings are settings that work but weaken a promise.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 type endpointSummary struct {
@@ -92,7 +103,8 @@ type pipelineSummary struct {
 }
 
 func summarize(env *config.Env, f *config.File) checkSummary {
-	s := checkSummary{File: f.Path, Credential: env.Credential.Kind, NATS: natsText(env), HTTPAddr: env.HTTPAddr}
+	s := checkSummary{File: f.Path, Credential: env.Credential.Kind, NATS: natsText(env), HTTPAddr: env.HTTPAddr,
+		Warnings: env.Warnings()}
 	for _, name := range sortedNames(f.Endpoints) {
 		e := f.Endpoints[name]
 		es := endpointSummary{Name: name, URI: e.ScoringURI, Deployment: e.Deployment, MaxRunningJobs: e.MaxRunningJobs}

@@ -88,3 +88,22 @@ func TestCheckMissingFile(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; want 2 and the missing file named", code, errOut)
 	}
 }
+
+// Settings that are valid alone but break a promise once deployed: a
+// shutdown grace shorter than the submit timeout is a problem (exit 2,
+// named); too few NATS replicas on a cluster is a warning.
+func TestCheckDeployment(t *testing.T) {
+	path := writeFile(t, "p.yaml", checkGood)
+	code, _, errOut := runCLI(t, map[string]string{"BATCHD_SHUTDOWN_GRACE": "30s", "BATCHD_SUBMIT_TIMEOUT": "60s"}, "check", "--config", path)
+	if code != exitUsage || !strings.Contains(errOut, "BATCHD_SHUTDOWN_GRACE: 30s is shorter than BATCHD_SUBMIT_TIMEOUT (1m0s)") {
+		t.Errorf("grace < submit timeout: exit %d, stderr %q; want 2 and the problem named", code, errOut)
+	}
+	code, out, errOut := runCLI(t, map[string]string{"BATCHD_NATS_URL": "nats://10.0.0.4:4222", "BATCHD_NATS_REPLICAS": "1"}, "check", "--config", path)
+	if code != exitOK || !strings.Contains(out, "Warnings:\n  BATCHD_NATS_REPLICAS is 1 on an external NATS cluster") {
+		t.Errorf("R1 on a cluster: exit %d, stdout:\n%s\nstderr: %s\nwant 0 and the warning", code, out, errOut)
+	}
+	code, out, _ = runCLI(t, map[string]string{"BATCHD_NATS_URL": "nats://10.0.0.4:4222", "BATCHD_NATS_REPLICAS": "3"}, "check", "--config", path)
+	if code != exitOK || strings.Contains(out, "Warnings") {
+		t.Errorf("R3 on a cluster: exit %d, stdout:\n%s\nwant 0 and no warning", code, out)
+	}
+}

@@ -431,6 +431,7 @@ func devEnv(dir, httpAddr string, natsPort int, armEndpoint string, t devTimings
 		"BATCHD_POLL_MIN":            t.pollMin,
 		"BATCHD_POLL_MAX":            t.pollMax,
 		"BATCHD_SHUTDOWN_GRACE":      t.shutdownGrace,
+		"BATCHD_SUBMIT_TIMEOUT":      t.shutdownGrace, // the simulator answers at once; check wants grace ≥ submit timeout
 		"BATCHD_RETENTION":           "24h",
 		"BATCHD_LOG_LEVEL":           level,
 		"BATCHD_LOG_FORMAT":          "text",

@@ -170,6 +170,12 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	// itself.
 	srv.RegisterOnShutdown(page.StopStreams)
 
+	for _, w := range env.Warnings() {
+		log.Warn("configuration: " + w)
+	}
+	if err := env.DeployProblems(); err != nil {
+		log.Warn("configuration: batchd check refuses this: " + err.Error())
+	}
 	log.Info("batchd starting", "http", ln.Addr().String(), "nats", natsDescription(env, b),
 		"pipelines", len(f.Pipelines), "triggers", len(trig.sources), "workers", env.Workers)
 	g, gctx := errgroup.WithContext(ctx)
@@ -241,6 +247,9 @@ func newScorer(env *config.Env, cred azcore.TokenCredential, log *slog.Logger, o
 func natsDescription(env *config.Env, b *broker.Broker) string {
 	if b.Embedded() {
 		d := "embedded in " + filepath.Join(env.StateDir, "nats")
+		if b.SyncsBeforeAck() {
+			d += " (every write synced before its ack)"
+		}
 		if u := b.ClientURL(); u != "" {
 			d += ", listening on " + u
 		}

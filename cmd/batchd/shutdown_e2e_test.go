@@ -1,0 +1,66 @@
+package main
+
+import (
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/jobs/jobstest"
+	"github.com/batchd/batchd/orchestrator"
+)
+
+// TestShutdownNeverStrandsPOST: SIGTERM while the endpoint holds a POST
+// for longer than the shutdown grace but less than the submit timeout. The
+// POST finishes and its answer is recorded before the process exits, so
+// after a restart the run completes with its one job and never passed
+// through unknown.
+func TestShutdownNeverStrandsPOST(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the daemon as a process")
+	}
+	t.Parallel()
+	sim := jobstest.New(t, jobstest.Options{Lifecycle: procQuickLifecycle()})
+	dir := t.TempDir()
+	bin := procBuild(t, dir)
+	env := procSimEnv(t, sim, dir)
+	env["BATCHD_SHUTDOWN_GRACE"] = "1s"
+	env["BATCHD_SUBMIT_TIMEOUT"] = "8s"
+	p := newProc(t, bin, env, "shutdown")
+	p.start()
+
+	const hold = 3 * time.Second
+	sim.Inject(jobstest.RouteCreate, jobstest.Fault{Delay: hold})
+	if err := procEmit(t.Context(), p.url, "held", procInputURI("held")); err != nil {
+		t.Fatal(err)
+	}
+	id := orchestrator.RunID("crash", "held")
+	procWaitFor(t, 10*time.Second, "the POST to be in flight", func() bool {
+		r, err := procGetRun(p.url(), id)
+		return err == nil && r.State == orchestrator.StateSubmitting
+	})
+	sent := time.Now()
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("batchd after SIGTERM: exit %d, want 0", code)
+	}
+	if took := time.Since(sent); took < hold-time.Second {
+		t.Errorf("batchd exited %s after SIGTERM, before the held POST (%s) could answer", took, hold)
+	}
+
+	p.start()
+	procWaitFor(t, 20*time.Second, "the run to complete", func() bool {
+		r, err := procGetRun(p.url(), id)
+		return err == nil && r.State == orchestrator.StateCompleted
+	})
+	r, err := procGetRun(p.url(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range r.History {
+		if h.State == orchestrator.StateUnknown {
+			t.Errorf("the run passed through unknown: %s", h.Reason)
+		}
+	}
+	if n := len(sim.Jobs()); n != 1 {
+		t.Errorf("the simulator has %d jobs, want 1", n)
+	}
+}
