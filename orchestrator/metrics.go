@@ -22,6 +22,7 @@ type metrics struct {
 	polls          *prometheus.CounterVec   // endpoint, result
 	admissionWaits *prometheus.CounterVec   // endpoint, reason
 	reconciles     *prometheus.CounterVec   // endpoint, result
+	orphansRevived prometheus.Counter
 
 	online           *prometheus.CounterVec   // endpoint, result
 	onlineLatency    *prometheus.HistogramVec // endpoint
@@ -63,6 +64,10 @@ func newMetrics() *metrics {
 		Name: "batchd_reconciliations_total",
 		Help: "Reconciliation outcomes of runs whose submission was ambiguous: adopted, resubmitted, operator.",
 	}, []string{"endpoint", "result"})
+	m.orphansRevived = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "batchd_orphans_revived_total",
+		Help: "Unfinished runs that no intake or tracker message drove, found by the orphan scan and driven again.",
+	})
 	m.online = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_online_requests_total",
 		Help: "Online endpoint requests, by endpoint and outcome: completed, rejected, failed, timed_out, unknown, interrupted (batchd stopped mid-request).",
@@ -77,7 +82,7 @@ func newMetrics() *metrics {
 		Help: "Online outcomes delivered over NATS, by pipeline, via (reply, results, duplicate) and result (ok, error).",
 	}, []string{"pipeline", "via", "result"})
 	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration, m.tokenFetches,
-		m.polls, m.admissionWaits, m.reconciles, m.online, m.onlineLatency, m.onlineDeliveries,
+		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.online, m.onlineLatency, m.onlineDeliveries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -73,6 +73,12 @@ type Options struct {
 	// RepairInterval is how often admission slots held by finished runs are
 	// freed. Default 1m.
 	RepairInterval time.Duration
+	// OrphanInterval is how often unfinished runs that no message drives
+	// are looked for (and once at start). Default 5m.
+	OrphanInterval time.Duration
+	// OrphanAge is how long a run must have been unchanged before the scan
+	// considers it: a younger run's message may be on its way. Default 2m.
+	OrphanAge time.Duration
 	// AdmissionRetryMax is the longest wait between two admission attempts
 	// of an event whose endpoint is at max_running_jobs. Default 30s.
 	AdmissionRetryMax time.Duration
@@ -128,6 +134,8 @@ func (o *Options) setDefaults() {
 		o.MaxTracked = 200000
 	}
 	def(&o.RepairInterval, time.Minute)
+	def(&o.OrphanInterval, 5*time.Minute)
+	def(&o.OrphanAge, 2*time.Minute)
 	def(&o.AdmissionRetryMax, 30*time.Second)
 	def(&o.ParkInterval, o.PollMax)
 	def(&o.submitMargin, 5*time.Second)

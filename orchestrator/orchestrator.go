@@ -150,6 +150,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 		return o.consume(ctx, o.h.tracker, o.opts.TrackerWorkers, carrierTracker)
 	})
 	component("admission repair", o.repairLoop)
+	component("orphan scan", o.orphanLoop)
 	return g.Wait()
 }
 
