@@ -46,8 +46,8 @@ func FuzzMessageEvent(f *testing.F) {
 			h.Set(nats.MsgIdHdr, msgID)
 		}
 		at := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
-		ev, err := s.event(subject, body, h, stream, seq, reply, at)
-		again, _ := s.event(subject, body, h, stream, seq, reply, at)
+		ev, err := s.event(subject, body, h, stream, at, seq, reply, at)
+		again, _ := s.event(subject, body, h, stream, at, seq, reply, at)
 		if ev.Key == "" || ev.Key != again.Key {
 			t.Fatalf("key %q, then %q: want one stable, non-empty key", ev.Key, again.Key)
 		}

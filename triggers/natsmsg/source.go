@@ -9,8 +9,9 @@
 //
 // Keys: the Nats-Msg-Id header when there is one; otherwise, for core NATS,
 // a hash of subject and body (the same message published twice is one run);
-// otherwise, for JetStream, the stream and sequence (stable while the
-// stream is not recreated).
+// otherwise, for JetStream, the stream, its creation time and the sequence
+// (a stream deleted and created again starts at sequence 1 again, and its
+// messages are new ones).
 //
 // Acknowledgement:
 //   - JetStream: a message is acked only after Emit returned nil (the
@@ -187,7 +188,8 @@ func firstValues(h nats.Header) map[string]string {
 }
 
 // Key is the idempotency key of a message (see the package comment).
-func Key(subject string, body []byte, h nats.Header, stream string, seq uint64) string {
+// A JetStream message's stream is named with its creation time (created).
+func Key(subject string, body []byte, h nats.Header, stream string, created time.Time, seq uint64) string {
 	if id := h.Get(jetstream.MsgIDHeader); id != "" {
 		return "nats-msg-id:" + id
 	}
@@ -198,7 +200,7 @@ func Key(subject string, body []byte, h nats.Header, stream string, seq uint64) 
 		sum.Write(body)
 		return "nats-sha256:" + hex.EncodeToString(sum.Sum(nil)[:16])
 	}
-	return fmt.Sprintf("nats-seq:%s:%d", stream, seq)
+	return fmt.Sprintf("nats-seq:%s@%s:%d", stream, created.UTC().Format(time.RFC3339Nano), seq)
 }
 
 // requestKey is the key of a deferred-reply request without a Nats-Msg-Id:
@@ -214,9 +216,9 @@ func requestKey(subject string, body []byte, reply string) string {
 }
 
 // event builds the message's event; a non-nil error is a *rejection.
-func (s *Source) event(subject string, body []byte, h nats.Header, stream string, seq uint64, reply string, at time.Time) (orchestrator.Event, error) {
+func (s *Source) event(subject string, body []byte, h nats.Header, stream string, created time.Time, seq uint64, reply string, at time.Time) (orchestrator.Event, error) {
 	ev := orchestrator.Event{
-		Pipeline: s.o.Pipeline, Key: Key(subject, body, h, stream, seq), Source: orchestrator.SourceNATS, Time: at.UTC(),
+		Pipeline: s.o.Pipeline, Key: Key(subject, body, h, stream, created, seq), Source: orchestrator.SourceNATS, Time: at.UTC(),
 		Message: &orchestrator.MessageEvent{Subject: subject, Headers: firstValues(h), Stream: stream, Sequence: seq, Reply: reply},
 	}
 	if s.o.DeferReply && stream == "" && reply != "" {
@@ -298,28 +300,6 @@ func (s *Source) runJetStream(ctx context.Context, nc *nats.Conn) error {
 	if err != nil {
 		return fmt.Errorf("nats trigger %s: %w", s.o.Pipeline, err)
 	}
-	var cons jetstream.Consumer
-	for {
-		cons, err = s.consumer(ctx, js)
-		if err == nil {
-			break
-		}
-		s.log.Warn("open durable consumer; retrying", "stream", s.o.Config.Stream, "consumer", s.o.Config.Consumer, "err", err)
-		t := time.NewTimer(s.o.RetryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * s.o.Concurrency))
-	if err != nil {
-		return fmt.Errorf("nats trigger %s: consume: %w", s.o.Pipeline, err)
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	defer it.Stop()
 	// Messages in hand finish on their own context, bounded by Grace after
 	// ctx ends (a canceled Emit would only turn into a Nak).
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -332,27 +312,89 @@ func (s *Source) runJetStream(ctx context.Context, nc *nats.Conn) error {
 	sem := make(chan struct{}, s.o.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	for ctx.Err() == nil {
+		cons, created, ok := s.open(ctx, js)
+		if !ok {
+			break
+		}
+		s.consumeJS(ctx, work, cons, created, sem, &wg)
+	}
+	return nil
+}
+
+// open opens the durable consumer and reads its stream's creation time,
+// retrying every RetryDelay until both work or ctx ends (false).
+func (s *Source) open(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, time.Time, bool) {
+	for {
+		cons, err := s.consumer(ctx, js)
+		var st jetstream.Stream
+		if err == nil {
+			st, err = js.Stream(ctx, s.o.Config.Stream)
+		}
+		if err == nil {
+			return cons, st.CachedInfo().Created, true
+		}
+		s.log.Warn("open durable consumer; retrying", "stream", s.o.Config.Stream, "consumer", s.o.Config.Consumer, "err", err)
+		if !sleepCtx(ctx, s.o.RetryDelay) {
+			return nil, time.Time{}, false
+		}
+	}
+}
+
+// consumeJS hands the consumer's messages to handlers (at most
+// Concurrency at once) until ctx ends or the consumer must be opened again:
+// its iterator closed, or it kept failing (the consumer may be gone with
+// its stream). Errors back off, from RetryDelay doubling to 5 s.
+func (s *Source) consumeJS(ctx, work context.Context, cons jetstream.Consumer, created time.Time, sem chan struct{}, wg *sync.WaitGroup) {
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * s.o.Concurrency))
+	if err != nil {
+		s.log.Warn("consume; opening the consumer again", "stream", s.o.Config.Stream, "err", err)
+		sleepCtx(ctx, s.o.RetryDelay)
+		return
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	fails := 0
 	for {
 		msg, err := it.Next()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
+				return
 			}
-			s.log.Warn("consume", "err", err)
+			fails++
+			delay := min(s.o.RetryDelay<<min(fails-1, 10), 5*time.Second)
+			s.log.Warn("consume; backing off", "stream", s.o.Config.Stream, "err", err, "failures", fails, "retry_in", delay)
+			if fails >= 5 || !sleepCtx(ctx, delay) {
+				return
+			}
 			continue
 		}
+		fails = 0
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			_ = msg.Nak() // not started: let another replica have it now
-			return nil
+			return
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			s.handleJS(work, msg)
+			s.handleJS(work, msg, created)
 		}()
+	}
+}
+
+// sleepCtx sleeps d unless ctx ends first (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -370,14 +412,15 @@ func (s *Source) consumer(ctx context.Context, js jetstream.JetStream) (jetstrea
 	return c, err
 }
 
-func (s *Source) handleJS(ctx context.Context, msg jetstream.Msg) {
+// handleJS takes one message of the stream created at created.
+func (s *Source) handleJS(ctx context.Context, msg jetstream.Msg, created time.Time) {
 	md, err := msg.Metadata()
 	if err != nil {
 		s.log.Warn("message without JetStream metadata", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
 	}
-	ev, buildErr := s.event(msg.Subject(), msg.Data(), msg.Headers(), md.Stream, md.Sequence.Stream, "", md.Timestamp)
+	ev, buildErr := s.event(msg.Subject(), msg.Data(), msg.Headers(), md.Stream, created, md.Sequence.Stream, "", md.Timestamp)
 	out := s.take(ctx, ev, buildErr)
 	switch {
 	case out.err != nil:
@@ -456,7 +499,7 @@ type replyBody struct {
 }
 
 func (s *Source) handleCore(ctx context.Context, m *nats.Msg) {
-	ev, buildErr := s.event(m.Subject, m.Data, m.Header, "", 0, m.Reply, time.Now())
+	ev, buildErr := s.event(m.Subject, m.Data, m.Header, "", time.Time{}, 0, m.Reply, time.Now())
 	var out outcome
 	delay := max(s.o.RetryDelay/10, 10*time.Millisecond)
 	for i := range s.o.CoreRetries {

@@ -92,7 +92,9 @@ func TestJetStreamTenThousandMessages(t *testing.T) {
 		m := nats.NewMsg("events.in")
 		m.Data = body
 		m.Header.Set(jetstream.MsgIDHeader, id)
-		f, err := b.JS.PublishMsgAsync(m)
+		// The embedded server syncs every write: a burst can stall the
+		// async window for longer than its default 200 ms.
+		f, err := b.JS.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			t.Fatalf("publish: %v", err)
 		}
@@ -220,9 +222,9 @@ func TestJetStreamSettles(t *testing.T) {
 				}
 			}
 			if tt.wantRuns == 1 {
-				want := fmt.Sprintf("nats-seq:%s:1", name)
+				want := fmt.Sprintf("nats-seq:%s@%s:1", name, st.CachedInfo().Created.UTC().Format(time.RFC3339Nano))
 				if got := s.Accepted[0].Key; got != want {
-					t.Errorf("key = %q, want %q (no Nats-Msg-Id: the stream sequence)", got, want)
+					t.Errorf("key = %q, want %q (no Nats-Msg-Id: the stream, its creation time and the sequence)", got, want)
 				}
 			}
 		})
@@ -261,7 +263,7 @@ func TestCoreRequestReply(t *testing.T) {
 		}
 	}
 	body := `{"input":"x.csv"}`
-	wantID := orchestrator.RunID("p", Key("score.request", []byte(body), nil, "", 0))
+	wantID := orchestrator.RunID("p", Key("score.request", []byte(body), nil, "", time.Time{}, 0))
 	if diff := cmp.Diff(replyBody{RunID: wantID}, request(body)); diff != "" {
 		t.Errorf("first reply (-want +got):\n%s", diff)
 	}
@@ -300,4 +302,52 @@ func TestConfigValidate(t *testing.T) {
 	if err := (&Config{Stream: "S", Consumer: "c"}).Validate(); err != nil {
 		t.Errorf("valid config: %v", err)
 	}
+}
+
+// A message without Nats-Msg-Id is keyed by its stream's sequence. A
+// stream deleted and created again starts at sequence 1 once more: its
+// first message is a new message, not a duplicate of the old stream's
+// first, so the key carries the stream's creation time too.
+func TestJetStreamRecreatedStreamIsNotDuplicate(t *testing.T) {
+	b := triggertest.NATS(t)
+	intake := triggertest.NewIntake()
+	opts := Options{Pipeline: "p", Config: Config{Stream: "RECR", Consumer: "c"}, Conn: b.Conn, Intake: intake, RetryDelay: 20 * time.Millisecond}
+	for i, body := range []string{`{"n":1}`, `{"n":2}`} {
+		if i > 0 {
+			if err := b.JS.DeleteStream(t.Context(), "RECR"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var st jetstream.Stream
+		deadline := time.Now().Add(10 * time.Second)
+		for { // the server removes a deleted stream's store asynchronously
+			var err error
+			st, err = b.JS.CreateStream(t.Context(), jetstream.StreamConfig{Name: "RECR", Subjects: []string{"recr.>"}})
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("create stream: %v", err)
+			}
+			time.Sleep(20 * time.Millisecond) // polling a condition to a deadline
+		}
+		stop := runSource(t, opts)
+		if ack := publish(t, b.JS, "recr.x", "", []byte(body)); ack.Sequence != 1 {
+			t.Fatalf("sequence %d, want 1", ack.Sequence)
+		}
+		waitConsumerIdle(t, st, "c")
+		stop()
+	}
+	s := intake.Snapshot()
+	if len(s.Accepted) != 2 || s.Accepted[0].Key == s.Accepted[1].Key {
+		t.Fatalf("accepted %d runs (keys %v), want 2 with different keys", len(s.Accepted), keysOf(s.Accepted))
+	}
+}
+
+func keysOf(evs []orchestrator.Event) []string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, e.Key)
+	}
+	return out
 }
