@@ -310,8 +310,16 @@ func (s *scoring) run(ctx context.Context) (*Response, error) {
 				continue
 			}
 			return nil, s.answerError(KindRejected, resp)
+		case code == http.StatusRequestTimeout && !s.req.SafeToRepeat:
+			// The scoring server gave up waiting for the model
+			// (request_timeout_ms): the request reached it and the model
+			// may have run, so a second request could score twice.
+			e := s.answerError(KindUnknown, resp)
+			e.Hint = "the endpoint timed out after the request reached it (its request_timeout_ms); the model may have run, so batchd does not send it again: raise the deployment's request timeout, or set safe_to_repeat on the pipeline if scoring twice does no harm"
+			return nil, e
 		case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable || code == http.StatusRequestTimeout:
-			// Refused before the model ran: wait and send again.
+			// Refused before the model ran (429, 503), or a 408 that the
+			// pipeline allows to be sent again: wait and send again.
 			s.last = s.answerError(KindTimedOut, resp)
 			if err := s.wait(ctx, jobs.HeaderRetryAfter(resp.header)); err != nil {
 				return nil, err

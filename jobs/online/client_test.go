@@ -507,3 +507,30 @@ func TestConcurrentFirstUseFetchesOnce(t *testing.T) {
 		t.Errorf("token actions (-want +got):\n%s", diff)
 	}
 }
+
+// A 408 comes from the scoring server after the request reached it: the
+// model may have run. It is sent again only when the pipeline says that is
+// safe; otherwise the outcome is unknown, with one request sent.
+func TestRequestTimeoutIsNotResent(t *testing.T) {
+	h := newHarness(t, online.Options{})
+	ep := h.add("ep", jobstest.OnlineOptions{})
+	h.sim.Inject(jobstest.RouteScore, jobstest.Fault{Status: http.StatusRequestTimeout, AfterHandling: true})
+	_, err := h.score(t.Context(), ep, body(`{}`))
+	var oe *online.Error
+	if !errors.As(err, &oe) || oe.Kind != online.KindUnknown || !oe.Sent || oe.Attempts != 1 {
+		t.Fatalf("Score answered 408 = %v, want unknown after one sent request", err)
+	}
+	if got := h.sim.OnlineScored("ep"); got != 1 {
+		t.Errorf("scored %d, want 1 (no second POST)", got)
+	}
+	if !strings.Contains(err.Error(), "safe_to_repeat") {
+		t.Errorf("error %q does not say how to allow a second request", err)
+	}
+	h.sim.Inject(jobstest.RouteScore, jobstest.Fault{Status: http.StatusRequestTimeout, AfterHandling: true})
+	req := body(`{}`)
+	req.SafeToRepeat = true
+	resp, err := h.score(t.Context(), ep, req)
+	if err != nil || resp.Attempts != 2 {
+		t.Fatalf("Score with SafeToRepeat after a 408 = %v, %+v; want success in 2 attempts", err, resp)
+	}
+}
