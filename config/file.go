@@ -543,6 +543,10 @@ func (v *validator) trigger(path, name string, r *rawPipeline, p *orchestrator.P
 			kinds++
 			p.Trigger = "cron"
 			v.validate(path+".trigger.cron", t.Cron)
+			if t.Cron.Overlap == cron.OverlapCancelPrevious && p.Endpoint.Kind != orchestrator.EndpointOnline &&
+				p.Endpoint.Name != "" && p.Endpoint.Workspace == nil {
+				v.add(path+".trigger.cron.overlap", "cancel_previous needs endpoint %s to have a workspace: batchd cancels a job through the workspace's ARM API", p.Endpoint.Name)
+			}
 			f.Triggers.Cron[name] = *t.Cron
 		}
 		if t.NATS != nil {
