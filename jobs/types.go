@@ -169,4 +169,13 @@ type Job struct {
 	// Inputs are the job's input URIs by name, as the service reports them
 	// (used to match jobs during reconciliation). May be empty.
 	Inputs map[string]string `json:"inputs,omitempty"`
+	// Outputs are the job's output URIs by name, as the service reports
+	// them. May be empty.
+	Outputs map[string]string `json:"outputs,omitempty"`
+	// EndpointName and DeploymentName are the Azure ML endpoint and
+	// deployment that ran the job, when the service says (ARM's job
+	// properties azureml.endpointname and azureml.deploymentname). Empty
+	// when it does not.
+	EndpointName   string `json:"endpoint_name,omitempty"`
+	DeploymentName string `json:"deployment_name,omitempty"`
 }

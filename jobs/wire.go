@@ -209,6 +209,9 @@ type wireJob struct {
 		Error                json.RawMessage            `json:"error"`
 		Inputs               map[string]wireJobInput    `json:"inputs"`
 		InputData            map[string]wireJobInput    `json:"inputData"`
+		Outputs              map[string]wireJobInput    `json:"outputs"`
+		OutputData           map[string]wireJobInput    `json:"outputData"`
+		Properties           map[string]string          `json:"properties"`
 		CreationContext      struct {
 			CreatedAt string `json:"createdAt"`
 		} `json:"creationContext"`
@@ -267,21 +270,32 @@ func parseJob(body []byte) (*Job, error) {
 			break
 		}
 	}
-	ins := w.Properties.Inputs
-	if len(ins) == 0 {
-		ins = w.Properties.InputData
-	}
-	if len(ins) > 0 {
-		j.Inputs = make(map[string]string, len(ins))
-		for name, in := range ins {
-			v := in.URI
-			if v == "" {
-				v = in.Value
-			}
-			j.Inputs[name] = v
-		}
-	}
+	j.Inputs = ioURIs(w.Properties.Inputs, w.Properties.InputData)
+	j.Outputs = ioURIs(w.Properties.Outputs, w.Properties.OutputData)
+	j.EndpointName = w.Properties.Properties["azureml.endpointname"]
+	j.DeploymentName = w.Properties.Properties["azureml.deploymentname"]
 	return j, nil
+}
+
+// ioURIs reads inputs or outputs (ARM's inputs, else the data plane's
+// inputData) as name → URI (or a literal's value).
+func ioURIs(arm, dataPlane map[string]wireJobInput) map[string]string {
+	ios := arm
+	if len(ios) == 0 {
+		ios = dataPlane
+	}
+	if len(ios) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(ios))
+	for name, io := range ios {
+		v := io.URI
+		if v == "" {
+			v = io.Value
+		}
+		out[name] = v
+	}
+	return out
 }
 
 func studioLink(m map[string]wireServiceLink) string {

@@ -52,7 +52,9 @@ type Options struct {
 	// keeps looking for the job before it submits once more. Default 10m.
 	ReconcileGrace time.Duration
 	// ReconcileSkew is subtracted from the submission time when matching
-	// listed jobs by creation time (clock differences). Default 1m.
+	// listed jobs by creation time: the tolerated difference between this
+	// host's clock and Azure's. Default 10s (a job someone else created on
+	// the same input up to this long before the POST is a candidate).
 	ReconcileSkew time.Duration
 
 	// Replicas is the replica count of every stream and bucket (an external
@@ -119,7 +121,7 @@ func (o *Options) setDefaults() {
 		o.PollBudget = 20
 	}
 	def(&o.ReconcileGrace, 10*time.Minute)
-	def(&o.ReconcileSkew, time.Minute)
+	def(&o.ReconcileSkew, 10*time.Second)
 	if o.Replicas <= 0 {
 		o.Replicas = 1
 	}

@@ -307,7 +307,7 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 		if !j.CreatedAt.IsZero() && j.CreatedAt.Before(since) {
 			continue
 		}
-		if !inputsMatch(j.Inputs, r.Request) {
+		if !jobMatches(j, ep, r.Request) {
 			continue
 		}
 		owner, err := o.claimJob(ctx, j.Name, r.ID)
@@ -327,7 +327,7 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 		r.Sys.Carrier = carrierTracker
 		r.Sys.Deadline = o.deadline(r, at)
 		r.Sys.WaitReason = ""
-		r.transition(StateSubmitted, fmt.Sprintf("reconciled: adopted job %s (created %s), whose inputs match this run's", j.Name, at.UTC().Format(time.RFC3339)), now)
+		r.transition(StateSubmitted, fmt.Sprintf("reconciled: adopted job %s (created %s), whose endpoint, inputs and outputs match this run's", j.Name, at.UTC().Format(time.RFC3339)), now)
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
 			return settle{}, err
 		}
@@ -373,24 +373,69 @@ func inputURIs(req *jobs.JobRequest) []string {
 	return uris
 }
 
-// inputsMatch reports whether a listed job's inputs hold every input URI
-// of req (by name when the service reports the name, else anywhere).
-func inputsMatch(got map[string]string, req *jobs.JobRequest) bool {
-	n := 0
-	for name, in := range req.Inputs {
-		if in.URI == "" {
-			continue
+// jobMatches reports whether a job the workspace lists is this run's
+// submission, by everything ARM reports about a job that identifies what
+// was POSTed (its creation after the POST and its not being another run's
+// are checked by the caller):
+//   - the Azure ML endpoint (ARM's azureml.endpointname), when reported:
+//     the same input sent to another endpoint is another submission;
+//   - the deployment (azureml.deploymentname), when the run named one and
+//     the service reports it (without a name the endpoint's default ran
+//     it, whatever its name);
+//   - every input URI of the request, in canonical form
+//     (jobs.CanonicalURI: short and long datastore forms, encoding, case of
+//     the host, a trailing slash), by name when the service keeps names;
+//   - every output URI, the same way, when the service reports outputs:
+//     outputs usually name the run, so they tell two runs on one input
+//     apart.
+//
+// The experiment name is not used: the service may replace it (it defaults
+// to the endpoint's name).
+func jobMatches(j jobs.Job, ep *jobs.Endpoint, req *jobs.JobRequest) bool {
+	if j.EndpointName != "" && ep != nil {
+		if name := ep.AzureName(); name != "" && !strings.EqualFold(j.EndpointName, name) {
+			return false
 		}
-		n++
+	}
+	dep := req.Deployment
+	if dep == "" && ep != nil {
+		dep = ep.Deployment
+	}
+	if dep != "" && j.DeploymentName != "" && !strings.EqualFold(dep, j.DeploymentName) {
+		return false
+	}
+	ins := map[string]string{}
+	for name, in := range req.Inputs {
+		if in.URI != "" {
+			ins[name] = in.URI
+		}
+	}
+	if len(ins) == 0 || !urisMatch(j.Inputs, ins) {
+		return false
+	}
+	outs := map[string]string{}
+	for name, out := range req.Outputs {
+		if out.URI != "" {
+			outs[name] = out.URI
+		}
+	}
+	return len(outs) == 0 || len(j.Outputs) == 0 || urisMatch(j.Outputs, outs)
+}
+
+// urisMatch reports whether got holds every URI of want, compared in
+// canonical form: under the same name when got has it, else anywhere.
+func urisMatch(got, want map[string]string) bool {
+	for name, w := range want {
+		cw := jobs.CanonicalURI(w)
 		if v, ok := got[name]; ok {
-			if !sameURI(v, in.URI) {
+			if jobs.CanonicalURI(v) != cw {
 				return false
 			}
 			continue
 		}
 		found := false
 		for _, v := range got {
-			if sameURI(v, in.URI) {
+			if jobs.CanonicalURI(v) == cw {
 				found = true
 				break
 			}
@@ -399,10 +444,8 @@ func inputsMatch(got map[string]string, req *jobs.JobRequest) bool {
 			return false
 		}
 	}
-	return n > 0
+	return true
 }
-
-func sameURI(a, b string) bool { return strings.TrimRight(a, "/") == strings.TrimRight(b, "/") }
 
 var jobKeySafe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,200}$`)
 

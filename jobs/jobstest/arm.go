@@ -115,11 +115,17 @@ func (s *Sim) handleARMList(w http.ResponseWriter, r *http.Request) {
 // snake_case types). Caller holds s.mu.
 func (s *Sim) armJob(j *job, status jobs.Status) map[string]any {
 	ws := s.opts.Workspace
+	long := func(uri string) string {
+		if rest, ok := strings.CutPrefix(uri, "azureml://datastores/"); ok && s.opts.ARMLongURIs {
+			return fmt.Sprintf("azureml://subscriptions/%s/resourcegroups/%s/workspaces/%s/datastores/%s", ws.Subscription, ws.ResourceGroup, ws.Name, rest)
+		}
+		return uri
+	}
 	inputs := map[string]any{}
 	for _, in := range j.inputs {
 		m := map[string]any{"jobInputType": snake(in.Type)}
 		if in.URI != "" {
-			m["uri"] = in.URI
+			m["uri"] = long(in.URI)
 		}
 		if in.Value != "" {
 			m["value"] = in.Value
@@ -128,7 +134,7 @@ func (s *Sim) armJob(j *job, status jobs.Status) map[string]any {
 	}
 	outputs := map[string]any{}
 	for _, out := range j.outputs {
-		outputs[out.name] = map[string]any{"jobOutputType": snake(out.Type), "uri": out.URI}
+		outputs[out.name] = map[string]any{"jobOutputType": snake(out.Type), "uri": long(out.URI)}
 	}
 	props := map[string]any{
 		"status":         string(status),

@@ -122,6 +122,10 @@ type Options struct {
 	ListOldestFirst bool
 	// RecordBodies keeps each job's POST body for JobView.Body.
 	RecordBodies bool
+	// ARMLongURIs makes the ARM jobs API report short datastore URIs
+	// (azureml://datastores/<ds>/paths/<p>) in their long, workspace-
+	// qualified form, as a service may normalise what it was given.
+	ARMLongURIs bool
 	// Seed seeds the random fault rates (0: random).
 	Seed uint64
 	// Logger gets one Debug line per request (nil: none). It never sees a
