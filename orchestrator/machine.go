@@ -95,6 +95,9 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 			if d.carrier == carrierTracker || d.retryGen > 0 || d.nudge {
 				return ack(), nil // finished and expired, or never recorded: nothing to do
 			}
+			if s, done, err := o.forgottenDuplicate(ctx, d); done || err != nil {
+				return s, err
+			}
 			r = newRecord(*d.ev, time.Now().UTC())
 			rev, err = o.ledger.create(ctx, r)
 			if errors.Is(err, errExists) {
@@ -124,6 +127,14 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 			return s, err
 		}
 		if r.State.Terminal() {
+			if d.carrier == r.Sys.Carrier && d.retryGen == 0 && !d.nudge && r.Sys.Carrier != "" {
+				// The run's own message again: its handler may have died
+				// between the terminal write and the completion message
+				// (same message id: a repeat within the window is dropped).
+				if err := publishCompletion(ctx, o.js, r); err != nil {
+					return settle{}, err
+				}
+			}
 			o.releaseSlot(ctx, r)
 			if d.carrier == carrierIntake && d.retryGen == 0 && !d.nudge && o.isOnline(r) {
 				// The run's own message again: its handler may have died
@@ -622,10 +633,20 @@ func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state 
 	if r.Job != nil && r.Job.FinishedAt.IsZero() && (state == StateCompleted || state == StateFailed || state == StateCanceled || state == StateTimedOut) {
 		r.Job.FinishedAt = now
 	}
-	if err := publishCompletion(ctx, o.js, r); err != nil {
+	// Before the terminal write, which may start a short retention: a
+	// crash after the write must not leave a key without its identity. A
+	// write that then loses leaves an identity the next finish overwrites;
+	// it is read only when the ledger has no record.
+	if err := o.remember(ctx, r); err != nil {
 		return settle{}, err
 	}
 	if _, err := o.ledger.put(ctx, r, rev); err != nil {
+		return settle{}, err
+	}
+	// Only the write that won announces the outcome, so a run never
+	// reports two final states. A crash before this publish is made good
+	// by the run's message, redelivered, finding the run finished.
+	if err := publishCompletion(ctx, o.js, r); err != nil {
 		return settle{}, err
 	}
 	o.met.finished.WithLabelValues(r.Pipeline, string(state)).Inc()

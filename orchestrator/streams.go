@@ -41,7 +41,16 @@ const (
 	BucketJobs = "batchd_jobs"
 	// BucketTriggers is the triggers' own state (cron slots, poller leases).
 	BucketTriggers = "batchd_triggers"
+	// BucketIdentity remembers finished runs whose full record leaves the
+	// ledger before IdentityHorizon: run id → a compact identity record.
+	BucketIdentity = "batchd_identity"
 )
+
+// IdentityHorizon is how long the same key stays the same run, at least,
+// whatever a pipeline's retention: Event Grid retries a delivery for up
+// to 24 hours; an hour more covers the time between the event and the
+// run's end.
+const IdentityHorizon = 25 * time.Hour
 
 // Message headers batchd sets on its own intake and tracker messages.
 const (
@@ -212,6 +221,17 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketTriggers, err)
 	}
+	h.identity, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketIdentity,
+		Description: "batchd identities: finished runs remembered for the dedupe horizon after their records expire",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		TTL:         IdentityHorizon,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", BucketIdentity, err)
+	}
 	return h, nil
 }
 
@@ -221,4 +241,5 @@ type handles struct {
 	workers, tracker    jetstream.Consumer
 	ledger, admission   jetstream.KeyValue
 	jobs, triggers      jetstream.KeyValue
+	identity            jetstream.KeyValue
 }

@@ -196,10 +196,13 @@ func (s *Source) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	pending := map[time.Time]bool{} // slots another replica claimed
+	// Slots another replica claimed, with this replica's decision for each
+	// (a skip reason, or "" to fire): a slot taken over from a replica that
+	// died keeps its catch-up decision.
+	pending := map[time.Time]string{}
 	for {
-		for slot := range pending {
-			if ok, _ := s.fire(ctx, slot, ""); ok {
+		for slot, skipWhy := range pending {
+			if ok, _ := s.fire(ctx, slot, skipWhy); ok {
 				delete(pending, slot)
 			}
 		}
@@ -249,7 +252,7 @@ const (
 )
 
 // handleDue fires or skips every slot in (last, now].
-func (s *Source) handleDue(ctx context.Context, last, now time.Time, pending map[time.Time]bool) error {
+func (s *Source) handleDue(ctx context.Context, last, now time.Time, pending map[time.Time]string) error {
 	window := s.cfg.CatchUpWindowOrDefault()
 	onTime := now.Add(-s.grace)
 	windowStart := now.Add(-window)
@@ -319,13 +322,13 @@ func (s *Source) handleDue(ctx context.Context, last, now time.Time, pending map
 
 // settle fires (or, with a reason, skips) one slot; a slot another replica
 // is handling goes to pending.
-func (s *Source) settle(ctx context.Context, slot time.Time, skipWhy string, pending map[time.Time]bool) error {
+func (s *Source) settle(ctx context.Context, slot time.Time, skipWhy string, pending map[time.Time]string) error {
 	ok, err := s.fire(ctx, slot, skipWhy)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		pending[slot] = true
+		pending[slot] = skipWhy
 	}
 	return nil
 }
@@ -439,6 +442,12 @@ func (s *Source) act(ctx context.Context, slot time.Time, skipWhy string) (buffe
 		return false, s.skip(ctx, ev, "overlap skip: "+why)
 	case OverlapCancelPrevious:
 		if err := s.runs.Cancel(ctx, prevID, fmt.Sprintf("overlap cancel_previous: slot %s starts", slot.UTC().Format(time.RFC3339))); err != nil {
+			if errors.Is(err, orchestrator.ErrNotAllowed) {
+				// The run cannot be canceled (being submitted, no job
+				// known, no workspace): this slot does not run beside it,
+				// and it is done, so later slots are not held up.
+				return false, s.skip(ctx, ev, fmt.Sprintf("overlap cancel_previous: %s and could not be canceled (%v); this slot does not run", why, err))
+			}
 			return false, fmt.Errorf("cancel previous run %s: %w", prevID, err)
 		}
 		s.log.Info("previous run canceled by overlap policy", "run", prevID, "slot", slot)

@@ -2,6 +2,7 @@ package cron
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -239,6 +240,42 @@ func TestOverlapPolicies(t *testing.T) {
 	}
 }
 
+// cancel_previous that cannot cancel (the previous run is being
+// submitted, or its endpoint has no workspace) records the slot as skipped
+// with the reason and goes on: later slots are not held up behind it.
+func TestCancelPreviousThatCannotCancel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sleepUntil(day.Add(9*time.Hour + 55*time.Minute))
+		intake, runs := triggertest.NewIntake(), triggertest.NewRuns()
+		first := orchestrator.RunID("nightly", SlotKey(day.Add(10*time.Hour)))
+		intake.FailWhen(func(ev orchestrator.Event) error {
+			runs.Set(orchestrator.RunID(ev.Pipeline, ev.Key), orchestrator.StateRunning)
+			return nil
+		})
+		runs.CancelErr = fmt.Errorf("%w: run %s is being submitted right now", orchestrator.ErrNotAllowed, first)
+		o := opts(intake, kvstate.NewMemory(), Config{Schedule: "*/10 * * * *", Overlap: OverlapCancelPrevious})
+		o.Runs = runs
+		o.OverlapPoll = time.Minute
+		r := start(t, o)
+		sleepUntil(day.Add(10*time.Hour + 25*time.Minute))
+		runs.Set(first, orchestrator.StateCompleted)
+		sleepUntil(day.Add(10*time.Hour + 30*time.Minute + time.Second))
+		r.stop(t)
+		s := intake.Snapshot()
+		if diff := cmp.Diff([]string{"06-01 10:00", "06-01 10:30"}, slotsOf(s.Accepted)); diff != "" {
+			t.Errorf("fired (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]string{"06-01 10:10", "06-01 10:20"}, recordsOf(s.Records)); diff != "" {
+			t.Errorf("recorded skips (-want +got):\n%s", diff)
+		}
+		for _, rec := range s.Records {
+			if !strings.Contains(rec.Reason, "could not be canceled") || !strings.Contains(rec.Reason, "being submitted") {
+				t.Errorf("reason %q does not say why the previous run was not canceled", rec.Reason)
+			}
+		}
+	})
+}
+
 func TestTwoReplicasFireEachSlotOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sleepUntil(day.Add(9*time.Hour + 59*time.Minute))
@@ -285,6 +322,42 @@ func TestReplicaDiesMidFire(t *testing.T) {
 		b.stop(t)
 		if diff := cmp.Diff([]string{"06-01 10:00"}, slotsOf(intake.Snapshot().Accepted)); diff != "" {
 			t.Errorf("fired (-want +got):\n%s", diff)
+		}
+	})
+}
+
+// A slot another replica claimed and then died on keeps the catch-up
+// decision of the replica that takes it over: a slot to be skipped is
+// recorded skipped, not fired.
+func TestTakenOverSlotKeepsItsCatchUpDecision(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sleepUntil(day.Add(7*time.Hour + 59*time.Minute))
+		intake, store := triggertest.NewIntake(), kvstate.NewMemory()
+		cfg := Config{Schedule: "0 * * * *", CatchUp: CatchUpSkip}
+		x := start(t, opts(intake, store, cfg))
+		sleepUntil(day.Add(8*time.Hour + 30*time.Second))
+		x.stop(t) // fired 08:00; then every replica is down
+		// Replica "a" comes back at 10:00:15, claims the missed 09:00 (to
+		// record its skip) and dies.
+		sleepUntil(day.Add(10*time.Hour + 15*time.Second))
+		a, _ := New(opts(intake, store, cfg))
+		if ok, err := a.claim(context.Background(), day.Add(9*time.Hour)); !ok || err != nil {
+			t.Fatalf("claim: %v %v", ok, err)
+		}
+		// Replica "b" starts at 10:00:30: 09:00 was missed (catch_up skip),
+		// 10:00 is on time, and a's claim holds 09:00 for a minute.
+		sleepUntil(day.Add(10*time.Hour + 30*time.Second))
+		ob := opts(intake, store, cfg)
+		ob.Holder = "b"
+		b := start(t, ob)
+		sleepUntil(day.Add(10*time.Hour + 5*time.Minute))
+		b.stop(t)
+		s := intake.Snapshot()
+		if diff := cmp.Diff([]string{"06-01 08:00", "06-01 10:00"}, slotsOf(s.Accepted)); diff != "" {
+			t.Errorf("fired (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]string{"06-01 09:00"}, recordsOf(s.Records)); diff != "" {
+			t.Errorf("recorded skips (-want +got):\n%s", diff)
 		}
 	})
 }

@@ -201,6 +201,8 @@ type Runs struct {
 	canceled []string
 	// OnCancel, when set, is called by Cancel (e.g. to end the run).
 	OnCancel func(id string)
+	// CancelErr, when set, is what Cancel returns (after logging the call).
+	CancelErr error
 }
 
 // NewRuns returns an empty Runs.
@@ -229,8 +231,11 @@ func (r *Runs) Get(ctx context.Context, id string) (*orchestrator.Run, error) {
 func (r *Runs) Cancel(ctx context.Context, id, reason string) error {
 	r.mu.Lock()
 	r.canceled = append(r.canceled, id)
-	fn := r.OnCancel
+	fn, err := r.OnCancel, r.CancelErr
 	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	if fn != nil {
 		fn(id)
 	}
