@@ -28,6 +28,13 @@ import (
 // 1 MiB.
 const DefaultMaxBody = 1 << 20
 
+// MaxEventsPerDelivery is Event Grid's own maximum batch size: a delivery
+// with more events is not from Event Grid and is refused whole (413).
+const MaxEventsPerDelivery = 5000
+
+// DefaultMaxDeliveries is the default cap on deliveries handled at once.
+const DefaultMaxDeliveries = 64
+
 // Route is one pipeline the webhook feeds: a pipeline with a blob trigger
 // whose source is eventgrid or both.
 type Route struct {
@@ -57,6 +64,10 @@ type WebhookOptions struct {
 	// Concurrency bounds the events of one delivery handled at once
 	// (default 8).
 	Concurrency int
+	// MaxDeliveries bounds the deliveries handled at once (default
+	// DefaultMaxDeliveries); beyond it a delivery is answered 503 with
+	// Retry-After, and Event Grid retries it later.
+	MaxDeliveries int
 	// Timeout bounds the handling of one delivery (default 25s: Event Grid
 	// waits 30s for an answer).
 	Timeout    time.Duration
@@ -86,6 +97,7 @@ type Webhook struct {
 	hasSecret  bool
 	entra      *entraVerifier
 	maxBody    int64
+	deliveries chan struct{} // one token per delivery being handled
 	timeout    time.Duration
 	conc       int
 	intake     orchestrator.Intake
@@ -124,6 +136,10 @@ func NewWebhook(o WebhookOptions) (*Webhook, error) {
 		sampleFiltered: sampler{every: 10 * time.Second}, sampleNoSecret: sampler{every: time.Minute},
 		sampleAuth: sampler{every: 10 * time.Second},
 	}
+	if o.MaxDeliveries <= 0 {
+		o.MaxDeliveries = DefaultMaxDeliveries
+	}
+	w.deliveries = make(chan struct{}, o.MaxDeliveries)
 	if w.maxBody <= 0 {
 		w.maxBody = DefaultMaxBody
 	}
@@ -236,6 +252,14 @@ func (w *Webhook) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		w.cloudEventsHandshake(rw, r)
 		return
 	}
+	select {
+	case w.deliveries <- struct{}{}:
+		defer func() { <-w.deliveries }()
+	default:
+		rw.Header().Set("Retry-After", "10")
+		w.reply(rw, http.StatusServiceUnavailable, errBody(fmt.Sprintf("%d deliveries are being handled; retry later", cap(w.deliveries))))
+		return
+	}
 	if r.ContentLength > w.maxBody {
 		w.reply(rw, http.StatusRequestEntityTooLarge, errBody(fmt.Sprintf("body of %d bytes is over the %d byte limit", r.ContentLength, w.maxBody)))
 		return
@@ -254,6 +278,11 @@ func (w *Webhook) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		w.log.Warn("Event Grid delivery rejected", "path", r.URL.Path, "err", err)
 		w.reply(rw, http.StatusBadRequest, errBody(err.Error()))
+		return
+	}
+	if len(events) > MaxEventsPerDelivery {
+		w.log.Warn("Event Grid delivery refused: more events than Event Grid sends", "events", len(events))
+		w.reply(rw, http.StatusRequestEntityTooLarge, errBody(fmt.Sprintf("%d events; Event Grid sends at most %d per delivery", len(events), MaxEventsPerDelivery)))
 		return
 	}
 	if len(events) == 1 && events[0].Type == TypeSubscriptionValidation && events[0].Problem == "" {

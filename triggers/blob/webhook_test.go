@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -525,5 +526,69 @@ func TestWebhookFolderBatchAddsDurably(t *testing.T) {
 	_ = json.Unmarshal(ent.Value, &st)
 	if len(st.Files) != 2 || st.URL != "https://mystorage.blob.core.windows.net/inbox/in/day1/" {
 		t.Errorf("folder state = %+v, want 2 files of in/day1/", st)
+	}
+}
+
+// Attack: more events in one delivery than Event Grid ever sends (5,000).
+// The delivery is refused whole (413) and nothing is emitted or recorded.
+func TestWebhookRefusesMoreThan5000Events(t *testing.T) {
+	e := newHookEnv(t, nil)
+	var batch []any
+	for i := range MaxEventsPerDelivery + 1 {
+		batch = append(batch, map[string]any{"id": strconv.Itoa(i), "eventType": TypeBlobCreated})
+	}
+	code, resp := e.post(mustJSON(t, batch), nil)
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(resp, "5000") {
+		t.Errorf("5,001 events: status %d (%s), want 413 naming the limit", code, resp)
+	}
+	if s := e.intake.Snapshot(); len(s.Accepted) != 0 || len(s.Records) != 0 || s.Emits != 0 {
+		t.Errorf("a refused delivery changed the intake: %d accepted, %d records, %d emits", len(s.Accepted), len(s.Records), s.Emits)
+	}
+}
+
+// Attack: many slow deliveries at once. Beyond MaxDeliveries the webhook
+// answers 503 with Retry-After (Event Grid retries) instead of queueing
+// without bound.
+func TestWebhookCapsConcurrentDeliveries(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	e := newHookEnv(t, func(o *WebhookOptions) { o.MaxDeliveries = 1 })
+	e.intake.FailWhen(func(orchestrator.Event) error {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+		return nil
+	})
+	body := func(i int) []byte {
+		return mustJSON(t, []any{blobEvent(fmt.Sprintf("id-%d", i), "PutBlob",
+			fmt.Sprintf("https://mystorage.blob.core.windows.net/inbox/in/c%d.csv", i), "0x1", fmt.Sprintf("%032x", i+1), 10)})
+	}
+	first := make(chan int, 1)
+	go func() {
+		code, _ := e.post(body(1), nil)
+		first <- code
+	}()
+	<-entered // the first delivery is being handled
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/eventgrid?code="+testSecret, bytes.NewReader(body(2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a delivery over the cap: status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	close(release)
+	if code := <-first; code != http.StatusOK {
+		t.Errorf("the first delivery: status %d, want 200", code)
+	}
+	if code, resp := e.post(body(3), nil); code != http.StatusOK {
+		t.Errorf("a delivery after the first finished: status %d (%s), want 200", code, resp)
 	}
 }
