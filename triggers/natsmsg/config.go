@@ -18,6 +18,24 @@ type Config struct {
 	URL string `yaml:"url,omitempty"`
 	// Creds is a NATS credentials file for URL.
 	Creds string `yaml:"creds,omitempty"`
+	// ReplyPrefix is where batchd answers core NATS requests (default
+	// DefaultReplyPrefix). A request naming a reply subject elsewhere is
+	// recorded rejected and answered nowhere: batchd publishes with its own
+	// permissions, and a requester must not make it publish on subjects it
+	// could not publish on itself ($KV..., $JS.API..., batchd.intake...).
+	ReplyPrefix string `yaml:"reply_prefix,omitempty"`
+}
+
+// DefaultReplyPrefix is where NATS clients receive replies (nats.go's
+// and the nats CLI's request inboxes).
+const DefaultReplyPrefix = "_INBOX."
+
+// ReplyPrefixOrDefault is ReplyPrefix, or DefaultReplyPrefix.
+func (c *Config) ReplyPrefixOrDefault() string {
+	if c.ReplyPrefix == "" {
+		return DefaultReplyPrefix
+	}
+	return c.ReplyPrefix
 }
 
 // Validate reports every problem of c, joined, each naming its yaml key.
@@ -43,6 +61,9 @@ func (c *Config) Validate() error {
 	}
 	if strings.ContainsAny(c.Stream+c.Consumer, " .*>\t") {
 		errs = append(errs, errors.New("stream, consumer: names may not hold spaces, dots or wildcards"))
+	}
+	if c.ReplyPrefix != "" && (c.Stream != "" || strings.ContainsAny(c.ReplyPrefix, " \t*>") || strings.HasPrefix(c.ReplyPrefix, "$") || !strings.HasSuffix(c.ReplyPrefix, ".")) {
+		errs = append(errs, fmt.Errorf("reply_prefix: %q must be a subject prefix ending in '.', without wildcards or a leading '$', on a core NATS subject", c.ReplyPrefix))
 	}
 	if c.Creds != "" && c.URL == "" {
 		errs = append(errs, errors.New("creds: only applies with url"))

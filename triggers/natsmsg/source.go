@@ -52,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -293,6 +294,23 @@ func (s *Source) reject(ctx context.Context, ev orchestrator.Event, reason strin
 	return outcome{receipt: rc, rejected: reason}
 }
 
+// refuseReply records a request whose reply subject is outside prefix as
+// rejected, and answers nothing. Its key includes the reply subject, so it
+// never takes the run id of the same body sent properly.
+func (s *Source) refuseReply(ctx context.Context, m *nats.Msg, prefix string) {
+	ev, _ := s.event(m.Subject, m.Data, m.Header, "", time.Time{}, 0, "", time.Now())
+	ev.Key = "nats-refused-" + requestKey(m.Subject, m.Data, m.Reply)
+	ev.Message.Reply = ""
+	reply := m.Reply
+	if len(reply) > 120 {
+		reply = reply[:120] + "…"
+	}
+	reason := fmt.Sprintf("the request's reply subject %q is not under %q: batchd answers requests only there (the trigger's reply_prefix), so it is neither run nor answered", reply, prefix)
+	if out := s.reject(ctx, ev, reason); out.err != nil {
+		s.log.Warn("record a refused request", "subject", m.Subject, "err", out.err)
+	}
+}
+
 // ---- JetStream ----
 
 func (s *Source) runJetStream(ctx context.Context, nc *nats.Conn) error {
@@ -499,6 +517,10 @@ type replyBody struct {
 }
 
 func (s *Source) handleCore(ctx context.Context, m *nats.Msg) {
+	if prefix := s.o.Config.ReplyPrefixOrDefault(); m.Reply != "" && !strings.HasPrefix(m.Reply, prefix) {
+		s.refuseReply(ctx, m, prefix)
+		return
+	}
 	ev, buildErr := s.event(m.Subject, m.Data, m.Header, "", time.Time{}, 0, m.Reply, time.Now())
 	var out outcome
 	delay := max(s.o.RetryDelay/10, 10*time.Millisecond)

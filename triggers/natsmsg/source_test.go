@@ -242,25 +242,14 @@ func TestCoreRequestReply(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	// The subscription may not be in place yet: retry on no responders.
 	request := func(body string) replyBody {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			m, err := nc.Request("score.request", []byte(body), 5*time.Second)
-			if errors.Is(err, nats.ErrNoResponders) && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond) // polling a condition to a deadline
-				continue
-			}
-			if err != nil {
-				t.Fatalf("request: %v", err)
-			}
-			var r replyBody
-			if err := json.Unmarshal(m.Data, &r); err != nil {
-				t.Fatal(err)
-			}
-			return r
+		m := requestSubscribed(t, nc, "score.request", body)
+		var r replyBody
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			t.Fatal(err)
 		}
+		return r
 	}
 	body := `{"input":"x.csv"}`
 	wantID := orchestrator.RunID("p", Key("score.request", []byte(body), nil, "", time.Time{}, 0))
@@ -350,4 +339,81 @@ func keysOf(evs []orchestrator.Event) []string {
 		out = append(out, e.Key)
 	}
 	return out
+}
+
+// Attack: a client allowed to publish on the trigger subject names a reply
+// subject it should not be able to make batchd publish on (another
+// service's subject, the ledger's $KV subjects, the intake). batchd answers
+// only under the reply prefix (_INBOX. by default): such a request is
+// recorded rejected with the reason, not run, and answered nowhere.
+func TestReplyOnlyUnderThePrefix(t *testing.T) {
+	b := triggertest.NATS(t)
+	intake := triggertest.NewIntake()
+	stop := runSource(t, Options{Pipeline: "p", Config: Config{Subject: "score.request"}, Conn: b.Conn,
+		Intake: intake, RetryDelay: 10 * time.Millisecond, CoreRetries: 2})
+	defer stop()
+	nc, err := nats.Connect(b.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	spy, err := nc.SubscribeSync(">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A legitimate request first, so the subscription is known to be up.
+	requestSubscribed(t, nc, "score.request", `{"input":"ok.csv"}`)
+	evil := []string{"orders.evil", "$KV.batchd_runs.0123456789abcdef0123456789abcdef", "batchd.intake.p.x", "$JS.API.STREAM.DELETE.BATCHD_INTAKE"}
+	for _, reply := range evil {
+		if err := nc.PublishMsg(&nats.Msg{Subject: "score.request", Reply: reply, Data: []byte(`{"input":"evil.csv"}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntilRecorded := time.Now().Add(5 * time.Second)
+	for len(intake.Snapshot().Records) < len(evil) && time.Now().Before(waitUntilRecorded) {
+		time.Sleep(10 * time.Millisecond) // polling a condition to a deadline
+	}
+	s := intake.Snapshot()
+	if len(s.Records) != len(evil) || len(s.Accepted) != 1 {
+		t.Fatalf("records %d, accepted %d; want %d rejections and only the legitimate run", len(s.Records), len(s.Accepted), len(evil))
+	}
+	for _, rec := range s.Records {
+		if rec.State != orchestrator.StateRejected || !strings.Contains(rec.Reason, "not under \"_INBOX.\"") {
+			t.Errorf("record %s %q, want rejected naming the reply prefix", rec.State, rec.Reason)
+		}
+	}
+	// Everything published while this ran: the requests and the one answer
+	// to the legitimate request's inbox; nothing on an evil subject.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := spy.NextMsg(200 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		for _, e := range evil {
+			if m.Subject == e {
+				t.Errorf("batchd published on %s: %s", e, m.Data)
+			}
+		}
+	}
+}
+
+// requestSubscribed sends a request and returns the answer, retrying while
+// nobody is subscribed yet (the source may still be starting).
+func requestSubscribed(t *testing.T, nc *nats.Conn, subject, body string) *nats.Msg {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m, err := nc.Request(subject, []byte(body), 5*time.Second)
+		if errors.Is(err, nats.ErrNoResponders) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // polling a condition to a deadline
+			continue
+		}
+		if err != nil {
+			t.Fatalf("request: %v", err)
+		}
+		return m
+	}
 }
