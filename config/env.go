@@ -39,6 +39,7 @@ type rawEnv struct {
 	HTTPAddr         string `env:"BATCHD_HTTP_ADDR, default=127.0.0.1:8080"`
 	HTTPReadTimeout  string `env:"BATCHD_HTTP_READ_TIMEOUT, default=30s"`
 	HTTPWriteTimeout string `env:"BATCHD_HTTP_WRITE_TIMEOUT, default=60s"`
+	HTTPHosts        string `env:"BATCHD_HTTP_HOSTS"`
 	APIToken         string `env:"BATCHD_API_TOKEN"`
 	APITokenFile     string `env:"BATCHD_API_TOKEN_FILE"`
 	WebhookSecret    string `env:"BATCHD_WEBHOOK_SECRET"`
@@ -92,6 +93,9 @@ type Env struct {
 	// sets a deadline per write instead.
 	HTTPReadTimeout  time.Duration
 	HTTPWriteTimeout time.Duration
+	// HTTPHosts are the host names (besides loopback ones) the API and the
+	// status page answer to; see orchestrator.BrowserGuard.
+	HTTPHosts []string
 	// APIToken, when set, is required as a bearer token on /api. Secret.
 	APIToken string
 	// WebhookSecret authenticates Event Grid deliveries. Secret.
@@ -264,6 +268,16 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 		p.add("BATCHD_ARM_ENDPOINT", "%q must be an https:// URL", raw.ARMEndpoint)
 	}
 
+	for _, h := range strings.Split(raw.HTTPHosts, ",") {
+		h = strings.TrimSpace(h)
+		switch {
+		case h == "":
+		case strings.ContainsAny(h, ":/ "):
+			p.add("BATCHD_HTTP_HOSTS", "%q is not a host name or address (no scheme, port or path)", h)
+		default:
+			e.HTTPHosts = append(e.HTTPHosts, h)
+		}
+	}
 	e.HTTPReadTimeout = duration(p, "BATCHD_HTTP_READ_TIMEOUT", raw.HTTPReadTimeout, time.Second)
 	e.HTTPWriteTimeout = duration(p, "BATCHD_HTTP_WRITE_TIMEOUT", raw.HTTPWriteTimeout, time.Second)
 	e.Workers = positiveInt(p, "BATCHD_WORKERS", raw.Workers)

@@ -223,6 +223,7 @@ func procEmit(ctx context.Context, base func() string, key, uri string) error {
 		if err != nil {
 			return err
 		}
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
@@ -262,18 +263,7 @@ func procListAll(base string) ([]orchestrator.RunSummary, error) {
 	}
 }
 
-func procGetRun(base, id string) (*orchestrator.Run, error) {
-	resp, err := http.Get(base + "/api/v1/runs/" + id)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("GET run %s: %d", id, resp.StatusCode)
-	}
-	var r orchestrator.Run
-	return &r, json.NewDecoder(resp.Body).Decode(&r)
-}
+func procGetRun(base, id string) (*orchestrator.Run, error) { return procGetRunToken(base, "", id) }
 
 // waitAllFinished polls until n runs exist and all are finished.
 func procWaitFinished(t *testing.T, base func() string, n int, d time.Duration) []orchestrator.RunSummary {

@@ -216,12 +216,16 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 func serveMux(orch *orchestrator.Orchestrator, f *config.File, trig *triggerSet, page http.Handler, env *config.Env, log *slog.Logger) *http.ServeMux {
 	api := orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api"),
 		Backfill: backfillFunc(f)})
+	// The API and the page are what a web page could abuse; the probes,
+	// metrics and the webhook carry no operator's authority.
+	guard := orchestrator.BrowserGuard{Hosts: env.HTTPHosts, CheckHost: env.APIToken == "" || len(env.HTTPHosts) > 0}
 	mux := http.NewServeMux()
-	for _, p := range []string{"/api/", "/healthz", "/readyz", "/metrics"} {
+	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
 		mux.Handle(p, api)
 	}
+	mux.Handle("/api/", guard.Wrap(api))
 	mux.Handle("/eventgrid", trig.webhook)
-	mux.Handle("/", page)
+	mux.Handle("/", guard.Wrap(page))
 	return mux
 }
 

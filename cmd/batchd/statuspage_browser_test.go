@@ -182,6 +182,7 @@ func (d *pageDaemon) waitState(t *testing.T, token, id string, state orchestrato
 	})
 }
 
+// procGetRunToken reads one run through the API (with token, when set).
 func procGetRunToken(base, token, id string) (*orchestrator.Run, error) {
 	req, err := http.NewRequest("GET", base+"/api/v1/runs/"+id, nil)
 	if err != nil {

@@ -75,7 +75,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) (in
 	if err != nil {
 		return 0, err
 	}
-	if body != nil {
+	if body != nil || method != http.MethodGet {
+		// batchd refuses a mutating request that is not JSON (a web page
+		// could send it cross-origin otherwise).
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
