@@ -46,10 +46,10 @@ func TestCoreDeferredReply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	send := func(body, msgID string) {
+	sendTo := func(reply, body, msgID string) {
 		t.Helper()
 		m := nats.NewMsg("score.request")
-		m.Reply, m.Data = inbox, []byte(body)
+		m.Reply, m.Data = reply, []byte(body)
 		if msgID != "" {
 			m.Header.Set(jetstream.MsgIDHeader, msgID)
 		}
@@ -57,14 +57,16 @@ func TestCoreDeferredReply(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	send := func(body, msgID string) { t.Helper(); sendTo(inbox, body, msgID) }
 	// The queue subscription may not exist yet: send probes (each its own
-	// run, never answered) until one is taken.
+	// run, never answered) until one is taken. They reply elsewhere: a
+	// probe nobody took gets a no-responders status on its reply subject.
 	deadline := time.Now().Add(5 * time.Second)
 	for i := 0; len(intake.Snapshot().Accepted) == 0; i++ {
 		if time.Now().After(deadline) {
 			t.Fatal("no request taken within 5s")
 		}
-		send(`{"probe":1}`, "probe-"+string(rune('a'+i%26))+time.Now().Format("150405.000000"))
+		sendTo(nats.NewInbox(), `{"probe":1}`, "probe-"+string(rune('a'+i%26))+time.Now().Format("150405.000000"))
 		time.Sleep(20 * time.Millisecond) // polling a condition to a deadline
 	}
 	n := len(intake.Snapshot().Accepted)
