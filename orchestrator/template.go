@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"text/template"
+	"text/template/parse"
 	"time"
 )
 
@@ -212,4 +213,79 @@ func cleanTemplateError(err error) string {
 	msg = rePrefix.ReplaceAllString(msg, "")
 	msg = strings.TrimPrefix(msg, `executing "t" `)
 	return msg
+}
+
+// CheckJSONSafe reports the places where a request template puts a value
+// into its JSON as raw text, so that a message field like
+// `x","extra":{…},"y":"` could add keys to the scoring request. A value
+// must be written through the json function ({{ json .Fields.text }}, a
+// JSON value with its quotes), or be .Message.Body, which the NATS trigger
+// has already checked to be one JSON object; and never inside a JSON
+// string's quotes. Control structures (if, range, with) and variable
+// declarations write nothing themselves; their bodies are checked.
+// Each problem names its line.
+func (t *Template) CheckJSONSafe() error {
+	var errs []error
+	var walk func(n parse.Node, prev string)
+	walk = func(n parse.Node, prev string) {
+		switch n := n.(type) {
+		case *parse.ListNode:
+			if n == nil {
+				return
+			}
+			p := prev
+			for _, c := range n.Nodes {
+				walk(c, p)
+				if tn, ok := c.(*parse.TextNode); ok {
+					p = string(tn.Text)
+				} else {
+					p = ""
+				}
+			}
+		case *parse.ActionNode:
+			if len(n.Pipe.Decl) > 0 || len(n.Pipe.Cmds) == 0 {
+				return
+			}
+			loc, _ := t.t.Tree.ErrorContext(n)
+			line := loc
+			if i := strings.Index(loc, ":"); i >= 0 {
+				line = strings.SplitN(loc[i+1:], ":", 2)[0]
+			}
+			switch {
+			case strings.HasSuffix(strings.TrimRight(prev, " \t"), `"`):
+				errs = append(errs, fmt.Errorf("line %s: %s is inside a JSON string's quotes, where a value can end the string and add keys; write it outside the quotes with json: \"key\": {{ json … }}", line, n.String()))
+			case jsonSafe(n.Pipe):
+			default:
+				errs = append(errs, fmt.Errorf("line %s: %s writes a value into the JSON as raw text, where a message field can add keys; use {{ json … }} (a JSON value, quotes included)", line, n.String()))
+			}
+		case *parse.IfNode:
+			walk(n.List, prev)
+			walk(n.ElseList, prev)
+		case *parse.RangeNode:
+			walk(n.List, prev)
+			walk(n.ElseList, prev)
+		case *parse.WithNode:
+			walk(n.List, prev)
+			walk(n.ElseList, prev)
+		}
+	}
+	walk(t.t.Tree.Root, "")
+	return errors.Join(errs...)
+}
+
+// jsonSafe reports whether a pipeline writes a JSON value: its last command
+// is the json function, or it is exactly .Message.Body.
+func jsonSafe(p *parse.PipeNode) bool {
+	last := p.Cmds[len(p.Cmds)-1]
+	if len(last.Args) > 0 {
+		if id, ok := last.Args[0].(*parse.IdentifierNode); ok && id.Ident == "json" {
+			return true
+		}
+	}
+	if len(p.Cmds) == 1 && len(last.Args) == 1 {
+		if f, ok := last.Args[0].(*parse.FieldNode); ok && len(f.Ident) == 2 && f.Ident[0] == "Message" && f.Ident[1] == "Body" {
+			return true
+		}
+	}
+	return false
 }

@@ -2,8 +2,10 @@ package orchestrator
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -106,5 +108,85 @@ func TestPipelineRender(t *testing.T) {
 	}
 	if len(check.Inputs) != 1 || check.Inputs[0].URI != want.Inputs["data"].URI || check.Deployment != "model" {
 		t.Errorf("check request = %+v", check)
+	}
+}
+
+// Hostile message fields never change the shape of a JSON request: with
+// every value written through json, the keys stay the template's.
+func TestRequestTemplateKeepsItsKeys(t *testing.T) {
+	p := hostileRequestPipeline(t)
+	for _, v := range []string{
+		`x","extra":{"a":1},"y":"`, `\`, `\"}`, "}\n{", `\u0022,"k":1`, "</script>", "\x00\x1f", `{"a":1}`, strings.Repeat(`"`, 100),
+	} {
+		checkRequestKeys(t, p, v)
+	}
+}
+
+// FuzzRequestTemplate: any field value keeps the request's keys.
+func FuzzRequestTemplate(f *testing.F) {
+	for _, s := range []string{`x","extra":1,"y":"`, `\`, "}\n{", `\u0022`} {
+		f.Add(s)
+	}
+	p := hostileRequestPipeline(f)
+	f.Fuzz(func(t *testing.T, v string) { checkRequestKeys(t, p, v) })
+}
+
+func hostileRequestPipeline(t testing.TB) *Pipeline {
+	t.Helper()
+	tmpl, err := CompileTemplate(`{"text": {{ json .Fields.text }}, "run": {{ json .Run.ID }}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tmpl.CheckJSONSafe(); err != nil {
+		t.Fatalf("the safe template is refused: %v", err)
+	}
+	return &Pipeline{Name: "p", Request: tmpl}
+}
+
+func checkRequestKeys(t *testing.T, p *Pipeline, v string) {
+	t.Helper()
+	out, err := p.RenderRequest("0123456789abcdef0123456789abcdef", Event{Pipeline: "p", Key: "k", Fields: map[string]string{"text": v}})
+	if err != nil {
+		t.Fatalf("render with %q: %v", v, err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("render with %q is not JSON: %s", v, out)
+	}
+	if len(m) != 2 || m["run"] == nil || m["text"] == nil {
+		t.Errorf("render with %q has keys %v, want text and run", v, m)
+	}
+	if utf8.ValidString(v) && m["text"] != v {
+		t.Errorf("text = %q, want the field as it was, %q", m["text"], v)
+	}
+}
+
+// Unsafe placements are refused at load time, naming the line.
+func TestCheckJSONSafe(t *testing.T) {
+	tests := []struct {
+		src  string
+		want string // "" means safe
+	}{
+		{`{{ .Message.Body }}`, ""},
+		{`{"a": {{ json .Fields.a }}, {{ if .Fields.b }}"b": {{ json .Fields.b }}{{ end }}}`, ""},
+		{`{{ $x := .Fields.a }}{"a": {{ json $x }}}`, ""},
+		{`{"a": "{{ .Fields.a }}"}`, "line 1: {{.Fields.a}} is inside a JSON string's quotes"},
+		{`{"a": "{{ json .Fields.a }}"}`, "inside a JSON string's quotes"},
+		{"{\n\"a\": {{ .Fields.a }}}", "line 2: {{.Fields.a}} writes a value into the JSON as raw text"},
+		{`{"a": {{ .Fields.a | lower }}}`, "as raw text"},
+		{`{"a": {{ range .Fields }}{{ . }}{{ end }}}`, "as raw text"},
+	}
+	for _, tt := range tests {
+		tmpl, err := CompileTemplate(tt.src)
+		if err != nil {
+			t.Fatalf("compile %q: %v", tt.src, err)
+		}
+		err = tmpl.CheckJSONSafe()
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%q: %v, want safe", tt.src, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%q: %v, want %q", tt.src, err, tt.want)
+		}
 	}
 }
