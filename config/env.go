@@ -80,6 +80,9 @@ type rawEnv struct {
 	DisableInstanceDiscovery string `env:"BATCHD_DISABLE_INSTANCE_DISCOVERY, default=false"`
 }
 
+// MinAPITokenLength is the shortest BATCHD_API_TOKEN the daemon accepts.
+const MinAPITokenLength = 16
+
 // Env is batchd's process configuration from the environment.
 type Env struct {
 	PipelinesFile string
@@ -199,6 +202,9 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 		p.add("BATCHD_DISABLE_INSTANCE_DISCOVERY", "%q is not true or false", raw.DisableInstanceDiscovery)
 	}
 	e.APIToken = secret(p, "BATCHD_API_TOKEN", raw.APIToken, raw.APITokenFile)
+	if n := len(e.APIToken); n > 0 && n < MinAPITokenLength {
+		p.add("BATCHD_API_TOKEN", "is %d characters; use at least %d (for example: openssl rand -hex 24)", n, MinAPITokenLength)
+	}
 	e.WebhookSecret = secret(p, "BATCHD_WEBHOOK_SECRET", raw.WebhookSecret, raw.WebhookFile)
 
 	if raw.WebhookEntraAudiences != "" || raw.WebhookEntraIssuers != "" || raw.WebhookEntraJWKSURL != "" {

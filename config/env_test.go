@@ -108,3 +108,14 @@ func TestLoadClient(t *testing.T) {
 		}
 	}
 }
+
+// A short API token is refused, naming the rule but never the token.
+func TestAPITokenMinimumLength(t *testing.T) {
+	_, err := LoadEnv(t.Context(), MapEnv(map[string]string{"BATCHD_API_TOKEN": "short-tok"}))
+	if err == nil || !strings.Contains(err.Error(), "BATCHD_API_TOKEN: is 9 characters; use at least 16") || strings.Contains(err.Error(), "short-tok") {
+		t.Errorf("a 9-character token: err = %v, want the rule without the token", err)
+	}
+	if _, err := LoadEnv(t.Context(), MapEnv(map[string]string{"BATCHD_API_TOKEN": "sixteen-chars-ok"})); err != nil {
+		t.Errorf("a 16-character token: %v", err)
+	}
+}

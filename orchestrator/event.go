@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/batchd/batchd/jobs"
@@ -96,6 +97,26 @@ func scrub(ev *Event) {
 			ev.Message = &c
 		}
 	}
+	if m := ev.Message; m != nil && len(m.Headers) > 0 {
+		var h map[string]string
+		for k, v := range m.Headers {
+			s := jobs.Redact(v)
+			if SecretHeader(k) {
+				s = "[redacted]"
+			}
+			if s != v {
+				if h == nil {
+					h = maps.Clone(m.Headers)
+				}
+				h[k] = s
+			}
+		}
+		if h != nil {
+			c := *ev.Message
+			c.Headers = h
+			ev.Message = &c
+		}
+	}
 	var f map[string]string
 	for k, v := range ev.Fields {
 		if s := jobs.Redact(v); s != v {
@@ -108,6 +129,19 @@ func scrub(ev *Event) {
 	if f != nil {
 		ev.Fields = f
 	}
+}
+
+// SecretHeader reports whether a message header's name says its value is
+// a secret (Authorization, X-Api-Key, Cookie, …): such values are replaced
+// at intake and never stored.
+func SecretHeader(name string) bool {
+	n := strings.ToLower(name)
+	for _, s := range []string{"auth", "token", "secret", "password", "signature", "key", "cookie", "credential"} {
+		if strings.Contains(n, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // RunID is the stable id of the run for (pipeline, key): the first 16 bytes

@@ -31,6 +31,19 @@ func TestScrub(t *testing.T) {
 		t.Errorf("the caller's message or fields were modified")
 	}
 
+	// Headers: a secret-named header is replaced whole, a SAS in another
+	// one is redacted, the rest stays.
+	hdr := map[string]string{"Authorization": "Bearer eyJhbGciOi.x.y", "X-Source": sas, "Nats-Msg-Id": "m-1"}
+	hev := Event{Pipeline: "p", Key: "k", Message: &MessageEvent{Subject: "in", Headers: hdr}}
+	scrub(&hev)
+	if diff := cmp.Diff(map[string]string{"Authorization": "[redacted]", "X-Source": "https://a.blob.core.windows.net/c/x.csv?sv=2025-01-05&sig=[redacted]",
+		"Nats-Msg-Id": "m-1"}, hev.Message.Headers); diff != "" {
+		t.Errorf("headers (-want +got):\n%s", diff)
+	}
+	if hdr["Authorization"] != "Bearer eyJhbGciOi.x.y" {
+		t.Errorf("the caller's headers were modified")
+	}
+
 	clean := Event{Pipeline: "p", Key: "k", Message: &MessageEvent{Data: json.RawMessage(`{"uri":"azureml://datastores/d/paths/a"}`)}}
 	before := clean.Message
 	scrub(&clean)

@@ -12,8 +12,9 @@ Usage: sudo install.sh [--binary FILE | --url URL --sha256 HEX] [options]
 Installs batchd as a systemd service:
   - the system user and group `batchd`;
   - /etc/batchd (0750 root:batchd) with batchd.env (0640), a generated Event
-    Grid webhook secret in /etc/batchd/webhook-secret (0640), and
-    batchd.env.example listing every variable;
+    Grid webhook secret in /etc/batchd/webhook-secret (0640), a generated API
+    token in /etc/batchd/api-token (0640; the CLI reads it through
+    BATCHD_API_TOKEN_FILE), and batchd.env.example listing every variable;
   - the binary as /usr/local/bin/batchd (the one it replaces is kept as
     /usr/local/bin/batchd.previous, for a rollback);
   - /etc/systemd/system/batchd.service, enabled.
@@ -34,6 +35,8 @@ Options:
   --env-example FILE  default: batchd.env.example beside this script, else
                       ../systemd/batchd.env.example
   --no-webhook-secret do not generate /etc/batchd/webhook-secret
+  --no-api-token      do not generate /etc/batchd/api-token (the API then
+                      trusts every local process; web pages are still refused)
   --no-start          install only; do not check, start or restart
   -h, --help          this help
 
@@ -53,6 +56,7 @@ prefix=/usr/local/bin
 conf_dir=/etc/batchd
 env_file=$conf_dir/batchd.env
 secret_file=$conf_dir/webhook-secret
+token_file=$conf_dir/api-token
 unit_path=/etc/systemd/system/batchd.service
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -63,6 +67,7 @@ client_id=${AZURE_CLIENT_ID:-}
 unit_src=""
 env_example_src=""
 make_secret=yes
+make_token=yes
 start=yes
 
 while [[ $# -gt 0 ]]; do
@@ -74,6 +79,7 @@ while [[ $# -gt 0 ]]; do
   --unit) unit_src=${2?--unit needs a value}; shift 2 ;;
   --env-example) env_example_src=${2?--env-example needs a value}; shift 2 ;;
   --no-webhook-secret) make_secret=no; shift ;;
+  --no-api-token) make_token=no; shift ;;
   --no-start) start=no; shift ;;
   -h | --help) usage; exit 0 ;;
   *) usage >&2; die "unknown argument: $1" ;;
@@ -192,6 +198,20 @@ fi
 if [[ -f $secret_file ]]; then
   chown root:batchd "$secret_file"
   chmod 0640 "$secret_file"
+fi
+if [[ $make_token == yes ]] && ! has_env BATCHD_API_TOKEN && ! has_env BATCHD_API_TOKEN_FILE; then
+  if [[ ! -s $token_file ]]; then
+    (
+      umask 077
+      od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$token_file"
+    )
+    log "generated the API token in $token_file (CLI: export BATCHD_API_TOKEN_FILE=$token_file, as a member of group batchd)"
+  fi
+  set_env BATCHD_API_TOKEN_FILE "$token_file"
+fi
+if [[ -f $token_file ]]; then
+  chown root:batchd "$token_file"
+  chmod 0640 "$token_file"
 fi
 if [[ -n $client_id ]]; then
   set_env AZURE_CLIENT_ID "$client_id"

@@ -66,16 +66,9 @@ func redactURI(s string) string {
 	return u.String()
 }
 
-// secretHeader reports whether a message header's value should be hidden.
-func secretHeader(name string) bool {
-	n := strings.ToLower(name)
-	for _, s := range []string{"auth", "token", "secret", "password", "signature", "key", "cookie", "credential"} {
-		if strings.Contains(n, s) {
-			return true
-		}
-	}
-	return false
-}
+// secretHeader reports whether a message header's value should be hidden
+// (runs stored before intake scrubbed headers may still hold one).
+func secretHeader(name string) bool { return orchestrator.SecretHeader(name) }
 
 // ageText says how long ago t was, coarsely ("3m ago").
 func ageText(now, t time.Time) string {

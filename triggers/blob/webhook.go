@@ -357,7 +357,8 @@ func (w *Webhook) validationHandshake(rw http.ResponseWriter, ev Event) {
 		w.reply(rw, http.StatusBadRequest, errBody("SubscriptionValidationEvent without data.validationCode"))
 		return
 	}
-	w.log.Info("Event Grid subscription validation answered", "topic", ev.Topic, "validation_url", d.ValidationURL)
+	// Not the validationUrl: it carries a code that completes the handshake.
+	w.log.Info("Event Grid subscription validation answered", "topic", ev.Topic, "validation_url_sent", d.ValidationURL != "")
 	w.reply(rw, http.StatusOK, map[string]string{"validationResponse": d.ValidationCode})
 }
 
