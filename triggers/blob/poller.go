@@ -285,7 +285,7 @@ func (p *Poller) handle(ctx context.Context, st *SweepStats, ref Ref, etag strin
 	be := orchestrator.BlobEvent{URL: ref.URL, Account: ref.Account, Container: ref.Container, Name: ref.Name,
 		Folder: ref.Folder(), ETag: etag, Size: size}
 	ev := orchestrator.Event{Pipeline: p.pipeline, Key: Key(ref, etag), Source: orchestrator.SourcePoll, Time: t, Blob: &be}
-	rec := seenRec{ETag: etag, At: time.Now().UTC()}
+	rec := seenRec{ETag: etag, Modified: t, At: time.Now().UTC()}
 	ok, why := p.cfg.match(blobFacts{ref: ref, size: size, hasSize: true})
 	switch {
 	case !ok:

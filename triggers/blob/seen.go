@@ -20,7 +20,11 @@ type seenRec struct {
 	Seq  string `json:"seq,omitempty"`
 	// Filtered: this version was recorded filtered (the poller records a
 	// non-matching blob once, not on every sweep).
-	Filtered bool      `json:"filtered,omitempty"`
+	Filtered bool `json:"filtered,omitempty"`
+	// Modified is when this version was written: the listing's Last-Modified
+	// (poller) or the event's time (webhook). It orders a late event against
+	// a version the poller handled, which has no sequencer.
+	Modified time.Time `json:"modified,omitzero"`
 	At       time.Time `json:"at"`
 }
 

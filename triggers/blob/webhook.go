@@ -493,18 +493,28 @@ func (w *Webhook) handleBlob(ctx context.Context, rt *route, ev orchestrator.Eve
 		return w.record(ctx, rt.Pipeline, ev, orchestrator.StateFiltered,
 			fmt.Sprintf("superseded: a newer event for this blob (sequencer %s, eTag %s) was already handled; this one has sequencer %s", cur.Seq, cur.ETag, seq), c)
 	}
+	// A version the poller handled has no sequencer: order by time. Blob
+	// times have whole seconds, so only an event a second or more older
+	// than the handled version is superseded.
+	if (seq == "" || cur.Seq == "") && cur.ETag != "" && cur.ETag != ev.Blob.ETag && !cur.Modified.IsZero() &&
+		ev.Time.Before(cur.Modified.Add(-time.Second)) {
+		return w.record(ctx, rt.Pipeline, ev, orchestrator.StateFiltered,
+			fmt.Sprintf("superseded: a newer version of this blob (eTag %s, written %s) was already handled; this event (eTag %s) is from %s",
+				cur.ETag, cur.Modified.UTC().Format(time.RFC3339), ev.Blob.ETag, ev.Time.UTC().Format(time.RFC3339)), c)
+	}
 	var outcome string
-	if rt.Config.Batch != nil {
-		if cur.ETag == ev.Blob.ETag {
-			outcome = trigmetrics.Duplicate
-		} else {
-			marker := rt.Config.isMarker(f.ref)
-			if err := addToBatch(ctx, w.store, rt.Pipeline, orchestrator.SourceEventGrid, f.ref, ev.Blob.ETag, f.size, marker); err != nil {
-				return fmt.Errorf("pipeline %s: %w", rt.Pipeline, err)
-			}
-			outcome = trigmetrics.Batched
+	switch {
+	case cur.ETag == ev.Blob.ETag && !cur.Filtered:
+		// This version was handled already (by an earlier delivery or the
+		// poller): the run exists; nothing to emit.
+		outcome = trigmetrics.Duplicate
+	case rt.Config.Batch != nil:
+		marker := rt.Config.isMarker(f.ref)
+		if err := addToBatch(ctx, w.store, rt.Pipeline, orchestrator.SourceEventGrid, f.ref, ev.Blob.ETag, f.size, marker); err != nil {
+			return fmt.Errorf("pipeline %s: %w", rt.Pipeline, err)
 		}
-	} else {
+		outcome = trigmetrics.Batched
+	default:
 		rc, err := w.intake.Emit(ctx, ev)
 		switch {
 		case err == nil && rc.Duplicate:
@@ -523,7 +533,7 @@ func (w *Webhook) handleBlob(ctx context.Context, rt *route, ev orchestrator.Eve
 	// The outcome is durable already; the record only orders later events.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := rt.seen.advance(actx, rt.Pipeline, ev.Blob.URL, seenRec{ETag: ev.Blob.ETag, Seq: seq, At: time.Now().UTC()}); err != nil {
+	if err := rt.seen.advance(actx, rt.Pipeline, ev.Blob.URL, seenRec{ETag: ev.Blob.ETag, Seq: seq, Modified: ev.Time, At: time.Now().UTC()}); err != nil {
 		w.log.Warn("remember blob sequencer", "pipeline", rt.Pipeline, "url", ev.Blob.URL, "err", err)
 	}
 	return nil

@@ -337,8 +337,10 @@ func TestWebhookCloudEvents(t *testing.T) {
 	if diff := cmp.Diff(want, keys); diff != "" {
 		t.Errorf("accepted keys (-want +got):\n%s", diff)
 	}
-	if s.Duplicates != 1 {
-		t.Errorf("duplicates = %d, want 1 (the redelivered CloudEvent)", s.Duplicates)
+	// The redelivered CloudEvent's version is known: answered as a
+	// duplicate without another emit.
+	if s.Emits != 2 || s.Duplicates != 0 {
+		t.Errorf("emits %d, intake duplicates %d; want 2 and 0 (the redelivery is not emitted)", s.Emits, s.Duplicates)
 	}
 }
 
@@ -363,8 +365,10 @@ func TestWebhookBatchOf50AndRedelivery(t *testing.T) {
 	var res webhookResult
 	_ = json.Unmarshal([]byte(resp), &res)
 	s := e.intake.Snapshot()
-	if len(s.Accepted) != 50 || s.Duplicates != 50 || res.Duplicate != 50 {
-		t.Errorf("after redelivery: accepted %d, duplicates %d (answer says %d); want 50, 50, 50", len(s.Accepted), s.Duplicates, res.Duplicate)
+	// Every version is known from the first delivery: the answer counts
+	// 50 duplicates and nothing more reaches the intake.
+	if len(s.Accepted) != 50 || s.Emits != 50 || res.Duplicate != 50 {
+		t.Errorf("after redelivery: accepted %d, emits %d (answer says %d duplicates); want 50, 50, 50", len(s.Accepted), s.Emits, res.Duplicate)
 	}
 }
 
@@ -592,5 +596,34 @@ func TestWebhookCapsConcurrentDeliveries(t *testing.T) {
 	}
 	if code, resp := e.post(body(3), nil); code != http.StatusOK {
 		t.Errorf("a delivery after the first finished: status %d (%s), want 200", code, resp)
+	}
+}
+
+// The webhook compares the stored version on every path: an event for the
+// version already handled (by the poller, here) is a duplicate without an
+// emit, and a late event for an older version than the poller handled is
+// superseded, although the poller knows no sequencer.
+func TestWebhookOlderThanThePollersVersion(t *testing.T) {
+	e := newHookEnv(t, nil)
+	url := "https://mystorage.blob.core.windows.net/inbox/in/late.csv"
+	polled := time.Date(2026, 3, 1, 10, 5, 0, 0, time.UTC)
+	if err := (seenStore{kv: e.store}).advance(t.Context(), "score", url, seenRec{ETag: "0xNEW", Modified: polled, At: polled}); err != nil {
+		t.Fatal(err)
+	}
+	old := blobEvent("old", "PutBlob", url, "0xOLD", fmt.Sprintf("%032x", 1), 10) // eventTime 10:00, before the poller's version
+	if code, resp := e.post(mustJSON(t, []any{old}), nil); code != 200 {
+		t.Fatalf("status %d (%s)", code, resp)
+	}
+	same := blobEvent("same", "PutBlob", url, "0xNEW", fmt.Sprintf("%032x", 2), 10)
+	same["eventTime"] = "2026-03-01T10:05:01Z"
+	if code, resp := e.post(mustJSON(t, []any{same}), nil); code != 200 {
+		t.Fatalf("status %d (%s)", code, resp)
+	}
+	s := e.intake.Snapshot()
+	if s.Emits != 0 {
+		t.Errorf("emits = %d, want 0: neither event is a new version", s.Emits)
+	}
+	if len(s.Records) != 1 || s.Records[0].State != orchestrator.StateFiltered || !strings.Contains(s.Records[0].Reason, "superseded") {
+		t.Errorf("records %+v, want the old event recorded superseded", s.Records)
 	}
 }
