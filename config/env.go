@@ -48,6 +48,7 @@ type rawEnv struct {
 	WebhookEntraAudiences string `env:"BATCHD_WEBHOOK_ENTRA_AUDIENCES"`
 	WebhookEntraIssuers   string `env:"BATCHD_WEBHOOK_ENTRA_ISSUERS"`
 	WebhookEntraJWKSURL   string `env:"BATCHD_WEBHOOK_ENTRA_JWKS_URL"`
+	WebhookEntraCallers   string `env:"BATCHD_WEBHOOK_ENTRA_CALLERS"`
 
 	LogLevel  string `env:"BATCHD_LOG_LEVEL, default=info"`
 	LogFormat string `env:"BATCHD_LOG_FORMAT, default=text"`
@@ -134,6 +135,9 @@ type WebhookEntra struct {
 	Audiences []string
 	Issuers   []string
 	JWKSURL   string
+	// Callers are the application ids a delivery's token may come from
+	// (azp or appid); empty means Event Grid's in the public cloud.
+	Callers []string
 }
 
 // NATS is how batchd reaches NATS.
@@ -208,7 +212,8 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 	e.WebhookSecret = secret(p, "BATCHD_WEBHOOK_SECRET", raw.WebhookSecret, raw.WebhookFile)
 
 	if raw.WebhookEntraAudiences != "" || raw.WebhookEntraIssuers != "" || raw.WebhookEntraJWKSURL != "" {
-		w := &WebhookEntra{Audiences: splitList(raw.WebhookEntraAudiences), Issuers: splitList(raw.WebhookEntraIssuers), JWKSURL: raw.WebhookEntraJWKSURL}
+		w := &WebhookEntra{Audiences: splitList(raw.WebhookEntraAudiences), Issuers: splitList(raw.WebhookEntraIssuers), JWKSURL: raw.WebhookEntraJWKSURL,
+			Callers: splitList(raw.WebhookEntraCallers)}
 		if len(w.Audiences) == 0 {
 			p.add("BATCHD_WEBHOOK_ENTRA_AUDIENCES", "required for Entra-protected delivery: the app's client id or application id URI")
 		}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -35,6 +36,12 @@ type EntraOptions struct {
 	JWKSURL string
 	// HTTPClient fetches the keys (default: a client with a 10s timeout).
 	HTTPClient *http.Client
+	// Callers are the applications whose tokens are deliveries: the token's
+	// azp (v2) or appid (v1) claim must be one of them. Default
+	// EventGridAppID. Any application the tenant lets call the webhook's
+	// API can get a token with the right audience and issuer; only Event
+	// Grid's is a delivery.
+	Callers []string
 	// Refresh is how often Run refetches the keys (default 12h). A token
 	// signed with an unknown key id also triggers a fetch, at most once a
 	// minute.
@@ -54,6 +61,12 @@ func (o *EntraOptions) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// EventGridAppID is the application id of "Azure Event Grid" (the
+// Microsoft.EventGrid service principal) in the Azure public cloud, the
+// caller of Entra-protected webhook deliveries. Sovereign clouds have
+// their own: set EntraOptions.Callers.
+const EventGridAppID = "4962773b-9cdb-44cf-a8bf-237846a00ab7"
 
 // ErrUnknownKey is returned when a token names a key the JWKS does not hold.
 var ErrUnknownKey = errors.New("token signed with an unknown key")
@@ -166,6 +179,9 @@ func newEntraVerifier(o EntraOptions) (*entraVerifier, error) {
 	if o.Refresh <= 0 {
 		o.Refresh = 12 * time.Hour
 	}
+	if len(o.Callers) == 0 {
+		o.Callers = []string{EventGridAppID}
+	}
 	return &entraVerifier{
 		opts: o,
 		keys: &keySet{url: o.JWKSURL, client: o.HTTPClient},
@@ -185,7 +201,7 @@ func (v *entraVerifier) verify(ctx context.Context, authz string) error {
 		return errors.New("no bearer token")
 	}
 	var fetchErr error
-	claims := jwt.RegisteredClaims{}
+	claims := deliveryClaims{}
 	_, err := v.parser.ParseWithClaims(tok, &claims, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)
 		pk, err := v.keys.key(ctx, kid)
@@ -203,7 +219,38 @@ func (v *entraVerifier) verify(ctx context.Context, authz string) error {
 	if !slices.Contains(v.opts.Issuers, claims.Issuer) {
 		return fmt.Errorf("bearer token: issuer %q is not accepted", claims.Issuer)
 	}
+	caller := claims.AZP
+	if caller == "" {
+		caller = claims.AppID
+	}
+	if !slices.ContainsFunc(v.opts.Callers, func(c string) bool { return strings.EqualFold(c, caller) }) {
+		return fmt.Errorf("bearer token: caller application %q is not Event Grid (BATCHD_WEBHOOK_ENTRA_CALLERS)", caller)
+	}
+	if t := issuerTenant(claims.Issuer); t != "" && !strings.EqualFold(claims.TID, t) {
+		return fmt.Errorf("bearer token: tenant %q is not the issuer's (%s)", claims.TID, t)
+	}
 	return nil
+}
+
+// deliveryClaims are the claims an Event Grid delivery's token is checked
+// for, beyond the registered ones.
+type deliveryClaims struct {
+	jwt.RegisteredClaims
+	AZP   string `json:"azp,omitempty"`   // v2 tokens: the calling application
+	AppID string `json:"appid,omitempty"` // v1 tokens: the calling application
+	TID   string `json:"tid,omitempty"`
+}
+
+// issuerTenant is the tenant an Entra issuer names:
+// https://login.microsoftonline.com/<tenant>/v2.0 or
+// https://sts.windows.net/<tenant>/.
+func issuerTenant(iss string) string {
+	u, err := url.Parse(iss)
+	if err != nil {
+		return ""
+	}
+	seg, _, _ := strings.Cut(strings.Trim(u.Path, "/"), "/")
+	return seg
 }
 
 // jwtReason names what was wrong without echoing the token.

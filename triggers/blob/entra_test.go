@@ -58,7 +58,10 @@ func TestWebhookEntraProtectedDelivery(t *testing.T) {
 		o.Entra = &EntraOptions{Audiences: []string{aud}, Issuers: []string{iss}, JWKSURL: jwks.URL}
 	})
 	now := time.Now()
-	good := jwt.MapClaims{"aud": aud, "iss": iss, "exp": now.Add(time.Hour).Unix(), "nbf": now.Add(-time.Minute).Unix()}
+	// Event Grid's token: its first-party application as the caller, in
+	// the issuer's tenant.
+	good := jwt.MapClaims{"aud": aud, "iss": iss, "exp": now.Add(time.Hour).Unix(), "nbf": now.Add(-time.Minute).Unix(),
+		"azp": EventGridAppID, "tid": "tenant-1"}
 	with := func(k string, v any) jwt.MapClaims {
 		c := jwt.MapClaims{}
 		for kk, vv := range good {
@@ -82,6 +85,22 @@ func TestWebhookEntraProtectedDelivery(t *testing.T) {
 		{"signed by another key", "Bearer " + token(t, other, "k1", good), 401},
 		{"unknown key id", "Bearer " + token(t, key, "k2", good), 401},
 		{"HS256 with the public key", "Bearer " + hs256(t, good), 401},
+		// A token the tenant issued to another application for the same
+		// audience (any app allowed to call the webhook's API) is not
+		// Event Grid's delivery.
+		{"another application's token (v2 azp)", "Bearer " + token(t, key, "k1", with("azp", "11111111-2222-3333-4444-555555555555")), 401},
+		{"another application's token (v1 appid)", "Bearer " + token(t, key, "k1", func() jwt.MapClaims {
+			c := with("appid", "11111111-2222-3333-4444-555555555555")
+			delete(c, "azp")
+			return c
+		}()), 401},
+		{"no caller claim", "Bearer " + token(t, key, "k1", func() jwt.MapClaims { c := with("azp", ""); delete(c, "azp"); return c }()), 401},
+		{"another tenant", "Bearer " + token(t, key, "k1", with("tid", "tenant-2")), 401},
+		{"v1 token from Event Grid", "Bearer " + token(t, key, "k1", func() jwt.MapClaims {
+			c := with("appid", EventGridAppID)
+			delete(c, "azp")
+			return c
+		}()), 200},
 		{"valid", "Bearer " + token(t, key, "k1", good), 200},
 	}
 	for _, tt := range tests {
@@ -93,7 +112,7 @@ func TestWebhookEntraProtectedDelivery(t *testing.T) {
 		})
 	}
 	if n := len(e.intake.Snapshot().Accepted); n != 1 {
-		t.Errorf("accepted %d, want 1 (only the valid token)", n)
+		t.Errorf("accepted %d, want 1 (only the valid tokens, one blob)", n)
 	}
 	if strings.Contains(e.logs.String(), token(t, key, "k1", good)[:40]) {
 		t.Error("a token reached the log")
