@@ -671,7 +671,12 @@ func (v *validator) validate(path string, cfg any) {
 	if !ok {
 		return
 	}
-	err := val.Validate()
+	v.addErrs(path, val.Validate())
+}
+
+// addErrs files each error of err (one, or joined) under path; one that
+// starts with a relative key path ("consumer: …") under that key.
+func (v *validator) addErrs(path string, err error) {
 	if err == nil {
 		return
 	}

@@ -194,17 +194,7 @@ func (v *validator) onlinePipeline(path, name string, r *rawPipeline, p *orchest
 	default:
 		if t := v.template(path+".request", r.Request, sample); t != nil {
 			p.Request = t
-			if err := t.CheckJSONSafe(); err != nil {
-				var errs []error
-				if j, ok := err.(interface{ Unwrap() []error }); ok {
-					errs = j.Unwrap()
-				} else {
-					errs = []error{err}
-				}
-				for _, e := range errs {
-					v.add(path+".request", "%v", e)
-				}
-			}
+			v.addErrs(path+".request", t.CheckJSONSafe())
 			// A template reading .Fields or .Message renders to run-time
 			// shapes; the others must be JSON already.
 			if !strings.Contains(r.Request, ".Fields") && !strings.Contains(r.Request, ".Message") {

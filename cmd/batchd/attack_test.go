@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
 )
 
@@ -22,13 +21,7 @@ func TestAttacks(t *testing.T) {
 		t.Skip("builds and runs the daemon as a process")
 	}
 	t.Parallel()
-	sim := jobstest.New(t, jobstest.Options{Lifecycle: procQuickLifecycle()})
-	dir := t.TempDir()
-	bin := procBuild(t, dir)
-	env := procSimEnv(t, sim, dir)
-	env["BATCHD_WEBHOOK_SECRET"] = "attack-test-webhook-secret"
-	p := newProc(t, bin, env, "attack")
-	p.start()
+	p, _ := procWithSim(t, "attack", map[string]string{"BATCHD_WEBHOOK_SECRET": "attack-test-webhook-secret"})
 	_, port, _ := strings.Cut(p.addr, ":")
 	run := `{"key":"evil","fields":{"uri":"` + procInputURI("evil") + `"}}`
 	var events []string

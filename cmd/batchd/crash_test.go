@@ -102,6 +102,23 @@ pipelines:
 	}
 }
 
+// procWithSim builds batchd and starts one serve process against a new
+// simulator (jobs complete quickly), with procSimEnv's environment plus
+// extra.
+func procWithSim(t *testing.T, name string, extra map[string]string) (*batchdProc, *jobstest.Sim) {
+	t.Helper()
+	sim := jobstest.New(t, jobstest.Options{Lifecycle: procQuickLifecycle()})
+	dir := t.TempDir()
+	bin := procBuild(t, dir)
+	env := procSimEnv(t, sim, dir)
+	for k, v := range extra {
+		env[k] = v
+	}
+	p := newProc(t, bin, env, name)
+	p.start()
+	return p, sim
+}
+
 // proc is one batchd serve subprocess.
 type batchdProc struct {
 	t    testing.TB

@@ -19,14 +19,7 @@ func TestShutdownNeverStrandsPOST(t *testing.T) {
 		t.Skip("builds and runs the daemon as a process")
 	}
 	t.Parallel()
-	sim := jobstest.New(t, jobstest.Options{Lifecycle: procQuickLifecycle()})
-	dir := t.TempDir()
-	bin := procBuild(t, dir)
-	env := procSimEnv(t, sim, dir)
-	env["BATCHD_SHUTDOWN_GRACE"] = "1s"
-	env["BATCHD_SUBMIT_TIMEOUT"] = "8s"
-	p := newProc(t, bin, env, "shutdown")
-	p.start()
+	p, sim := procWithSim(t, "shutdown", map[string]string{"BATCHD_SHUTDOWN_GRACE": "1s", "BATCHD_SUBMIT_TIMEOUT": "8s"})
 
 	const hold = 3 * time.Second
 	sim.Inject(jobstest.RouteCreate, jobstest.Fault{Delay: hold})

@@ -184,35 +184,29 @@ chown root:batchd "$env_file"
 chmod 0640 "$env_file"
 install -m 0640 -o root -g batchd "$env_example_src" "$conf_dir/batchd.env.example"
 
-if [[ $make_secret == yes ]] && ! has_env BATCHD_WEBHOOK_SECRET && ! has_env BATCHD_WEBHOOK_SECRET_FILE; then
-  if [[ ! -s $secret_file ]]; then
-    (
-      umask 077
-      # 32 random bytes as 64 hex digits: URL-safe, for ?code=.
-      od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$secret_file"
-    )
-    log "generated the Event Grid webhook secret in $secret_file"
+# secret_file_for MAKE VAR FILE WHAT: unless MAKE is "no" or batchd.env sets
+# VAR or VAR_FILE, generate FILE (32 random bytes as 64 hex digits: URL-safe,
+# for ?code=) if it is empty, and point VAR_FILE at it. FILE, when present,
+# is 0640 root:batchd either way.
+secret_file_for() {
+  local make=$1 var=$2 file=$3 what=$4
+  if [[ $make == yes ]] && ! has_env "$var" && ! has_env "${var}_FILE"; then
+    if [[ ! -s $file ]]; then
+      (
+        umask 077
+        od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$file"
+      )
+      log "generated $what in $file"
+    fi
+    set_env "${var}_FILE" "$file"
   fi
-  set_env BATCHD_WEBHOOK_SECRET_FILE "$secret_file"
-fi
-if [[ -f $secret_file ]]; then
-  chown root:batchd "$secret_file"
-  chmod 0640 "$secret_file"
-fi
-if [[ $make_token == yes ]] && ! has_env BATCHD_API_TOKEN && ! has_env BATCHD_API_TOKEN_FILE; then
-  if [[ ! -s $token_file ]]; then
-    (
-      umask 077
-      od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$token_file"
-    )
-    log "generated the API token in $token_file (CLI: export BATCHD_API_TOKEN_FILE=$token_file, as a member of group batchd)"
+  if [[ -f $file ]]; then
+    chown root:batchd "$file"
+    chmod 0640 "$file"
   fi
-  set_env BATCHD_API_TOKEN_FILE "$token_file"
-fi
-if [[ -f $token_file ]]; then
-  chown root:batchd "$token_file"
-  chmod 0640 "$token_file"
-fi
+}
+secret_file_for "$make_secret" BATCHD_WEBHOOK_SECRET "$secret_file" "the Event Grid webhook secret"
+secret_file_for "$make_token" BATCHD_API_TOKEN "$token_file" "the API token (CLI: export BATCHD_API_TOKEN_FILE=$token_file, as a member of group batchd)"
 if [[ -n $client_id ]]; then
   set_env AZURE_CLIENT_ID "$client_id"
   log "AZURE_CLIENT_ID set in $env_file"
