@@ -18,7 +18,9 @@ import (
 //     Request). Checked when CheckHost is set.
 //   - A request whose Origin is not the host it was sent to, or that says
 //     Sec-Fetch-Site: cross-site, is refused (403). The CLI and curl send
-//     neither; the status page's own requests are same-origin.
+//     neither; the status page's own requests are same-origin. A GET that
+//     is a top-level navigation (a link from another site) is let through:
+//     the page is shown to the user, and the linking site cannot read it.
 //   - A POST, PUT, PATCH or DELETE must be Content-Type: application/json
 //     (415): a page cannot send that cross-origin without a preflight,
 //     which batchd never answers.
@@ -43,7 +45,8 @@ func (g BrowserGuard) Wrap(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "cross_origin", "requests from another web origin are refused")
 			return
 		}
-		if strings.EqualFold(r.Header.Get("Sec-Fetch-Site"), "cross-site") {
+		navigation := (r.Method == http.MethodGet || r.Method == http.MethodHead) && strings.EqualFold(r.Header.Get("Sec-Fetch-Mode"), "navigate")
+		if strings.EqualFold(r.Header.Get("Sec-Fetch-Site"), "cross-site") && !navigation {
 			writeError(w, http.StatusForbidden, "cross_origin", "requests from another web site are refused")
 			return
 		}

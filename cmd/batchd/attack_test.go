@@ -83,7 +83,20 @@ func TestAttacks(t *testing.T) {
 		})
 	}
 
-	// What keeps working: the CLI, curl with JSON, the page on loopback.
+	// What keeps working: a link to the status page from another site (a
+	// top-level navigation shows the page to the user, never to the
+	// linking site), the CLI, the page on loopback.
+	nav, _ := http.NewRequest("GET", p.url()+"/", nil)
+	nav.Header.Set("Sec-Fetch-Site", "cross-site")
+	nav.Header.Set("Sec-Fetch-Mode", "navigate")
+	resp, err := http.DefaultClient.Do(nav)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a cross-site navigation to the status page: status %d, want 200", resp.StatusCode)
+	}
 	if code, out, errOut := runCLI(t, map[string]string{"BATCHD_URL": p.url()}, "pipelines", "run", "crash", "--field", "uri="+procInputURI("legit")); code != exitOK {
 		t.Errorf("batchd pipelines run: exit %d\n%s%s", code, out, errOut)
 	}
