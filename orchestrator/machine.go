@@ -127,18 +127,19 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 			return s, err
 		}
 		if r.State.Terminal() {
-			if d.carrier == r.Sys.Carrier && d.retryGen == 0 && !d.nudge && r.Sys.Carrier != "" {
-				// The run's own message again: its handler may have died
-				// between the terminal write and the completion message
-				// (same message id: a repeat within the window is dropped).
+			// The run's own message again (not an operator's retry or
+			// nudge): its handler may have died between the terminal write
+			// and what follows it, the completion message (same message
+			// id: a repeat within the window is dropped) and an online
+			// run's delivery.
+			again := d.retryGen == 0 && !d.nudge
+			if again && r.Sys.Carrier != "" && d.carrier == r.Sys.Carrier {
 				if err := publishCompletion(ctx, o.js, r); err != nil {
 					return settle{}, err
 				}
 			}
 			o.releaseSlot(ctx, r)
-			if d.carrier == carrierIntake && d.retryGen == 0 && !d.nudge && o.isOnline(r) {
-				// The run's own message again: its handler may have died
-				// between the outcome's write and its delivery.
+			if again && d.carrier == carrierIntake && o.isOnline(r) {
 				o.deliverOnline(ctx, r, nil, "", false)
 			}
 			return ack(), nil

@@ -114,34 +114,33 @@ func devWalkthrough(t *testing.T, dir, base, banner string) {
 		t.Helper()
 		out, code := run(line)
 		fail := func(want string) { t.Errorf("%s: exit %d, want %s; output:\n%s", line, code, want, out) }
+		// ends wants exit 0 and a run id in the output, and waits for that
+		// run to end in state; it returns the id ("" when failed).
+		ends := func(state orchestrator.State) string {
+			id := idRE.FindString(out)
+			if code != 0 || id == "" {
+				fail("0 and a run id")
+				return ""
+			}
+			devWaitState(t, base, id, state)
+			return id
+		}
 		switch {
 		case strings.HasPrefix(line, "export "):
 			k, v, _ := strings.Cut(strings.TrimPrefix(line, "export "), "=")
 			env = append(env, k+"="+v)
 		case strings.Contains(line, " dev upload ") && strings.Contains(line, "fail"):
 			// "a name containing fail makes a job that fails"
-			id := idRE.FindString(out)
-			if code != 0 || id == "" {
-				fail("0 and a run id")
-				return
-			}
-			devWaitState(t, base, id, orchestrator.StateFailed)
+			ends(orchestrator.StateFailed)
 		case strings.Contains(line, " dev upload "):
 			// "a new file in incoming/ makes a run"
-			id := idRE.FindString(out)
-			if code != 0 || id == "" {
-				fail("0 and a run id")
-				return
-			}
-			devWaitState(t, base, id, orchestrator.StateCompleted)
+			ends(orchestrator.StateCompleted)
 		case strings.Contains(line, " dev publish ") && strings.Contains(line, "elsewhere"):
 			// "a URI outside the pipeline's allow-list is rejected, with the reason"
-			id := idRE.FindString(out)
-			if code != 0 || id == "" {
-				fail("0 and a run id")
+			id := ends(orchestrator.StateRejected)
+			if id == "" {
 				return
 			}
-			devWaitState(t, base, id, orchestrator.StateRejected)
 			if r, err := procGetRun(base, id); err != nil || !strings.Contains(r.Error+r.History[len(r.History)-1].Reason, "allow-list") {
 				t.Errorf("%s: the run %s is rejected without the allow-list reason (%v)", line, id, err)
 			}

@@ -529,12 +529,7 @@ func (s *Source) handleCore(ctx context.Context, m *nats.Msg) {
 		if out.err == nil || i == s.o.CoreRetries-1 || ctx.Err() != nil {
 			break
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
+		sleepCtx(ctx, delay) // a shutdown ends the wait; the loop then stops
 		delay = min(2*delay, s.o.RetryDelay)
 	}
 	var r replyBody

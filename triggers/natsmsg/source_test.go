@@ -232,16 +232,7 @@ func TestJetStreamSettles(t *testing.T) {
 }
 
 func TestCoreRequestReply(t *testing.T) {
-	b := triggertest.NATS(t)
-	intake := triggertest.NewIntake()
-	stop := runSource(t, Options{Pipeline: "p", Config: Config{Subject: "score.request", Queue: "batchd"}, Conn: b.Conn,
-		Intake: intake, RetryDelay: 10 * time.Millisecond, CoreRetries: 2})
-	defer stop()
-	nc, err := nats.Connect(b.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	intake, nc := coreSource(t, Config{Subject: "score.request", Queue: "batchd"})
 	request := func(body string) replyBody {
 		t.Helper()
 		m := requestSubscribed(t, nc, "score.request", body)
@@ -347,16 +338,7 @@ func keysOf(evs []orchestrator.Event) []string {
 // only under the reply prefix (_INBOX. by default): such a request is
 // recorded rejected with the reason, not run, and answered nowhere.
 func TestReplyOnlyUnderThePrefix(t *testing.T) {
-	b := triggertest.NATS(t)
-	intake := triggertest.NewIntake()
-	stop := runSource(t, Options{Pipeline: "p", Config: Config{Subject: "score.request"}, Conn: b.Conn,
-		Intake: intake, RetryDelay: 10 * time.Millisecond, CoreRetries: 2})
-	defer stop()
-	nc, err := nats.Connect(b.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	intake, nc := coreSource(t, Config{Subject: "score.request"})
 	spy, err := nc.SubscribeSync(">")
 	if err != nil {
 		t.Fatal(err)
@@ -416,4 +398,21 @@ func requestSubscribed(t *testing.T, nc *nats.Conn, subject, body string) *nats.
 		}
 		return m
 	}
+}
+
+// coreSource runs a core NATS source of pipeline p with cfg on a new
+// embedded server, and connects a client to it; both stop at cleanup.
+func coreSource(t *testing.T, cfg Config) (*triggertest.Intake, *nats.Conn) {
+	t.Helper()
+	b := triggertest.NATS(t)
+	intake := triggertest.NewIntake()
+	stop := runSource(t, Options{Pipeline: "p", Config: cfg, Conn: b.Conn,
+		Intake: intake, RetryDelay: 10 * time.Millisecond, CoreRetries: 2})
+	t.Cleanup(stop)
+	nc, err := nats.Connect(b.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return intake, nc
 }
