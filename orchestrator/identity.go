@@ -52,7 +52,9 @@ func (o *Orchestrator) remember(ctx context.Context, r *record) error {
 // a run that already ended, recorded as a duplicate with what that run did
 // and acked (done). Otherwise the caller makes the run.
 func (o *Orchestrator) forgottenDuplicate(ctx context.Context, d *delivery) (settle, bool, error) {
-	e, err := o.h.identity.Get(ctx, d.id)
+	// A leader read on a cluster: a node catching up after a restart may
+	// not have the identity yet, and a miss here submits the event again.
+	val, _, err := kvGet(ctx, o.js, o.h.identity, d.id, o.opts.Replicas > 1)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return settle{}, false, nil
 	}
@@ -60,7 +62,7 @@ func (o *Orchestrator) forgottenDuplicate(ctx context.Context, d *delivery) (set
 		return settle{}, false, fmt.Errorf("identity %s: %w", d.id, err)
 	}
 	var id identity
-	if err := json.Unmarshal(e.Value(), &id); err != nil {
+	if err := json.Unmarshal(val, &id); err != nil {
 		return settle{}, false, fmt.Errorf("identity %s: decode: %w", d.id, err)
 	}
 	now := time.Now().UTC()

@@ -138,6 +138,9 @@ type ledger struct {
 	// retentionOf, when set, gives a pipeline's own retention (0: the
 	// default).
 	retentionOf func(pipeline string) time.Duration
+	// leaderReads: the bucket is replicated, so reads go to the stream
+	// leader (see get).
+	leaderReads bool
 }
 
 // ttl is how long r stays after it finished.
@@ -153,11 +156,24 @@ func (l *ledger) ttl(r *record) time.Duration {
 func (l *ledger) subject(id string) string { return "$KV." + BucketRuns + "." + id }
 
 // get returns the run and its revision, or ErrRunNotFound.
+//
+// It sees every write acknowledged before it (read-your-writes, also
+// across replicas), because steps act on what they read without writing:
+// a tracker message that finds no run, or the run carried by the other
+// stream, is settled without acting, and a POST's answer that finds the
+// run no longer submitting is dropped. On a replicated bucket a KV get is
+// a direct get, which any replica answers, and a follower that has not yet
+// applied the latest writes (one catching up after a restart, say) answers
+// with an older revision or none: a run would lose its tracker message and
+// stay submitted for ever, or its job name (TestLedgerReadsItsWritesOnCluster).
+// So on a replicated bucket get asks the stream leader, through
+// JetStream's message get API. A single replica is always current, and
+// keeps the cheaper direct get.
 func (l *ledger) get(ctx context.Context, id string) (*record, uint64, error) {
 	if !validRunID(id) {
 		return nil, 0, ErrRunNotFound
 	}
-	e, err := l.kv.Get(ctx, id)
+	val, rev, err := kvGet(ctx, l.js, l.kv, id, l.leaderReads)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			return nil, 0, ErrRunNotFound
@@ -165,10 +181,86 @@ func (l *ledger) get(ctx context.Context, id string) (*record, uint64, error) {
 		return nil, 0, fmt.Errorf("ledger get %s: %w", id, err)
 	}
 	var r record
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	if err := json.Unmarshal(val, &r); err != nil {
 		return nil, 0, fmt.Errorf("ledger get %s: decode: %w", id, err)
 	}
-	return &r, e.Revision(), nil
+	return &r, rev, nil
+}
+
+// kvGet reads key from kv: from the bucket stream's leader when leader is
+// set (see ledger.get), else with the KV API's direct get.
+func kvGet(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, key string, leader bool) ([]byte, uint64, error) {
+	if leader {
+		bucket := kv.Bucket()
+		return leaderGet(ctx, js, "KV_"+bucket, "$KV."+bucket+"."+key)
+	}
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	return e.Value(), e.Revision(), nil
+}
+
+// leaderGet reads the last message on subject of a KV bucket's stream from
+// the stream's leader ($JS.API.STREAM.MSG.GET, which only the leader
+// answers), with the KV API's meaning: jetstream.ErrKeyNotFound when there
+// is none, jetstream.ErrKeyDeleted when it is a delete, purge or expiry
+// marker.
+func leaderGet(ctx context.Context, js jetstream.JetStream, stream, subject string) ([]byte, uint64, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	req, err := json.Marshal(struct {
+		LastBySubject string `json:"last_by_subj"`
+	}{subject})
+	if err != nil {
+		return nil, 0, err
+	}
+	prefix := js.Options().APIPrefix
+	if prefix == "" {
+		prefix = jetstream.DefaultAPIPrefix
+	}
+	msg, err := js.Conn().RequestWithContext(ctx, prefix+"STREAM.MSG.GET."+stream, req)
+	if err != nil {
+		return nil, 0, err
+	}
+	var resp struct {
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+		Message *struct {
+			Seq     uint64 `json:"seq"`
+			Headers []byte `json:"hdrs"`
+			Data    []byte `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, 0, fmt.Errorf("message get: decode: %w", err)
+	}
+	if e := resp.Error; e != nil {
+		if e.ErrCode == int(jetstream.JSErrCodeMessageNotFound) {
+			return nil, 0, jetstream.ErrKeyNotFound
+		}
+		return nil, 0, fmt.Errorf("message get: %s (%d, %d)", e.Description, e.Code, e.ErrCode)
+	}
+	m := resp.Message
+	if m == nil {
+		return nil, 0, jetstream.ErrInvalidJetStreamResponse
+	}
+	if len(m.Headers) > 0 {
+		h, err := nats.DecodeHeadersMsg(m.Headers)
+		if err != nil {
+			return nil, 0, fmt.Errorf("message get: headers: %w", err)
+		}
+		if h.Get("KV-Operation") != "" || h.Get(jetstream.MarkerReasonHeader) != "" {
+			return nil, m.Seq, jetstream.ErrKeyDeleted
+		}
+	}
+	return m.Data, m.Seq, nil
 }
 
 // create records a new run; errExists if the id is taken.

@@ -88,7 +88,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		opts:       opts,
 		js:         opts.JS,
 		h:          h,
-		ledger:     &ledger{js: opts.JS, kv: h.ledger, retention: opts.Retention},
+		ledger:     &ledger{js: opts.JS, kv: h.ledger, retention: opts.Retention, leaderReads: opts.Replicas > 1},
 		adm:        &admission{kv: h.admission},
 		index:      newIndex(h.ledger, opts.Logger),
 		met:        newMetrics(),

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"time"
 
@@ -100,28 +102,32 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	var err error
 	// No MaxAge, MaxMsgs or MaxBytes: an accepted event leaves the intake
 	// stream only when a worker acks it.
-	h.intake, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        StreamIntake,
-		Description: "batchd: accepted events, one message per event until a worker has settled it",
-		Subjects:    []string{SubjectIntake + ".>"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Discard:     jetstream.DiscardNew,
-		Duplicates:  o.DedupeWindow,
-		Replicas:    o.Replicas,
+	h.intake, err = retrySetup(ctx, o.Logger, "stream "+StreamIntake, func(ctx context.Context) (jetstream.Stream, error) {
+		return js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        StreamIntake,
+			Description: "batchd: accepted events, one message per event until a worker has settled it",
+			Subjects:    []string{SubjectIntake + ".>"},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Discard:     jetstream.DiscardNew,
+			Duplicates:  o.DedupeWindow,
+			Replicas:    o.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamIntake, err)
 	}
-	h.workers, err = h.intake.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       ConsumerWorkers,
-		Description:   "batchd workers: claim, check, admit, submit",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       o.ackWait(),
-		MaxDeliver:    -1,
-		MaxAckPending: o.MaxIntakePending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		Replicas:      o.Replicas,
+	h.workers, err = retrySetup(ctx, o.Logger, "consumer "+ConsumerWorkers, func(ctx context.Context) (jetstream.Consumer, error) {
+		return h.intake.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       ConsumerWorkers,
+			Description:   "batchd workers: claim, check, admit, submit",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       o.ackWait(),
+			MaxDeliver:    -1,
+			MaxAckPending: o.MaxIntakePending,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			Replicas:      o.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", ConsumerWorkers, err)
@@ -129,42 +135,48 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	// One message per run (MaxMsgsPerSubject 1, the newest wins): a
 	// re-published tracker message replaces the pending one instead of
 	// doubling the polls.
-	h.track, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              StreamTrack,
-		Description:       "batchd tracker: one message per run being tracked or reconciled",
-		Subjects:          []string{SubjectTrack + ".>"},
-		Retention:         jetstream.WorkQueuePolicy,
-		Storage:           jetstream.FileStorage,
-		MaxMsgsPerSubject: 1,
-		Discard:           jetstream.DiscardOld,
-		Duplicates:        2 * time.Minute,
-		Replicas:          o.Replicas,
+	h.track, err = retrySetup(ctx, o.Logger, "stream "+StreamTrack, func(ctx context.Context) (jetstream.Stream, error) {
+		return js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:              StreamTrack,
+			Description:       "batchd tracker: one message per run being tracked or reconciled",
+			Subjects:          []string{SubjectTrack + ".>"},
+			Retention:         jetstream.WorkQueuePolicy,
+			Storage:           jetstream.FileStorage,
+			MaxMsgsPerSubject: 1,
+			Discard:           jetstream.DiscardOld,
+			Duplicates:        2 * time.Minute,
+			Replicas:          o.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamTrack, err)
 	}
-	h.tracker, err = h.track.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       ConsumerTracker,
-		Description:   "batchd tracker: poll, reconcile, time out",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       o.ackWait(),
-		MaxDeliver:    -1,
-		MaxAckPending: o.MaxTracked,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		Replicas:      o.Replicas,
+	h.tracker, err = retrySetup(ctx, o.Logger, "consumer "+ConsumerTracker, func(ctx context.Context) (jetstream.Consumer, error) {
+		return h.track.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       ConsumerTracker,
+			Description:   "batchd tracker: poll, reconcile, time out",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       o.ackWait(),
+			MaxDeliver:    -1,
+			MaxAckPending: o.MaxTracked,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			Replicas:      o.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", ConsumerTracker, err)
 	}
-	h.runs, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        StreamRuns,
-		Description: "batchd completion messages: batchd.runs.<pipeline>.<state>",
-		Subjects:    []string{SubjectRuns + ".>"},
-		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		MaxAge:      o.CompletionMaxAge,
-		Duplicates:  min(o.DedupeWindow, o.CompletionMaxAge),
-		Replicas:    o.Replicas,
+	h.runs, err = retrySetup(ctx, o.Logger, "stream "+StreamRuns, func(ctx context.Context) (jetstream.Stream, error) {
+		return js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        StreamRuns,
+			Description: "batchd completion messages: batchd.runs.<pipeline>.<state>",
+			Subjects:    []string{SubjectRuns + ".>"},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      o.CompletionMaxAge,
+			Duplicates:  min(o.DedupeWindow, o.CompletionMaxAge),
+			Replicas:    o.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamRuns, err)
@@ -173,66 +185,123 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	// TTL (Nats-TTL) of Retention; live runs carry none and never expire.
 	// LimitMarkerTTL enables per-message TTLs and makes an expiry visible to
 	// watchers as a delete marker.
-	h.ledger, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:         BucketRuns,
-		Description:    "batchd ledger: one record per run",
-		History:        1,
-		Storage:        jetstream.FileStorage,
-		Replicas:       o.Replicas,
-		LimitMarkerTTL: 10 * time.Minute,
+	h.ledger, err = retrySetup(ctx, o.Logger, "bucket "+BucketRuns, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:         BucketRuns,
+			Description:    "batchd ledger: one record per run",
+			History:        1,
+			Storage:        jetstream.FileStorage,
+			Replicas:       o.Replicas,
+			LimitMarkerTTL: 10 * time.Minute,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketRuns, err)
 	}
-	h.admission, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketAdmission,
-		Description: "batchd admission: slots and pauses per endpoint",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
+	h.admission, err = retrySetup(ctx, o.Logger, "bucket "+BucketAdmission, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      BucketAdmission,
+			Description: "batchd admission: slots and pauses per endpoint",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketAdmission, err)
 	}
 	// A claim only matters while reconciliation could still adopt the job,
 	// which is minutes after its creation; Retention is ample.
-	h.jobs, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketJobs,
-		Description: "batchd job claims: job name -> run id",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		TTL:         o.Retention,
+	h.jobs, err = retrySetup(ctx, o.Logger, "bucket "+BucketJobs, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      BucketJobs,
+			Description: "batchd job claims: job name -> run id",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			TTL:         o.Retention,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketJobs, err)
 	}
-	h.triggers, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketTriggers,
-		Description: "batchd triggers: schedule slots, poller leases and cursors",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		// The triggers write keys with per-key TTLs (cron slot markers,
-		// sequencers of blobs no poller sweeps), which need the bucket to
-		// allow them: the same as triggers.StateBucketConfig.
-		LimitMarkerTTL: time.Minute,
+	h.triggers, err = retrySetup(ctx, o.Logger, "bucket "+BucketTriggers, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      BucketTriggers,
+			Description: "batchd triggers: schedule slots, poller leases and cursors",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			// The triggers write keys with per-key TTLs (cron slot markers,
+			// sequencers of blobs no poller sweeps), which need the bucket to
+			// allow them: the same as triggers.StateBucketConfig.
+			LimitMarkerTTL: time.Minute,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketTriggers, err)
 	}
-	h.identity, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketIdentity,
-		Description: "batchd identities: finished runs remembered for the dedupe horizon after their records expire",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		TTL:         IdentityHorizon,
+	h.identity, err = retrySetup(ctx, o.Logger, "bucket "+BucketIdentity, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      BucketIdentity,
+			Description: "batchd identities: finished runs remembered for the dedupe horizon after their records expire",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			TTL:         IdentityHorizon,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketIdentity, err)
 	}
 	return h, nil
+}
+
+// setupAttempt bounds one attempt at creating or updating a stream,
+// consumer or bucket. On a fresh cluster, a request that races another
+// replica's creation of the same stream may get no answer at all (seen with
+// nats-server 2.15: TestReplicasStartTogetherOnFreshCluster); a cluster
+// electing a leader answers nothing until it has one.
+const setupAttempt = 5 * time.Second
+
+// retrySetup runs one creation step of setup until it succeeds, ctx ends
+// or it fails in a way another attempt cannot change (a request the
+// server refuses as invalid: a configuration it cannot accept). Timeouts,
+// no responders and the server's "temporarily unavailable" answers are
+// retried with back-off, logged, so that any number of replicas can start
+// together on a fresh or degraded cluster and wait for its quorum.
+func retrySetup[T any](ctx context.Context, log *slog.Logger, what string, f func(context.Context) (T, error)) (T, error) {
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, setupAttempt)
+		v, err := f(actx)
+		cancel()
+		if err == nil {
+			if n > 1 {
+				log.Info("nats setup: succeeded after retries", "what", what, "attempts", n)
+			}
+			return v, nil
+		}
+		if ctx.Err() != nil || !setupRetryable(err) {
+			return v, err
+		}
+		d := backoff(n, 250*time.Millisecond, 5*time.Second)
+		log.Warn("nats setup: failed; retrying (the cluster may be starting or without quorum)", "what", what, "attempt", n, "retry_in", d, "err", err)
+		if sleepCtx(ctx, d) != nil {
+			return v, err
+		}
+	}
+}
+
+// setupRetryable reports whether another attempt at a setup step may
+// succeed: anything but a request the server refuses as bad (400), except
+// "name already in use", which a concurrent creation causes and the next
+// attempt (an update) settles.
+func setupRetryable(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code != 400 || apiErr.ErrorCode == jetstream.JSErrCodeStreamNameInUse
+	}
+	return true
 }
 
 // handles are the JetStream objects setup made.

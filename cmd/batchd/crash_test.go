@@ -163,6 +163,15 @@ func (p *batchdProc) url() string { return "http://" + p.addr }
 // start starts the process and waits until /readyz answers 200.
 func (p *batchdProc) start() {
 	p.t.Helper()
+	p.launch()
+	if err := p.waitReady(30 * time.Second); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// launch starts the process without waiting for it.
+func (p *batchdProc) launch() {
+	p.t.Helper()
 	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		p.t.Fatal(err)
@@ -181,25 +190,33 @@ func (p *batchdProc) start() {
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
-	deadline := time.Now().Add(30 * time.Second)
+}
+
+// waitReady waits until /readyz answers 200; it fails if the process
+// exits first or d passes.
+func (p *batchdProc) waitReady(d time.Duration) error {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	deadline := time.Now().Add(d)
 	for {
 		resp, err := http.Get(p.url() + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return
+				return nil
 			}
 		}
 		select {
 		case err := <-done:
 			done <- err
-			p.t.Fatalf("batchd exited while starting: %v", err)
+			return fmt.Errorf("batchd exited while starting: %v", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			p.t.Fatalf("batchd not ready after 30s")
+			return fmt.Errorf("batchd not ready after %s", d)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // polling another process to a deadline
 	}
 }
 
