@@ -245,7 +245,8 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
 	case errors.Is(err, ErrIndexLoading):
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		w.Header().Set("Retry-After", "5")
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 	case jobs.IsAuth(err):
 		writeError(w, http.StatusBadGateway, "upstream_auth", err.Error())

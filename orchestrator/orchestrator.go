@@ -69,6 +69,12 @@ const MaxEventSize = 256 << 10
 // state does not allow the action; the message says why.
 var ErrNotAllowed = errors.New("not allowed")
 
+// ErrUnavailable is returned by Emit when JetStream did not take the
+// event: NATS is not connected, or the intake stream has no leader (a
+// cluster without quorum). Nothing was acknowledged; the caller keeps the
+// event and tries again (the API and the webhook answer 503).
+var ErrUnavailable = errors.New("the event store is unavailable (NATS not connected, or its cluster without quorum); retry later")
+
 // ErrInvalid is returned for a malformed request (a bad state, a missing
 // field).
 var ErrInvalid = errors.New("invalid request")
@@ -209,7 +215,7 @@ func (o *Orchestrator) Emit(ctx context.Context, ev Event) (Receipt, error) {
 	ack, err := o.js.PublishMsg(ctx, m)
 	if err != nil {
 		o.met.events.WithLabelValues(ev.Source, "error").Inc()
-		return Receipt{RunID: id}, fmt.Errorf("emit %s: %w", id, err)
+		return Receipt{RunID: id}, fmt.Errorf("emit %s: %w: %w", id, ErrUnavailable, err)
 	}
 	outcome := "accepted"
 	if ack.Duplicate {

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -124,9 +128,48 @@ func TestClusterNodeAndReplicaLoss(t *testing.T) {
 	if orphans != 0 {
 		t.Errorf("the orphan scan revived %v runs; want every run driven by its own messages", orphans)
 	}
+
+	// Quorum lost: two of three nodes down. An event is refused with 503
+	// (nothing acknowledged that is not durable); when the nodes return,
+	// the same event is taken once and runs.
+	c.Nodes[0].Stop(syscall.SIGKILL)
+	c.Nodes[1].Stop(syscall.SIGKILL)
+	key := "during-quorum-loss"
+	code, retryAfter := procPostStatus(t, reps[1].url()+"/api/v1/pipelines/crash/runs",
+		fmt.Sprintf(`{"key":%q,"fields":{"uri":%q}}`, key, procInputURI(key)))
+	if code != http.StatusServiceUnavailable || retryAfter == "" {
+		t.Errorf("manual run without quorum: status %d, Retry-After %q; want 503 with Retry-After", code, retryAfter)
+	}
+	c.Nodes[0].Start(t)
+	c.Nodes[1].Start(t)
+	c.WaitReady(t, 60*time.Second)
+	if err := procEmit(ctx, reps[1].url, key, procInputURI(key)); err != nil {
+		t.Fatalf("manual run after quorum returned: %v", err)
+	}
+	runs = procWaitFinished(t, reps[0].url, events+1, 2*time.Minute)
+	procCheckOneJobPerRun(t, sim, runs, procInputURI)
+
 	for i, p := range reps {
 		if code := p.stop(syscall.SIGTERM); code != 0 {
 			t.Errorf("replica %d: exit code after SIGTERM = %d, want 0", i, code)
 		}
 	}
+}
+
+// procPostStatus POSTs a JSON body once and returns the status and the
+// Retry-After header.
+func procPostStatus(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("Retry-After")
 }

@@ -313,6 +313,13 @@ func (w *Webhook) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		w.log.Warn("Event Grid delivery not taken; Event Grid will redeliver", "events", len(events), "err", err)
 		res.Error = "not all events could be taken; retry"
+		if errors.Is(err, orchestrator.ErrUnavailable) {
+			// NATS cannot take events now (a cluster without quorum):
+			// Event Grid backs off and redelivers.
+			rw.Header().Set("Retry-After", "30")
+			w.reply(rw, http.StatusServiceUnavailable, res)
+			return
+		}
 		w.reply(rw, http.StatusInternalServerError, res)
 		return
 	}

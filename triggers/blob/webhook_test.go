@@ -440,6 +440,30 @@ func TestWebhookBadRequests(t *testing.T) {
 	}
 }
 
+// When NATS cannot take events (a cluster without quorum), the delivery
+// gets 503 with Retry-After: Event Grid backs off and redelivers.
+func TestWebhookAnswers503WhileIntakeUnavailable(t *testing.T) {
+	e := newHookEnv(t, nil)
+	e.intake.FailNext(fmt.Errorf("emit: %w: nats: no response from stream", orchestrator.ErrUnavailable))
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/eventgrid?code="+testSecret, bytes.NewReader(fixture(t, "putblocklist.json")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("aeg-event-type", "Notification")
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if got := len(e.intake.Snapshot().Accepted); got != 0 {
+		t.Errorf("accepted %d while the intake was unavailable", got)
+	}
+}
+
 func TestWebhookEmitFailureIsNotAcked(t *testing.T) {
 	e := newHookEnv(t, nil)
 	e.intake.FailNext()
