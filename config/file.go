@@ -3,6 +3,8 @@ package config
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,7 +27,10 @@ import (
 // File is the loaded, validated pipelines file, compiled into the runtime
 // types of the packages that use it.
 type File struct {
-	Path       string
+	Path string
+	// Hash identifies the file's content (the first 16 hex digits of its
+	// SHA-256): replicas compare it to find config drift.
+	Hash       string
 	Endpoints  map[string]orchestrator.Endpoint
 	Datastores map[string]datastores.Datastore
 	// Accounts say how batchd itself reaches storage accounts (the
@@ -191,6 +196,8 @@ func Parse(data []byte) (*File, error) {
 	if err := v.err(); err != nil {
 		return nil, err
 	}
+	sum := sha256.Sum256(data)
+	file.Hash = hex.EncodeToString(sum[:8])
 	return file, nil
 }
 

@@ -172,6 +172,13 @@ func (o *Orchestrator) Handler(opts HandlerOptions) http.Handler {
 			_, _ = io.WriteString(w, "not ready: "+err.Error()+"\n")
 			return
 		}
+		// Config drift is reported, not made a failure: during a rolling
+		// change of the pipelines file every replica would leave the load
+		// balancer at once.
+		if l := o.Replicas(); l.ConfigDrift {
+			_, _ = io.WriteString(w, "ok; warning: "+l.Drift+"\n")
+			return
+		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.met.reg, promhttp.HandlerOpts{Registry: o.met.reg}))
@@ -184,6 +191,9 @@ func (o *Orchestrator) Handler(opts HandlerOptions) http.Handler {
 	api.HandleFunc("POST /api/v1/runs/{id}/resolve", a.resolveRun)
 	api.HandleFunc("POST /api/v1/runs/{id}/replay", a.replayRun)
 	api.HandleFunc("GET /api/v1/pipelines", a.listPipelines)
+	api.HandleFunc("GET /api/v1/replicas", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, o.Replicas())
+	})
 	api.HandleFunc("POST /api/v1/pipelines/{name}/runs", a.runPipeline)
 	api.HandleFunc("POST /api/v1/pipelines/{name}/backfill", a.backfill)
 	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {

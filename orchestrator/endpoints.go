@@ -16,13 +16,15 @@ type EndpointStatus struct {
 	// RunningJobs is the number of admission slots held (jobs batchd keeps
 	// running on the endpoint, across replicas).
 	RunningJobs int
-	// MaxRunningJobs is the endpoint's cap; 0 means no cap.
+	// MaxRunningJobs is the endpoint's cap agreed among live replicas (the
+	// smallest their pipelines files set); 0 means no cap.
 	MaxRunningJobs int
 	// PausedUntil is set while the endpoint is paused after a 429.
 	PausedUntil time.Time
 	PauseReason string
 	// PollBudget is the status requests per second this replica may send to
-	// the endpoint's host; PollBudgetInUse is the part of it used over the
+	// the endpoint's host (its share of BATCHD_POLL_BUDGET, split among live
+	// replicas); PollBudgetInUse is the part of it used over the
 	// last minute (requests per second). A negative PollBudgetInUse means
 	// "not known".
 	PollBudget      float64
@@ -49,9 +51,9 @@ func (o *Orchestrator) Endpoints(ctx context.Context) ([]EndpointStatus, error) 
 			return out, err
 		}
 		out = append(out, EndpointStatus{
-			Name: name, RunningJobs: len(s.Slots), MaxRunningJobs: o.maxRunning[name],
+			Name: name, RunningJobs: len(s.Slots), MaxRunningJobs: o.capFor(name),
 			PausedUntil: s.PausedUntil, PauseReason: s.PauseReason,
-			PollBudget: o.opts.PollBudget, PollBudgetInUse: o.pollsUsed(hosts[name]).rate(now),
+			PollBudget: o.pollShare(), PollBudgetInUse: o.pollsUsed(hosts[name]).rate(now),
 		})
 	}
 	return out, nil

@@ -311,7 +311,7 @@ func (o *Orchestrator) admitAndSubmit(ctx, stop context.Context, r *record, rev 
 	if now.Before(r.Sys.NotBefore) {
 		return o.wait(ctx, r, rev, "backoff", r.lastReasonFor(StateWaiting), r.Sys.NotBefore.Sub(now))
 	}
-	res, err := o.adm.acquire(ctx, r.Endpoint, r.ID, o.maxRunning[r.Endpoint], now)
+	res, err := o.adm.acquire(ctx, r.Endpoint, r.ID, o.capFor(r.Endpoint), now)
 	if err != nil {
 		return settle{}, err
 	}

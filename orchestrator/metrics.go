@@ -23,6 +23,8 @@ type metrics struct {
 	admissionWaits *prometheus.CounterVec   // endpoint, reason
 	reconciles     *prometheus.CounterVec   // endpoint, result
 	orphansRevived prometheus.Counter
+	replicas       prometheus.Gauge
+	configDrift    prometheus.Gauge
 
 	online           *prometheus.CounterVec   // endpoint, result
 	onlineLatency    *prometheus.HistogramVec // endpoint
@@ -68,6 +70,14 @@ func newMetrics() *metrics {
 		Name: "batchd_orphans_revived_total",
 		Help: "Unfinished runs that no intake or tracker message drove, found by the orphan scan and driven again.",
 	})
+	m.replicas = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "batchd_replicas",
+		Help: "Live batchd replicas in the registry (heartbeat within three intervals), this one included.",
+	})
+	m.configDrift = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "batchd_config_drift",
+		Help: "1 while live replicas run different pipelines files (config hashes differ), else 0.",
+	})
 	m.online = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_online_requests_total",
 		Help: "Online endpoint requests, by endpoint and outcome: completed, rejected, failed, timed_out, unknown, interrupted (batchd stopped mid-request).",
@@ -82,7 +92,7 @@ func newMetrics() *metrics {
 		Help: "Online outcomes delivered over NATS, by pipeline, via (reply, results, duplicate) and result (ok, error).",
 	}, []string{"pipeline", "via", "result"})
 	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration, m.tokenFetches,
-		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.online, m.onlineLatency, m.onlineDeliveries,
+		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -149,7 +149,11 @@ func (o *Orchestrator) stepOnline(ctx, stop context.Context, r *record, rev uint
 	}
 	deadline := start.Add(p.budget())
 
-	sem := o.slots.sem(p.Endpoint.Name, p.Endpoint.MaxConcurrentRequests)
+	limit := p.Endpoint.MaxConcurrentRequests
+	if limit > 0 {
+		limit = o.concurrencyShare(limit)
+	}
+	sem := o.slots.sem(p.Endpoint.Name, limit)
 	if sem != nil {
 		select {
 		case sem <- struct{}{}:
@@ -160,8 +164,8 @@ func (o *Orchestrator) stepOnline(ctx, stop context.Context, r *record, rev uint
 			case sem <- struct{}{}:
 				t.Stop()
 			case <-t.C:
-				reason := fmt.Sprintf("no request slot of endpoint %s came free within the timeout of %s (max_concurrent_requests %d per replica)",
-					p.Endpoint.Name, p.budget(), p.Endpoint.MaxConcurrentRequests)
+				reason := fmt.Sprintf("no request slot of endpoint %s came free within the timeout of %s (max_concurrent_requests %d across replicas; %d on this one)",
+					p.Endpoint.Name, p.budget(), p.Endpoint.MaxConcurrentRequests, limit)
 				o.met.online.WithLabelValues(p.Endpoint.Name, string(StateTimedOut)).Inc()
 				return o.finishOnline(ctx, r, rev, onlineOutcome{state: StateTimedOut, reason: reason, errText: reason})
 			case <-stop.Done():

@@ -81,6 +81,12 @@ type Options struct {
 	// OrphanAge is how long a run must have been unchanged before the scan
 	// considers it: a younger run's message may be on its way. Default 2m.
 	OrphanAge time.Duration
+	// Replica identifies this process in the replica registry.
+	Replica ReplicaIdentity
+	// Heartbeat is how often this replica writes its registry entry and
+	// reads everyone's; a replica is live while its last heartbeat is
+	// within three intervals. Default 5s.
+	Heartbeat time.Duration
 	// AdmissionRetryMax is the longest wait between two admission attempts
 	// of an event whose endpoint is at max_running_jobs. Default 30s.
 	AdmissionRetryMax time.Duration
@@ -138,6 +144,7 @@ func (o *Options) setDefaults() {
 	def(&o.RepairInterval, time.Minute)
 	def(&o.OrphanInterval, 5*time.Minute)
 	def(&o.OrphanAge, 2*time.Minute)
+	def(&o.Heartbeat, 5*time.Second)
 	def(&o.AdmissionRetryMax, 30*time.Second)
 	def(&o.ParkInterval, o.PollMax)
 	def(&o.submitMargin, 5*time.Second)

@@ -48,6 +48,11 @@ type Orchestrator struct {
 	meters   map[string]*meter        // polls sent, by endpoint host
 
 	running atomic.Bool
+
+	// self is this replica's registry entry; view is what the last
+	// heartbeat saw of all (nil before the first).
+	self ReplicaInfo
+	view atomic.Pointer[replicaView]
 }
 
 // Interface guards.
@@ -121,6 +126,15 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 			o.maxRunning[p.Endpoint.Name] = p.Endpoint.MaxRunningJobs
 		}
 	}
+	o.self = ReplicaInfo{
+		ID: newReplicaID(opts.Replica.Host), Host: opts.Replica.Host, Version: opts.Replica.Version,
+		ConfigHash: opts.Replica.ConfigHash, Started: time.Now().UTC(), MaxRunningJobs: map[string]int{},
+	}
+	for name, n := range o.maxRunning {
+		if n > 0 {
+			o.self.MaxRunningJobs[name] = n
+		}
+	}
 	o.met.registerLive(o)
 	return o, nil
 }
@@ -157,6 +171,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	})
 	component("admission repair", o.repairLoop)
 	component("orphan scan", o.orphanLoop)
+	component("replica registry", o.registryLoop)
 	return g.Wait()
 }
 
@@ -342,8 +357,8 @@ func (o *Orchestrator) limiter(host string) *rate.Limiter {
 	defer o.limMu.Unlock()
 	l, ok := o.limiters[host]
 	if !ok {
-		burst := max(1, int(o.opts.PollBudget))
-		l = rate.NewLimiter(rate.Limit(o.opts.PollBudget), burst)
+		share := o.pollShare()
+		l = rate.NewLimiter(rate.Limit(share), max(1, int(share)))
 		o.limiters[host] = l
 	}
 	return l

@@ -254,6 +254,22 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", BucketIdentity, err)
 	}
+	// Entries are rewritten every heartbeat; a stopped replica's entry
+	// goes a minute after its last (liveness is judged by the heartbeat
+	// time, sooner).
+	h.replicas, err = retrySetup(ctx, o.Logger, "bucket "+BucketReplicas, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      BucketReplicas,
+			Description: "batchd replicas: one entry per live replica (version, config hash, limits)",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			TTL:         time.Minute,
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", BucketReplicas, err)
+	}
 	return h, nil
 }
 
@@ -265,8 +281,7 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 const setupAttempt = 5 * time.Second
 
 // retrySetup runs one creation step of setup until it succeeds, ctx ends
-// or it fails in a way another attempt cannot change (a request the
-// server refuses as invalid: a configuration it cannot accept). Timeouts,
+// or it fails in a way another attempt cannot change (see setupRetryable). Timeouts,
 // no responders and the server's "temporarily unavailable" answers are
 // retried with back-off, logged, so that any number of replicas can start
 // together on a fresh or degraded cluster and wait for its quorum.
@@ -293,16 +308,28 @@ func retrySetup[T any](ctx context.Context, log *slog.Logger, what string, f fun
 }
 
 // setupRetryable reports whether another attempt at a setup step may
-// succeed: anything but a request the server refuses as bad (400), except
-// "name already in use", which a concurrent creation causes and the next
-// attempt (an update) settles.
+// succeed. Only configuration errors are final: a bad request, an invalid
+// or overlapping stream configuration, and replicas on a server that is
+// not clustered. Everything else (timeouts, no responders, no quorum, "no
+// suitable peers for placement" while a node is offline, "name already in
+// use" from a concurrent creation) may pass.
 func setupRetryable(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return apiErr.Code != 400 || apiErr.ErrorCode == jetstream.JSErrCodeStreamNameInUse
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeBadRequest, jsErrStreamInvalidConfig, jsErrStreamSubjectOverlap, jsErrReplicasNotSupported:
+			return false
+		}
 	}
 	return true
 }
+
+// JetStream API error codes nats.go has no names for.
+const (
+	jsErrStreamInvalidConfig  jetstream.ErrorCode = 10052
+	jsErrStreamSubjectOverlap jetstream.ErrorCode = 10065
+	jsErrReplicasNotSupported jetstream.ErrorCode = 10074
+)
 
 // handles are the JetStream objects setup made.
 type handles struct {
@@ -310,5 +337,5 @@ type handles struct {
 	workers, tracker    jetstream.Consumer
 	ledger, admission   jetstream.KeyValue
 	jobs, triggers      jetstream.KeyValue
-	identity            jetstream.KeyValue
+	identity, replicas  jetstream.KeyValue
 }

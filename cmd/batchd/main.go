@@ -53,6 +53,7 @@ func commands() []command {
 		{"explain", "show the data-access decision for input URIs", cmdExplain},
 		{"runs", "list, show, cancel, retry or resolve runs (talks to a running daemon)", cmdRuns},
 		{"pipelines", "list pipelines or run one by hand (talks to a running daemon)", cmdPipelines},
+		{"replicas", "list the live replicas: version, pipelines file, heartbeat (talks to a running daemon)", cmdReplicas},
 		{"backfill", "emit cron slots of a past time range", cmdBackfill},
 		{"replay", "emit runs again for events already seen", cmdReplay},
 		{"score", "send one request to an online endpoint", cmdScore},

@@ -3,7 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +19,7 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/jobs/jobstest"
+	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/broker"
 )
 
@@ -77,11 +84,73 @@ func TestTwoReplicas(t *testing.T) {
 	if sa+sb != events {
 		t.Errorf("submissions = %d + %d, want %d in all", sa, sb, events)
 	}
+
+	// The registry: both replicas (each sees the other within one
+	// heartbeat), one pipelines file.
+	procWaitFor(t, 30*time.Second, "replica a to list both replicas", func() bool {
+		l, code := replicasCLI(t, a)
+		return code == exitOK && len(l.Replicas) == 2 && !l.ConfigDrift
+	})
+	if v := metricValue(t, a.url(), "batchd_replicas"); v != 2 {
+		t.Errorf("batchd_replicas = %v, want 2", v)
+	}
+	// A third replica with another pipelines file (a cap the others lack):
+	// drift, reported by every replica, and the agreed cap is its.
+	pf, err := os.ReadFile(env["BATCHD_PIPELINES"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "pipelines-other.yaml")
+	capped := strings.Replace(string(pf), "    workspace:", "    max_running_jobs: 3\n    workspace:", 1)
+	if err := os.WriteFile(other, []byte(capped), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	envC := maps.Clone(env)
+	envC["BATCHD_PIPELINES"] = other
+	c := newProc(t, bin, envC, "replica-c")
+	c.start()
+	procWaitFor(t, 30*time.Second, "replica a to report the drift", func() bool {
+		l, code := replicasCLI(t, a)
+		return code == exitFailed && l.ConfigDrift && len(l.Replicas) == 3
+	})
+	if v := metricValue(t, a.url(), "batchd_config_drift"); v != 1 {
+		t.Errorf("batchd_config_drift = %v, want 1", v)
+	}
+	var ready string
+	procWaitFor(t, 30*time.Second, "replica b's /readyz to warn of the drift", func() bool {
+		resp, err := http.Get(b.url() + "/readyz")
+		if err != nil {
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		ready = fmt.Sprintf("%d %s", resp.StatusCode, body)
+		return strings.HasPrefix(ready, "200 ok; warning: live replicas run different pipelines files")
+	})
+	if code := c.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("replica c: exit code after SIGTERM = %d, want 0", code)
+	}
+	procWaitFor(t, 30*time.Second, "the drift to end when replica c stopped", func() bool {
+		l, code := replicasCLI(t, a)
+		return code == exitOK && !l.ConfigDrift && len(l.Replicas) == 2
+	})
+
 	for _, p := range []*batchdProc{a, b} {
 		if code := p.stop(syscall.SIGTERM); code != 0 {
 			t.Errorf("exit code after SIGTERM = %d, want 0", code)
 		}
 	}
+}
+
+// replicasCLI runs `batchd replicas --json` against p.
+func replicasCLI(t *testing.T, p *batchdProc) (orchestrator.ReplicaList, int) {
+	t.Helper()
+	code, out, errOut := runCLI(t, map[string]string{"BATCHD_URL": p.url()}, "replicas", "--json")
+	var l orchestrator.ReplicaList
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		t.Fatalf("batchd replicas --json: exit %d, %v\n%s%s", code, err, out, errOut)
+	}
+	return l, code
 }
 
 // submissions reads batchd_submissions_total{result="accepted"} from a

@@ -141,6 +141,7 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
 		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace,
 		Replicas: env.NATS.Replicas,
+		Replica:  orchestrator.ReplicaIdentity{Host: hostname(), Version: buildVersion().Version, ConfigHash: f.Hash},
 	})
 	if err != nil {
 		return err
@@ -152,7 +153,8 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 
 	page, err := statuspage.New(statuspage.Options{
 		Source: orch, Token: env.APIToken, NextFires: trig.nextFires, Endpoints: orch.Endpoints,
-		Logger: log.With("component", "statuspage"),
+		Replicas: orch.Replicas,
+		Logger:   log.With("component", "statuspage"),
 	})
 	if err != nil {
 		return err

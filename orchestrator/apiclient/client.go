@@ -209,6 +209,15 @@ func (c *Client) Pipelines(ctx context.Context) (*orchestrator.PipelineList, err
 	return &out, nil
 }
 
+// Replicas lists the live replicas (GET /api/v1/replicas).
+func (c *Client) Replicas(ctx context.Context) (*orchestrator.ReplicaList, error) {
+	var out orchestrator.ReplicaList
+	if _, err := c.do(ctx, http.MethodGet, "/api/v1/replicas", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // RunPipeline starts a manual run. created is true for a new run (202),
 // false when the key was seen before (200, the same run).
 func (c *Client) RunPipeline(ctx context.Context, name string, req orchestrator.ManualRunRequest) (resp *orchestrator.ManualRunResponse, created bool, err error) {

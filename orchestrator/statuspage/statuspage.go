@@ -60,6 +60,9 @@ type Options struct {
 	// Nil: the endpoints view counts running jobs from the run index and says
 	// "not available" for the pause and the poll budget.
 	Endpoints func(ctx context.Context) ([]EndpointStatus, error)
+	// Replicas, when set, returns the live replicas (the replica registry):
+	// the endpoints view lists them and warns of config drift.
+	Replicas func() orchestrator.ReplicaList
 	// PageSize is the default number of runs per page (default 50; a
 	// request may ask for up to 200 with ?limit=).
 	PageSize int

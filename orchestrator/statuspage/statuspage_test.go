@@ -714,7 +714,7 @@ func TestEndpointsView(t *testing.T) {
 			"ep-b": {"Endpoint": "ep-b ep-b.westeurope.inference.ml.azure.com pipelines: train", "Running jobs": "1 (no limit)",
 				"Paused": got["ep-b"]["Paused"], "Poll budget in use": "not known (budget 20/s)"},
 			"ep-chat": {"Endpoint": "ep-chat online ep-chat.westeurope.inference.ml.azure.com pipelines: chat",
-				"Running jobs": "no jobs (answers each request); at most 8 requests at once per replica",
+				"Running jobs": "no jobs (answers each request); at most 8 requests at once across replicas",
 				"Paused":       "not reported", "Poll budget in use": "not reported"},
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
@@ -735,6 +735,39 @@ func TestEndpointsView(t *testing.T) {
 		}
 	})
 
+	t.Run("replicas and config drift", func(t *testing.T) {
+		at := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+		p := newPage(t, src, func(o *Options) {
+			o.Replicas = func() orchestrator.ReplicaList {
+				return orchestrator.ReplicaList{ConfigDrift: true, Drift: "live replicas run different pipelines files: config aaaa on r1; config bbbb on r2",
+					Replicas: []orchestrator.ReplicaInfo{
+						{ID: "r1", Host: "vm1", Version: "1.2.0", ConfigHash: "aaaa", Started: at, Heartbeat: at, Self: true},
+						{ID: "r2", Host: "<script>alert(1)</script>", Version: "1.3.0", ConfigHash: "bbbb", Started: at, Heartbeat: at},
+					}}
+			}
+		})
+		res := get(t, p, "/endpoints")
+		checkAccessible(t, res.body)
+		doc := parse(t, res.body)
+		var ids []string
+		for _, tr := range findAll(doc, tag("tr")) {
+			if id, ok := attr(tr, "data-replica"); ok {
+				ids = append(ids, id+": "+text(tr))
+			}
+		}
+		want := []string{"r1: r1 this one vm1 1.2.0 aaaa 2026-12-04 10:00:00 UTC 2026-12-04 10:00:00 UTC",
+			"r2: r2 <script>alert(1)</script> 1.3.0 bbbb 2026-12-04 10:00:00 UTC 2026-12-04 10:00:00 UTC"}
+		if diff := cmp.Diff(want, ids); diff != "" {
+			t.Errorf("replica rows (-want +got):\n%s", diff)
+		}
+		if len(findAll(doc, tag("script"))) != len(findAll(parse(t, get(t, newPage(t, src), "/endpoints").body), tag("script"))) {
+			t.Errorf("a replica's host name became a script element")
+		}
+		if !strings.Contains(res.body, "Config drift: live replicas run different pipelines files") {
+			t.Errorf("no drift warning on the endpoints page")
+		}
+	})
+
 	t.Run("not wired: counted from the index", func(t *testing.T) {
 		res := get(t, newPage(t, src), "/endpoints")
 		got := cells(res.body)
@@ -744,7 +777,7 @@ func TestEndpointsView(t *testing.T) {
 			"ep-b": {"Endpoint": "ep-b ep-b.westeurope.inference.ml.azure.com pipelines: train", "Running jobs": "0 (no limit)",
 				"Paused": "not available", "Poll budget in use": "not available"},
 			"ep-chat": {"Endpoint": "ep-chat online ep-chat.westeurope.inference.ml.azure.com pipelines: chat",
-				"Running jobs": "no jobs (answers each request); at most 8 requests at once per replica",
+				"Running jobs": "no jobs (answers each request); at most 8 requests at once across replicas",
 				"Paused":       "not available", "Poll budget in use": "not available"},
 		}
 		if diff := cmp.Diff(want, got); diff != "" {

@@ -686,6 +686,9 @@ type endpointsView struct {
 	Available bool
 	Capped    bool
 	Error     string
+	// Replicas is the replica registry's view (nil without
+	// Options.Replicas).
+	Replicas *orchestrator.ReplicaList
 }
 
 type endpointView struct {
@@ -761,6 +764,10 @@ func (p *Page) endpoints(w http.ResponseWriter, r *http.Request) {
 			status, v.Error = p.listError(err)
 		}
 		v.Capped = capped
+	}
+	if p.opts.Replicas != nil {
+		l := p.opts.Replicas()
+		v.Replicas = &l
 	}
 	for _, name := range slices.Sorted(maps.Keys(byName)) {
 		e := byName[name]
