@@ -54,9 +54,14 @@ bench: deps build
 ## soak: the chaos soak: every trigger, injected Azure faults, batchd killed
 ## about every 30 s, NATS restarted twice; fails unless lost=0 duplicate=0 and
 ## the secrets audit finds nothing. SOAK=60s is the short form make test runs.
+## CLUSTER=1: three nats-server processes (R3) and two replicas; NATS nodes
+## leading the meta group, streams and buckets are SIGKILLed in turn,
+## replicas too, then every node and replica restarts in a rolling upgrade;
+## it also fails if the simulator saw more jobs running than max_running_jobs.
 SOAK ?= 10m
+CLUSTER ?=
 soak: deps
-	BATCHD_SOAK=$(SOAK) $(GO) test -v -count=1 -run '^TestSoak$$' -timeout 60m ./cmd/batchd/
+	BATCHD_SOAK=$(SOAK) BATCHD_SOAK_CLUSTER=$(CLUSTER) $(GO) test -v -count=1 -run '^TestSoak$$' -timeout 60m ./cmd/batchd/
 
 ## fuzz: every Fuzz target of every package, FUZZTIME each (their seed corpora also run in make test)
 FUZZTIME ?= 30s

@@ -28,6 +28,7 @@ import (
 	"github.com/batchd/batchd/datastores/azurite/azuritetest"
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/broker/brokertest"
 )
 
 // TestSoak is the chaos soak (make soak; SOAK=60s is the short form that
@@ -86,6 +87,14 @@ type soak struct {
 	nats *natsProc
 	p    *batchdProc
 
+	// Cluster mode (BATCHD_SOAK_CLUSTER=1): three nats-server processes
+	// and two batchd replicas (p is the first); nats is nil.
+	cluster  *brokertest.Cluster
+	replicas []*batchdProc
+	// NATS nodes SIGKILLed by role, and rolling restarts done.
+	nodeKills map[string]int
+	rolling   int
+
 	mu sync.Mutex
 	// accepted events by pipeline: key -> the input URI its job must have
 	// ("" for an event that must end rejected).
@@ -111,7 +120,12 @@ func newSoak(t *testing.T) *soak {
 	if _, err := azuritetest.Client(t, s.az).CreateContainer(t.Context(), "soak", nil); err != nil {
 		t.Fatal(err)
 	}
-	s.nats = startNATSProc(t, dir)
+	if os.Getenv("BATCHD_SOAK_CLUSTER") == "1" {
+		s.cluster = brokertest.StartCluster(t, 3)
+		s.nodeKills = map[string]int{}
+	} else {
+		s.nats = startNATSProc(t, dir)
+	}
 	s.createStream()
 
 	bin := procBuild(t, dir)
@@ -124,14 +138,41 @@ func newSoak(t *testing.T) *soak {
 	env["AZURE_CLIENT_ID"] = soakClientID
 	env["AZURE_CLIENT_SECRET"] = soakClientSecret
 	env["AZURE_AUTHORITY_HOST"] = s.sim.AuthorityHost()
-	env["BATCHD_NATS_URL"] = s.nats.url()
+	if s.cluster != nil {
+		env["BATCHD_NATS_URL"] = s.cluster.URL()
+		env["BATCHD_NATS_REPLICAS"] = "3"
+	} else {
+		env["BATCHD_NATS_URL"] = s.nats.url()
+	}
 	env["BATCHD_WEBHOOK_SECRET"] = soakWebhook
 	env["BATCHD_PIPELINES"] = s.writePipelines()
 	// Longer than the slowest create the simulator is told to make (2.5 s):
 	// reconciliation must not give up on a job that is still being created.
 	env["BATCHD_RECONCILE_GRACE"] = "5s"
 	s.p = newProc(t, bin, env, "batchd")
+	s.replicas = []*batchdProc{s.p}
+	if s.cluster != nil {
+		s.replicas = append(s.replicas, newProc(t, bin, env, "batchd-2"))
+	}
 	return s
+}
+
+// soakMaxRunning is the sim endpoint's max_running_jobs in cluster mode:
+// the simulator must never see more jobs running at once.
+const soakMaxRunning = 6
+
+// connect opens a client connection to the soak's NATS.
+func (s *soak) connect() (*nats.Conn, jetstream.JetStream) {
+	if s.cluster != nil {
+		return s.cluster.Connect(s.t)
+	}
+	return s.nats.connect(s.t)
+}
+
+// url is a replica's address: the first one outside cluster mode, any
+// one in it (a killed one refuses, and the sender tries again).
+func (s *soak) url() string {
+	return s.replicas[rand.IntN(len(s.replicas))].url()
 }
 
 func (s *soak) writePipelines() string {
@@ -172,6 +213,9 @@ pipelines:
     inputs:
       data: {type: UriFile, uri: "{{ .Fields.uri }}"}
 `, s.sim.ScoringURI("soak"), ws.Subscription, ws.ResourceGroup, ws.Name, s.az.AccountURL(), keyFile, soakStream)
+	if s.cluster != nil {
+		text = strings.Replace(text, "    workspace: {", fmt.Sprintf("    max_running_jobs: %d\n    workspace: {", soakMaxRunning), 1)
+	}
 	path := filepath.Join(s.dir, "soak-pipelines.yaml")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		s.t.Fatal(err)
@@ -183,15 +227,22 @@ pipelines:
 // duplicate window is short, so that a message published again a few
 // seconds later reaches batchd twice, as a redelivery would.
 func (s *soak) createStream() {
-	nc, js := s.nats.connect(s.t)
+	nc, js := s.connect()
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(s.t.Context(), 10*time.Second)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: soakStream, Subjects: []string{soakSubject}, Duplicates: time.Second,
+		Name: soakStream, Subjects: []string{soakSubject}, Duplicates: time.Second, Replicas: s.streamReplicas(),
 	}); err != nil {
 		s.t.Fatalf("create stream %s: %v", soakStream, err)
 	}
+}
+
+func (s *soak) streamReplicas() int {
+	if s.cluster != nil {
+		return 3
+	}
+	return 1
 }
 
 func (s *soak) accept(pipeline, key, uri string) {
@@ -221,7 +272,19 @@ func (s *soak) run(d time.Duration) {
 	}
 	// Tokens are fetched about once per process start: fail them often.
 	s.sim.SetFaultRate(jobstest.RouteToken, 0.4, jobstest.Fault{Status: 500}, jobstest.Fault{Status: 503})
-	s.p.start()
+	if s.cluster != nil {
+		// Replicas start together, on a cluster with no batchd stream yet.
+		for _, p := range s.replicas {
+			p.launch()
+		}
+		for _, p := range s.replicas {
+			if err := p.waitReady(90 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+	} else {
+		s.p.start()
+	}
 
 	start := time.Now()
 	feedCtx, stopFeeding := context.WithDeadline(t.Context(), start.Add(d))
@@ -238,8 +301,30 @@ func (s *soak) run(d time.Duration) {
 		}()
 	}
 
-	// Kills about every 30 s (every d/5 in short soaks), NATS restarts at
-	// a third and two thirds of the way.
+	if s.cluster != nil {
+		s.clusterChaos(start, d)
+	} else {
+		s.singleChaos(start, d)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("feeding: %v", err)
+	}
+	for _, p := range s.replicas {
+		if p.exited() {
+			s.selfExits++
+			p.start()
+		}
+	}
+	t.Logf("fed for %s: %d kills of batchd, %d NATS restarts, NATS nodes killed by role %v, %d rolling restarts, %d unexpected exits",
+		d, s.kills, s.natsRestarts, s.nodeKills, s.rolling, s.selfExits)
+}
+
+// singleChaos SIGKILLs batchd about every 30 s (every d/5 in short soaks)
+// and restarts the NATS server at a third and two thirds of the way.
+func (s *soak) singleChaos(start time.Time, d time.Duration) {
+	t := s.t
 	every := min(30*time.Second, d/5)
 	natsAt := []time.Time{start.Add(d / 3), start.Add(2 * d / 3)}
 	nextKill := start.Add(jitter(every))
@@ -267,16 +352,92 @@ func (s *soak) run(d time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("feeding: %v", err)
+}
+
+// soakLeaderRoles are the NATS nodes the cluster chaos SIGKILLs in turn:
+// the JetStream meta leader and the leaders of the streams and buckets
+// batchd lives on.
+var soakLeaderRoles = []string{"meta", "KV_" + orchestrator.BucketRuns, orchestrator.StreamIntake,
+	orchestrator.StreamTrack, "KV_" + orchestrator.BucketTriggers, "KV_" + orchestrator.BucketAdmission}
+
+// clusterChaos alternates, about every 20 s (d/6 in short soaks): SIGKILL
+// and restart of a batchd replica, and SIGKILL of the NATS node leading
+// the next role of soakLeaderRoles (found through the monitoring endpoint
+// and stream info), restarted half an interval later. Two thirds of the
+// way it does a rolling restart: each NATS node in turn (SIGTERM, start,
+// wait until the cluster is ready), then each replica (SIGTERM, start).
+func (s *soak) clusterChaos(start time.Time, d time.Duration) {
+	t := s.t
+	_, js := s.cluster.Connect(t)
+	every := min(20*time.Second, d/6)
+	rollAt := start.Add(2 * d / 3)
+	next := start.Add(jitter(every))
+	var down *brokertest.Node
+	var downUntil time.Time
+	for step := 0; time.Now().Before(start.Add(d)); time.Sleep(50 * time.Millisecond) {
+		for _, p := range s.replicas {
+			if p.exited() {
+				s.selfExits++
+				t.Logf("a replica exited by itself; restarting it")
+				p.start()
+			}
+		}
+		now := time.Now()
+		switch {
+		case down != nil && now.After(downUntil):
+			down.Start(t)
+			s.cluster.WaitReady(t, 2*time.Minute)
+			s.natsRestarts++
+			down = nil
+		case down == nil && s.rolling == 0 && now.After(rollAt):
+			for _, nd := range s.cluster.Nodes {
+				nd.Stop(syscall.SIGTERM)
+				nd.Start(t)
+				s.cluster.WaitReady(t, 2*time.Minute)
+				s.natsRestarts++
+			}
+			for _, p := range s.replicas {
+				if code := p.stop(syscall.SIGTERM); code != 0 {
+					t.Errorf("rolling restart: a replica's exit code after SIGTERM = %d, want 0", code)
+				}
+				p.start()
+			}
+			s.rolling++
+			next = time.Now().Add(jitter(every))
+		case down == nil && now.After(next):
+			if step%2 == 0 {
+				p := s.replicas[rand.IntN(len(s.replicas))]
+				p.stop(syscall.SIGKILL)
+				s.kills++
+				p.start()
+			} else {
+				role := soakLeaderRoles[(step/2)%len(soakLeaderRoles)]
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				name := ""
+				if role == "meta" {
+					name = s.cluster.MetaLeader()
+				} else {
+					name = brokertest.StreamLeader(ctx, js, role)
+				}
+				cancel()
+				down = s.cluster.Node(name)
+				if down == nil {
+					down = s.cluster.Nodes[rand.IntN(len(s.cluster.Nodes))]
+					role += " (leader unknown: a random node)"
+				}
+				down.Stop(syscall.SIGKILL)
+				s.nodeKills[role]++
+				downUntil = time.Now().Add(every / 2)
+			}
+			step++
+			next = time.Now().Add(jitter(every))
+		}
 	}
-	if s.p.exited() {
-		s.selfExits++
-		s.p.start()
+	if down != nil {
+		down.Start(t)
+		s.cluster.WaitReady(t, 2*time.Minute)
+		s.natsRestarts++
 	}
-	t.Logf("fed for %s: %d kills of batchd, %d NATS restarts, %d unexpected exits", d, s.kills, s.natsRestarts, s.selfExits)
 }
 
 func jitter(d time.Duration) time.Duration {
@@ -329,7 +490,7 @@ func (s *soak) feedBlobs(ctx context.Context) error {
 // and one in 50 names a URL with a SAS signature (rejected, and the
 // signature must never show).
 func (s *soak) feedMessages(ctx context.Context) error {
-	nc, js := s.nats.connect(s.t)
+	nc, js := s.connect()
 	defer nc.Close()
 	type later struct {
 		at  time.Time
@@ -408,7 +569,7 @@ func (s *soak) feedManual(ctx context.Context) error {
 // daemon that is not ready is a bug, not chaos.
 func (s *soak) post(ctx context.Context, path, body string) error {
 	for {
-		req, err := http.NewRequestWithContext(ctx, "POST", s.p.url()+path, strings.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, "POST", s.url()+path, strings.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -578,11 +739,28 @@ func (s *soak) check() {
 	if lost > 0 || duplicate > 0 || wrong > 0 {
 		t.Errorf("lost=%d duplicate=%d wrong_outcome=%d, want all 0", lost, duplicate, wrong)
 	}
-	if s.kills == 0 || s.natsRestarts != 2 {
+	if s.cluster != nil {
+		peak := s.sim.PeakRunning("soak")
+		nodeKills := 0
+		for _, n := range s.nodeKills {
+			nodeKills += n
+		}
+		fmt.Printf("soak: cluster: replicas=%d replica_kills=%d nats_node_kills=%d by_role=%v nats_restarts=%d rolling_restarts=%d peak_running=%d max_running_jobs=%d status_reads=%d\n",
+			len(s.replicas), s.kills, nodeKills, s.nodeKills, s.natsRestarts, s.rolling, peak, soakMaxRunning,
+			c[jobstest.RouteGet]+c[jobstest.RouteARMGet])
+		if peak > soakMaxRunning {
+			t.Errorf("the simulator saw %d jobs running at once on the endpoint, more than max_running_jobs %d", peak, soakMaxRunning)
+		}
+		if s.kills == 0 || nodeKills == 0 || s.rolling != 1 {
+			t.Errorf("chaos did not happen: %d replica kills, %d NATS node kills, %d rolling restarts", s.kills, nodeKills, s.rolling)
+		}
+	} else if s.kills == 0 || s.natsRestarts != 2 {
 		t.Errorf("chaos did not happen: %d kills, %d NATS restarts", s.kills, s.natsRestarts)
 	}
-	if code := s.p.stop(syscall.SIGTERM); code != 0 {
-		t.Errorf("batchd exit code after SIGTERM = %d, want 0", code)
+	for _, p := range s.replicas {
+		if code := p.stop(syscall.SIGTERM); code != 0 {
+			t.Errorf("batchd exit code after SIGTERM = %d, want 0", code)
+		}
 	}
 }
 
@@ -646,7 +824,18 @@ func (s *soak) audit() {
 		corpus = append(corpus, section{what, string(b)})
 		size += len(b)
 	}
-	for _, p := range []string{s.p.log, s.nats.log} {
+	logs := []string{}
+	for _, p := range s.replicas {
+		logs = append(logs, p.log)
+	}
+	if s.cluster != nil {
+		for _, nd := range s.cluster.Nodes {
+			add("nats log "+nd.Name, []byte(nd.Log()))
+		}
+	} else {
+		logs = append(logs, s.nats.log)
+	}
+	for _, p := range logs {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
@@ -672,7 +861,7 @@ func (s *soak) audit() {
 	for _, r := range runs {
 		add("/api/v1/runs/"+r.ID, get("/api/v1/runs/"+r.ID))
 	}
-	nc, js := s.nats.connect(t)
+	nc, js := s.connect()
 	defer nc.Close()
 	completions := 0
 	if cons, err := js.OrderedConsumer(t.Context(), "BATCHD_RUNS", jetstream.OrderedConsumerConfig{}); err != nil {

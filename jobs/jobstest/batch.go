@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -119,6 +120,9 @@ type job struct {
 	lc                                                            *Lifecycle
 	step, seen, polls                                             int32
 	cancel                                                        uint8
+	// ended is when a status read first found the job finished (Unix ns;
+	// 0: not yet).
+	ended int64
 }
 
 type namedIO struct {
@@ -169,6 +173,42 @@ func (s *Sim) Job(name string) (JobView, bool) {
 }
 
 // JobCount returns the number of jobs created so far.
+// PeakRunning is the most jobs of endpoint that were unfinished at one
+// time: created and not yet seen finished by a status read (the service's
+// view of how many ran at once).
+func (s *Sim) PeakRunning(endpoint string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	type edge struct {
+		at    int64
+		delta int
+	}
+	var edges []edge
+	for _, j := range s.order {
+		if j.endpoint != endpoint {
+			continue
+		}
+		edges = append(edges, edge{j.created.UnixNano(), 1})
+		if j.ended != 0 {
+			edges = append(edges, edge{j.ended, -1})
+		}
+	}
+	// Ends before starts at the same instant: a slot freed and taken at
+	// once is not two at a time.
+	sort.Slice(edges, func(a, b int) bool {
+		if edges[a].at != edges[b].at {
+			return edges[a].at < edges[b].at
+		}
+		return edges[a].delta < edges[b].delta
+	})
+	cur, peak := 0, 0
+	for _, e := range edges {
+		cur += e.delta
+		peak = max(peak, cur)
+	}
+	return peak
+}
+
 func (s *Sim) JobCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

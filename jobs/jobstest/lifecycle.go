@@ -90,6 +90,15 @@ const (
 // means the read is a status poll (it counts towards Polls); listing does
 // not count. Callers hold the Sim's lock.
 func (j *job) status(now time.Time, poll bool) jobs.Status {
+	st := j.advance(now, poll)
+	if st.Terminal() && j.ended == 0 {
+		j.ended = now.UnixNano()
+	}
+	return st
+}
+
+// advance is status without the record of the end.
+func (j *job) advance(now time.Time, poll bool) jobs.Status {
 	if poll {
 		j.polls++
 	}

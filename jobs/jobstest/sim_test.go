@@ -535,3 +535,30 @@ func TestConcurrentUse(t *testing.T) {
 		t.Errorf("%d jobs, counts %v; want 200 jobs, 200 creates and 200 gets", len(seen), sim.Counts())
 	}
 }
+
+// PeakRunning counts jobs created and not yet seen finished: two created,
+// one polled to its end, a third created: the peak is 2, not 3.
+func TestPeakRunning(t *testing.T) {
+	sim := jobstest.New(t, jobstest.Options{Lifecycle: jobstest.Lifecycle{Steps: []jobstest.Step{{Status: jobs.StatusRunning, Polls: 1}, {Status: jobs.StatusCompleted}}}})
+	tok := sim.Token(jobstest.AudienceML, sim.Tenant(), "app", time.Hour)
+	post := func() string {
+		a := call(t, sim, "POST", sim.ScoringURI("ep"), tok, body, nil)
+		name, _ := a.body["name"].(string)
+		return name
+	}
+	first := post()
+	post()
+	for range 2 { // Running, then Completed
+		call(t, sim, "GET", sim.ScoringURI("ep")+"/"+first, tok, "", nil)
+	}
+	if v, _ := sim.Job(first); v.Status != jobs.StatusCompleted {
+		t.Fatalf("first job %s, want Completed", v.Status)
+	}
+	post()
+	if got := sim.PeakRunning("ep"); got != 2 {
+		t.Errorf("PeakRunning = %d, want 2", got)
+	}
+	if got := sim.PeakRunning("other"); got != 0 {
+		t.Errorf("PeakRunning(other) = %d, want 0", got)
+	}
+}
