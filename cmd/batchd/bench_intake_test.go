@@ -44,10 +44,11 @@ pipelines:
 
 // benchRawStream is the reference's stream: the intake stream's settings
 // (work queue, file storage, discard new, the same duplicate window).
-func benchRawStream(b *testing.B, js jetstream.JetStream) {
+func benchRawStream(b *testing.B, js jetstream.JetStream, replicas int) {
 	b.Helper()
 	_, err := js.CreateOrUpdateStream(b.Context(), jetstream.StreamConfig{Name: "BENCH_RAW", Subjects: []string{"bench.raw.>"},
-		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Discard: jetstream.DiscardNew, Duplicates: 5 * time.Minute})
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Discard: jetstream.DiscardNew, Duplicates: 5 * time.Minute,
+		Replicas: replicas})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -80,7 +81,7 @@ func benchIntake(b *testing.B, rep *benchtab.Report) {
 	const conc = 64
 	sim := jobstest.New(b, jobstest.Options{})
 	st := newBenchStack(b, sim, benchIntakePipelines(sim))
-	benchRawStream(b, st.br.JS)
+	benchRawStream(b, st.br.JS, 1)
 	// What syncing before every ack costs: the same raw publishes on an
 	// embedded server with nats-server's default sync (every 2 minutes).
 	unsynced, err := broker.Start(b.Context(), broker.Options{StoreDir: b.TempDir(), NoSync: true})
@@ -88,7 +89,7 @@ func benchIntake(b *testing.B, rep *benchtab.Report) {
 		b.Fatal(err)
 	}
 	b.Cleanup(unsynced.Close)
-	benchRawStream(b, unsynced.JS)
+	benchRawStream(b, unsynced.JS, 1)
 	event := func(round string, i int) orchestrator.Event {
 		key := round + strconv.Itoa(i)
 		return orchestrator.Event{Pipeline: "score", Key: key, Source: orchestrator.SourceAPI,
@@ -141,7 +142,7 @@ func benchWebhook(b *testing.B, rep *benchtab.Report) {
 	const secret = "bench-webhook-secret-0123456789"
 	sim := jobstest.New(b, jobstest.Options{})
 	st := newBenchStack(b, sim, benchIntakePipelines(sim))
-	benchRawStream(b, st.br.JS)
+	benchRawStream(b, st.br.JS, 1)
 	var routes []blob.Route
 	for name, cfg := range st.file.Triggers.Blob {
 		routes = append(routes, blob.Route{Pipeline: name, Config: cfg})

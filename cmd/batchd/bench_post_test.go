@@ -47,70 +47,7 @@ func benchEventToPOST(b *testing.B, rep *benchtab.Report) {
 	sim := jobstest.New(b, jobstest.Options{Lifecycle: jobstest.Stuck(jobs.StatusRunning)})
 	st := newBenchStack(b, sim, benchIntakePipelines(sim))
 	st.run(b)
-	token := sim.Token(jobstest.AudienceML, sim.Tenant(), "bench-ref", time.Hour)
-	client := sim.HTTPClient()
-
-	var mu sync.Mutex
-	round := 0
-	// via runs one round through batchd (viaBatchd) or the bare client.
-	via := func(viaBatchd bool, rate float64, n int) e2pResult {
-		mu.Lock()
-		round++
-		prefix := fmt.Sprintf("e2p-r%d-", round)
-		mu.Unlock()
-		sent := make([]time.Time, n)
-		uris := make([]string, n)
-		index := make(map[string]int, n)
-		for i := range n {
-			uris[i] = benchAssetURI(prefix + fmt.Sprint(i))
-			index[uris[i]] = i
-		}
-		before := sim.JobCount()
-		var failed sync.Map
-		benchOpenLoop(n, rate, func(i int, at time.Time) {
-			sent[i] = at
-			if viaBatchd {
-				ev := orchestrator.Event{Pipeline: "score", Key: prefix + fmt.Sprint(i), Source: orchestrator.SourceAPI,
-					Fields: map[string]string{"uri": uris[i]}}
-				if _, err := st.orch.Emit(context.Background(), ev); err != nil {
-					failed.Store(i, err)
-				}
-				return
-			}
-			if err := benchBarePOST(client, sim.ScoringURI("reference"), token, uris[i]); err != nil {
-				failed.Store(i, err)
-			}
-		})
-		failed.Range(func(k, v any) bool {
-			b.Fatalf("event %v: %v", k, v)
-			return false
-		})
-		// Wait for the POSTs (batchd's may still be queued).
-		deadline := time.Now().Add(60 * time.Second)
-		for sim.JobCount() < before+n && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		res := e2pResult{rate: rate}
-		var last time.Time
-		for _, j := range sim.Jobs()[before:] {
-			idx, ok := index[j.Inputs["data"].URI]
-			if !ok {
-				continue
-			}
-			res.lat = append(res.lat, j.CreatedAt.Sub(sent[idx]))
-			if j.CreatedAt.After(last) {
-				last = j.CreatedAt
-			}
-		}
-		res.missing = n - len(res.lat)
-		if len(res.lat) > 0 {
-			res.achieved = float64(len(res.lat)) / last.Sub(sent[0]).Seconds()
-		}
-		b.Logf("event → POST via %s at %.0f/s, %d events: p50 %.2f ms, p99 %.2f ms, achieved %.0f/s, missing %d",
-			map[bool]string{true: "batchd", false: "bare client"}[viaBatchd], rate, n, res.p(0.5), res.p(0.99), res.achieved, res.missing)
-		return res
-	}
-
+	via := newE2P(b, sim, st.orch).via
 	// Warm both paths: connections, token caches, JetStream.
 	via(true, 200, 400)
 	via(false, 200, 400)
@@ -153,6 +90,84 @@ func benchEventToPOST(b *testing.B, rep *benchtab.Report) {
 
 // benchBarePOST is the reference: one POST of the body batchd would send,
 // with a bearer token, and the answer read.
+// e2p runs open-loop rounds from an event to the simulator's receipt of
+// its POST: through batchd (Emit) or a bare HTTP client (the reference).
+type e2p struct {
+	b      *testing.B
+	sim    *jobstest.Sim
+	orch   *orchestrator.Orchestrator
+	token  string
+	client *http.Client
+	mu     sync.Mutex
+	round  int
+}
+
+func newE2P(b *testing.B, sim *jobstest.Sim, orch *orchestrator.Orchestrator) *e2p {
+	return &e2p{b: b, sim: sim, orch: orch, client: sim.HTTPClient(),
+		token: sim.Token(jobstest.AudienceML, sim.Tenant(), "bench-ref", time.Hour)}
+}
+
+// via runs one round of n events at rate through batchd (viaBatchd) or
+// the bare client.
+func (e *e2p) via(viaBatchd bool, rate float64, n int) e2pResult {
+	b, sim := e.b, e.sim
+	e.mu.Lock()
+	e.round++
+	prefix := fmt.Sprintf("e2p-r%d-", e.round)
+	e.mu.Unlock()
+	sent := make([]time.Time, n)
+	uris := make([]string, n)
+	index := make(map[string]int, n)
+	for i := range n {
+		uris[i] = benchAssetURI(prefix + fmt.Sprint(i))
+		index[uris[i]] = i
+	}
+	before := sim.JobCount()
+	var failed sync.Map
+	benchOpenLoop(n, rate, func(i int, at time.Time) {
+		sent[i] = at
+		if viaBatchd {
+			ev := orchestrator.Event{Pipeline: "score", Key: prefix + fmt.Sprint(i), Source: orchestrator.SourceAPI,
+				Fields: map[string]string{"uri": uris[i]}}
+			if _, err := e.orch.Emit(context.Background(), ev); err != nil {
+				failed.Store(i, err)
+			}
+			return
+		}
+		if err := benchBarePOST(e.client, sim.ScoringURI("reference"), e.token, uris[i]); err != nil {
+			failed.Store(i, err)
+		}
+	})
+	failed.Range(func(k, v any) bool {
+		b.Fatalf("event %v: %v", k, v)
+		return false
+	})
+	// Wait for the POSTs (batchd's may still be queued).
+	deadline := time.Now().Add(60 * time.Second)
+	for sim.JobCount() < before+n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	res := e2pResult{rate: rate}
+	var last time.Time
+	for _, j := range sim.Jobs()[before:] {
+		idx, ok := index[j.Inputs["data"].URI]
+		if !ok {
+			continue
+		}
+		res.lat = append(res.lat, j.CreatedAt.Sub(sent[idx]))
+		if j.CreatedAt.After(last) {
+			last = j.CreatedAt
+		}
+	}
+	res.missing = n - len(res.lat)
+	if len(res.lat) > 0 {
+		res.achieved = float64(len(res.lat)) / last.Sub(sent[0]).Seconds()
+	}
+	b.Logf("event → POST via %s at %.0f/s, %d events: p50 %.2f ms, p99 %.2f ms, achieved %.0f/s, missing %d",
+		map[bool]string{true: "batchd", false: "bare client"}[viaBatchd], rate, n, res.p(0.5), res.p(0.99), res.achieved, res.missing)
+	return res
+}
+
 func benchBarePOST(client *http.Client, scoringURI, token, uri string) error {
 	body, err := jobs.RequestBody(jobs.JobRequest{Inputs: map[string]jobs.Input{"data": {Type: jobs.TypeUriFile, URI: uri}}})
 	if err != nil {

@@ -42,6 +42,7 @@ func BenchmarkBatchd(b *testing.B) {
 	b.Run("event-to-post", func(b *testing.B) { benchEventToPOST(b, rep) })
 	b.Run("online", func(b *testing.B) { benchOnline(b, rep) })
 	b.Run("tracking", func(b *testing.B) { benchTracking(b, rep) })
+	b.Run("cluster", func(b *testing.B) { benchCluster(b, rep) })
 	rep.Finish()
 	var out strings.Builder
 	rep.Render(&out)
@@ -89,6 +90,13 @@ type benchStack struct {
 // run the orchestrator (run does).
 func newBenchStack(b *testing.B, sim *jobstest.Sim, pipelines string) *benchStack {
 	b.Helper()
+	return newBenchStackOn(b, sim, pipelines, broker.Options{StoreDir: b.TempDir()}, 1)
+}
+
+// newBenchStackOn is newBenchStack on the NATS bopts names (an external
+// cluster with bopts.URL), with streams and buckets at replicas.
+func newBenchStackOn(b *testing.B, sim *jobstest.Sim, pipelines string, bopts broker.Options, replicas int) *benchStack {
+	b.Helper()
 	ctx := b.Context()
 	env, err := config.LoadEnv(ctx, config.MapEnv(map[string]string{"BATCHD_STATE_DIR": b.TempDir()}))
 	if err != nil {
@@ -98,7 +106,7 @@ func newBenchStack(b *testing.B, sim *jobstest.Sim, pipelines string) *benchStac
 	if err != nil {
 		b.Fatalf("pipelines: %v", err)
 	}
-	br, err := broker.Start(ctx, broker.Options{StoreDir: b.TempDir()})
+	br, err := broker.Start(ctx, bopts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,7 +122,7 @@ func newBenchStack(b *testing.B, sim *jobstest.Sim, pipelines string) *benchStac
 		JS: br.JS, Conn: br.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker, Logger: log,
 		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,
 		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
-		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace,
+		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace, Replicas: replicas,
 	})
 	if err != nil {
 		b.Fatal(err)
