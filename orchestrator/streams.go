@@ -185,92 +185,85 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	// TTL (Nats-TTL) of Retention; live runs carry none and never expire.
 	// LimitMarkerTTL enables per-message TTLs and makes an expiry visible to
 	// watchers as a delete marker.
-	h.ledger, err = retrySetup(ctx, o.Logger, "bucket "+BucketRuns, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:         BucketRuns,
-			Description:    "batchd ledger: one record per run",
-			History:        1,
-			Storage:        jetstream.FileStorage,
-			Replicas:       o.Replicas,
-			LimitMarkerTTL: 10 * time.Minute,
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", BucketRuns, err)
+	if h.ledger, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
+		Bucket:         BucketRuns,
+		Description:    "batchd ledger: one record per run",
+		History:        1,
+		Storage:        jetstream.FileStorage,
+		Replicas:       o.Replicas,
+		LimitMarkerTTL: 10 * time.Minute,
+	}); err != nil {
+		return nil, err
 	}
-	h.admission, err = retrySetup(ctx, o.Logger, "bucket "+BucketAdmission, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      BucketAdmission,
-			Description: "batchd admission: slots and pauses per endpoint",
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.Replicas,
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", BucketAdmission, err)
+	if h.admission, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
+		Bucket:      BucketAdmission,
+		Description: "batchd admission: slots and pauses per endpoint",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	}); err != nil {
+		return nil, err
 	}
 	// A claim only matters while reconciliation could still adopt the job,
 	// which is minutes after its creation; Retention is ample.
-	h.jobs, err = retrySetup(ctx, o.Logger, "bucket "+BucketJobs, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      BucketJobs,
-			Description: "batchd job claims: job name -> run id",
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.Replicas,
-			TTL:         o.Retention,
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", BucketJobs, err)
+	if h.jobs, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
+		Bucket:      BucketJobs,
+		Description: "batchd job claims: job name -> run id",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		TTL:         o.Retention,
+	}); err != nil {
+		return nil, err
 	}
-	h.triggers, err = retrySetup(ctx, o.Logger, "bucket "+BucketTriggers, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      BucketTriggers,
-			Description: "batchd triggers: schedule slots, poller leases and cursors",
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.Replicas,
-			// The triggers write keys with per-key TTLs (cron slot markers,
-			// sequencers of blobs no poller sweeps), which need the bucket to
-			// allow them: the same as triggers.StateBucketConfig.
-			LimitMarkerTTL: time.Minute,
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", BucketTriggers, err)
+	if h.triggers, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
+		Bucket:      BucketTriggers,
+		Description: "batchd triggers: schedule slots, poller leases and cursors",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		// The triggers write keys with per-key TTLs (cron slot markers,
+		// sequencers of blobs no poller sweeps), which need the bucket to
+		// allow them: the same as triggers.StateBucketConfig.
+		LimitMarkerTTL: time.Minute,
+	}); err != nil {
+		return nil, err
 	}
-	h.identity, err = retrySetup(ctx, o.Logger, "bucket "+BucketIdentity, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      BucketIdentity,
-			Description: "batchd identities: finished runs remembered for the dedupe horizon after their records expire",
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.Replicas,
-			TTL:         IdentityHorizon,
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", BucketIdentity, err)
+	if h.identity, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
+		Bucket:      BucketIdentity,
+		Description: "batchd identities: finished runs remembered for the dedupe horizon after their records expire",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		TTL:         IdentityHorizon,
+	}); err != nil {
+		return nil, err
 	}
 	// Entries are rewritten every heartbeat; a stopped replica's entry
 	// goes a minute after its last (liveness is judged by the heartbeat
 	// time, sooner).
-	h.replicas, err = retrySetup(ctx, o.Logger, "bucket "+BucketReplicas, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      BucketReplicas,
-			Description: "batchd replicas: one entry per live replica (version, config hash, limits)",
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.Replicas,
-			TTL:         time.Minute,
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", BucketReplicas, err)
+	if h.replicas, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
+		Bucket:      BucketReplicas,
+		Description: "batchd replicas: one entry per live replica (version, config hash, limits)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		TTL:         time.Minute,
+	}); err != nil {
+		return nil, err
 	}
 	return h, nil
+}
+
+// bucket creates or updates a KV bucket (retried as retrySetup does).
+func bucket(ctx context.Context, js jetstream.JetStream, o *Options, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := retrySetup(ctx, o.Logger, "bucket "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, cfg)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
 }
 
 // setupAttempt bounds one attempt at creating or updating a stream,

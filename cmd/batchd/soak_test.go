@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -80,17 +79,18 @@ const (
 )
 
 type soak struct {
-	t    *testing.T
-	dir  string
-	sim  *jobstest.Sim
-	az   *azurite.Server
-	nats *natsProc
-	p    *batchdProc
+	t   *testing.T
+	dir string
+	sim *jobstest.Sim
+	az  *azurite.Server
+	p   *batchdProc
 
-	// Cluster mode (BATCHD_SOAK_CLUSTER=1): three nats-server processes
-	// and two batchd replicas (p is the first); nats is nil.
-	cluster  *brokertest.Cluster
-	replicas []*batchdProc
+	// The NATS: one nats-server process, or three (R3) in cluster mode
+	// (BATCHD_SOAK_CLUSTER=1), where two batchd replicas run (p is the
+	// first).
+	cluster   *brokertest.Cluster
+	clustered bool
+	replicas  []*batchdProc
 	// NATS nodes SIGKILLed by role, and rolling restarts done.
 	nodeKills map[string]int
 	rolling   int
@@ -120,11 +120,12 @@ func newSoak(t *testing.T) *soak {
 	if _, err := azuritetest.Client(t, s.az).CreateContainer(t.Context(), "soak", nil); err != nil {
 		t.Fatal(err)
 	}
-	if os.Getenv("BATCHD_SOAK_CLUSTER") == "1" {
+	s.clustered = os.Getenv("BATCHD_SOAK_CLUSTER") == "1"
+	s.nodeKills = map[string]int{}
+	if s.clustered {
 		s.cluster = brokertest.StartCluster(t, 3)
-		s.nodeKills = map[string]int{}
 	} else {
-		s.nats = startNATSProc(t, dir)
+		s.cluster = brokertest.StartCluster(t, 1)
 	}
 	s.createStream()
 
@@ -138,11 +139,9 @@ func newSoak(t *testing.T) *soak {
 	env["AZURE_CLIENT_ID"] = soakClientID
 	env["AZURE_CLIENT_SECRET"] = soakClientSecret
 	env["AZURE_AUTHORITY_HOST"] = s.sim.AuthorityHost()
-	if s.cluster != nil {
-		env["BATCHD_NATS_URL"] = s.cluster.URL()
+	env["BATCHD_NATS_URL"] = s.cluster.URL()
+	if s.clustered {
 		env["BATCHD_NATS_REPLICAS"] = "3"
-	} else {
-		env["BATCHD_NATS_URL"] = s.nats.url()
 	}
 	env["BATCHD_WEBHOOK_SECRET"] = soakWebhook
 	env["BATCHD_PIPELINES"] = s.writePipelines()
@@ -151,7 +150,7 @@ func newSoak(t *testing.T) *soak {
 	env["BATCHD_RECONCILE_GRACE"] = "5s"
 	s.p = newProc(t, bin, env, "batchd")
 	s.replicas = []*batchdProc{s.p}
-	if s.cluster != nil {
+	if s.clustered {
 		s.replicas = append(s.replicas, newProc(t, bin, env, "batchd-2"))
 	}
 	return s
@@ -162,12 +161,7 @@ func newSoak(t *testing.T) *soak {
 const soakMaxRunning = 6
 
 // connect opens a client connection to the soak's NATS.
-func (s *soak) connect() (*nats.Conn, jetstream.JetStream) {
-	if s.cluster != nil {
-		return s.cluster.Connect(s.t)
-	}
-	return s.nats.connect(s.t)
-}
+func (s *soak) connect() (*nats.Conn, jetstream.JetStream) { return s.cluster.Connect(s.t) }
 
 // url is a replica's address: the first one outside cluster mode, any
 // one in it (a killed one refuses, and the sender tries again).
@@ -213,7 +207,7 @@ pipelines:
     inputs:
       data: {type: UriFile, uri: "{{ .Fields.uri }}"}
 `, s.sim.ScoringURI("soak"), ws.Subscription, ws.ResourceGroup, ws.Name, s.az.AccountURL(), keyFile, soakStream)
-	if s.cluster != nil {
+	if s.clustered {
 		text = strings.Replace(text, "    workspace: {", fmt.Sprintf("    max_running_jobs: %d\n    workspace: {", soakMaxRunning), 1)
 	}
 	path := filepath.Join(s.dir, "soak-pipelines.yaml")
@@ -232,17 +226,10 @@ func (s *soak) createStream() {
 	ctx, cancel := context.WithTimeout(s.t.Context(), 10*time.Second)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: soakStream, Subjects: []string{soakSubject}, Duplicates: time.Second, Replicas: s.streamReplicas(),
+		Name: soakStream, Subjects: []string{soakSubject}, Duplicates: time.Second, Replicas: len(s.cluster.Nodes),
 	}); err != nil {
 		s.t.Fatalf("create stream %s: %v", soakStream, err)
 	}
-}
-
-func (s *soak) streamReplicas() int {
-	if s.cluster != nil {
-		return 3
-	}
-	return 1
 }
 
 func (s *soak) accept(pipeline, key, uri string) {
@@ -272,7 +259,7 @@ func (s *soak) run(d time.Duration) {
 	}
 	// Tokens are fetched about once per process start: fail them often.
 	s.sim.SetFaultRate(jobstest.RouteToken, 0.4, jobstest.Fault{Status: 500}, jobstest.Fault{Status: 503})
-	if s.cluster != nil {
+	if s.clustered {
 		// Replicas start together, on a cluster with no batchd stream yet.
 		for _, p := range s.replicas {
 			p.launch()
@@ -301,7 +288,7 @@ func (s *soak) run(d time.Duration) {
 		}()
 	}
 
-	if s.cluster != nil {
+	if s.clustered {
 		s.clusterChaos(start, d)
 	} else {
 		s.singleChaos(start, d)
@@ -342,7 +329,10 @@ func (s *soak) singleChaos(start time.Time, d time.Duration) {
 				sig = syscall.SIGKILL
 			}
 			natsAt = natsAt[1:]
-			s.nats.restart(t, sig)
+			nd := s.cluster.Nodes[0]
+			nd.Stop(sig)
+			nd.Start(t)
+			s.cluster.WaitReady(t, time.Minute)
 			s.natsRestarts++
 		case now.After(nextKill):
 			s.p.stop(syscall.SIGKILL)
@@ -739,7 +729,7 @@ func (s *soak) check() {
 	if lost > 0 || duplicate > 0 || wrong > 0 {
 		t.Errorf("lost=%d duplicate=%d wrong_outcome=%d, want all 0", lost, duplicate, wrong)
 	}
-	if s.cluster != nil {
+	if s.clustered {
 		peak := s.sim.PeakRunning("soak")
 		nodeKills := 0
 		for _, n := range s.nodeKills {
@@ -828,12 +818,8 @@ func (s *soak) audit() {
 	for _, p := range s.replicas {
 		logs = append(logs, p.log)
 	}
-	if s.cluster != nil {
-		for _, nd := range s.cluster.Nodes {
-			add("nats log "+nd.Name, []byte(nd.Log()))
-		}
-	} else {
-		logs = append(logs, s.nats.log)
+	for _, nd := range s.cluster.Nodes {
+		add("nats log "+nd.Name, []byte(nd.Log()))
 	}
 	for _, p := range logs {
 		b, err := os.ReadFile(p)
@@ -918,95 +904,6 @@ func (s *soak) audit() {
 
 func context100(s string, i int) string {
 	return s[max(0, i-60):min(len(s), i+40)]
-}
-
-// natsProc is a nats-server process with JetStream, built from the module's
-// own nats-server dependency.
-type natsProc struct {
-	bin, store, log string
-	port            int
-	cmd             *exec.Cmd
-	done            chan error
-}
-
-func startNATSProc(t *testing.T, dir string) *natsProc {
-	t.Helper()
-	bin := filepath.Join(dir, "nats-server")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
-		t.Fatalf("build nats-server: %v\n%s", err, out)
-	}
-	_, portStr, _ := strings.Cut(procFreeAddr(t), ":")
-	port, _ := strconv.Atoi(portStr)
-	n := &natsProc{bin: bin, store: filepath.Join(dir, "nats-store"), log: filepath.Join(dir, "nats.log"), port: port}
-	n.start(t)
-	t.Cleanup(func() { n.stop(syscall.SIGKILL) })
-	return n
-}
-
-func (n *natsProc) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
-
-func (n *natsProc) start(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile(n.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(n.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-js", "-sd", n.store, "-n", "soak")
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start nats-server: %v", err)
-	}
-	n.cmd, n.done = cmd, make(chan error, 1)
-	go func() { n.done <- cmd.Wait(); f.Close() }()
-	procWaitFor(t, 30*time.Second, "nats-server with JetStream", func() bool {
-		nc, err := nats.Connect(n.url(), nats.Timeout(time.Second))
-		if err != nil {
-			return false
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return false
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err = js.AccountInfo(ctx)
-		return err == nil
-	})
-}
-
-func (n *natsProc) stop(sig syscall.Signal) {
-	if n.cmd == nil {
-		return
-	}
-	_ = n.cmd.Process.Signal(sig)
-	select {
-	case <-n.done:
-	case <-time.After(30 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-n.done
-	}
-	n.cmd = nil
-}
-
-func (n *natsProc) restart(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	n.stop(sig)
-	n.start(t)
-}
-
-// connect opens a client connection that reconnects for ever.
-func (n *natsProc) connect(t *testing.T) (*nats.Conn, jetstream.JetStream) {
-	t.Helper()
-	nc, err := nats.Connect(n.url(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect to nats-server: %v", err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
 }
 
 // exited says whether the process ended without being stopped.
