@@ -116,8 +116,13 @@ func (o *Orchestrator) heartbeat(ctx context.Context) error {
 	}
 	_, perr := o.h.replicas.Put(ctx, self.ID, b)
 	entries, lerr := o.readReplicas(ctx)
+	if lerr != nil {
+		// A partial read would drop replicas from the view and lift
+		// their caps: keep the last view until a whole read.
+		return errors.Join(perr, lerr)
+	}
 	o.setView(self, entries, time.Now())
-	return errors.Join(perr, lerr)
+	return perr
 }
 
 // readReplicas reads every registry entry.
@@ -173,14 +178,16 @@ func (o *Orchestrator) setView(self ReplicaInfo, entries []ReplicaInfo, now time
 		}
 		v.list.Drift = "live replicas run different pipelines files: " + strings.Join(parts, "; ")
 	}
-	// The agreed cap: the smallest any live replica sets, so that no
-	// replica admits more than another's file allows.
+	// The agreed cap: the smallest any replica in the registry sets (live
+	// or with a late heartbeat: its entry stays until it stops cleanly or
+	// for a minute), so that no replica admits more than another's file
+	// allows, even while a slow heartbeat makes that one look gone.
 	for _, p := range o.pipelines {
 		if !p.IsOnline() {
 			v.maxRunning[p.Endpoint.Name] = o.maxRunning[p.Endpoint.Name]
 		}
 	}
-	for _, r := range list {
+	for _, r := range append([]ReplicaInfo{self}, entries...) {
 		for name, n := range r.MaxRunningJobs {
 			cur, ok := v.maxRunning[name]
 			if n > 0 && ok && (cur <= 0 || n < cur) {

@@ -23,7 +23,7 @@ func TestReplicaRegistryHoldsLimitsAcrossReplicas(t *testing.T) {
 	uncapped := testPipeline(t, "score", nil) // the same pipeline, no cap: another file
 	fast := func(hash string) harnessOpt {
 		return func(o *Options) {
-			o.Heartbeat = 50 * time.Millisecond
+			o.Heartbeat = 200 * time.Millisecond
 			o.PollBudget = 40
 			o.Replica = ReplicaIdentity{Host: "h-" + hash, Version: "test", ConfigHash: hash}
 		}
