@@ -283,12 +283,13 @@ func (c *Cluster) MetaLeader() string {
 }
 
 // WaitReady waits until every running node answers /healthz (JetStream
-// current) and there is a meta leader.
+// current) and, on more than one node, there is a meta leader (a single
+// server is not clustered and reports none).
 func (c *Cluster) WaitReady(t testing.TB, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		ok := c.MetaLeader() != ""
+		ok := len(c.Nodes) == 1 || c.MetaLeader() != ""
 		for _, nd := range c.Nodes {
 			if nd.exited() {
 				t.Fatalf("nats-server %s exited:\n%s", nd.Name, tail(nd.Log(), 3000))
