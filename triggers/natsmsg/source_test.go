@@ -339,12 +339,16 @@ func keysOf(evs []orchestrator.Event) []string {
 // recorded rejected with the reason, not run, and answered nowhere.
 func TestReplyOnlyUnderThePrefix(t *testing.T) {
 	intake, nc := coreSource(t, Config{Subject: "score.request"})
+	// A legitimate request first, so the source's subscription is known to
+	// be up (before the spy's: a spy on ">" would be a responder to it).
+	requestSubscribed(t, nc, "score.request", `{"input":"ok.csv"}`)
 	spy, err := nc.SubscribeSync(">")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A legitimate request first, so the subscription is known to be up.
-	requestSubscribed(t, nc, "score.request", `{"input":"ok.csv"}`)
+	if err := nc.Flush(); err != nil { // the server has the spy's interest
+		t.Fatal(err)
+	}
 	evil := []string{"orders.evil", "$KV.batchd_runs.0123456789abcdef0123456789abcdef", "batchd.intake.p.x", "$JS.API.STREAM.DELETE.BATCHD_INTAKE"}
 	for _, reply := range evil {
 		if err := nc.PublishMsg(&nats.Msg{Subject: "score.request", Reply: reply, Data: []byte(`{"input":"evil.csv"}`)}); err != nil {
