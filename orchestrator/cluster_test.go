@@ -59,7 +59,10 @@ func TestLedgerReadsItsWritesOnCluster(t *testing.T) {
 				if err != nil {
 					return // the cluster is electing: not a read
 				}
-				r.transition(StateSubmitted, "x", time.Now().UTC())
+				if err := r.move(StateSubmitted, "x", time.Now().UTC()); err != nil {
+					t.Error(err)
+					return
+				}
 				if rev, err = w.put(ctx, r, rev); err != nil {
 					return
 				}

@@ -126,7 +126,13 @@ func (o *Orchestrator) handle(ctx, stop context.Context, carrier string, m jetst
 		if stop.Err() != nil {
 			d = 0 // shutting down: let another replica have it now
 		}
-		o.log.Warn("step failed; will retry", "carrier", carrier, "subject", m.Subject(), "retry_in", d, "err", err)
+		var me *MoveError
+		if errors.As(err, &me) {
+			// A bug in batchd: nothing was written, the run stays as it was.
+			o.log.Error("the state graph refused a step's move; will retry", "carrier", carrier, "subject", m.Subject(), "retry_in", d, "err", err)
+		} else {
+			o.log.Warn("step failed; will retry", "carrier", carrier, "subject", m.Subject(), "retry_in", d, "err", err)
+		}
 		s = nakAfter(d)
 	}
 	switch s.kind {

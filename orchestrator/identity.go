@@ -72,8 +72,11 @@ func (o *Orchestrator) forgottenDuplicate(ctx context.Context, d *delivery) (set
 		what += ", job " + id.Job
 	}
 	r.Duplicates = 1
-	r.transition(StateDuplicate, fmt.Sprintf("this event already ran as this run (%s, finished %s); its full record has expired (the pipeline's retention), "+
-		"but the same key stays the same run for %s: not submitted again", what, id.Finished.Format(time.RFC3339), IdentityHorizon), now)
+	reason := fmt.Sprintf("this event already ran as this run (%s, finished %s); its full record has expired (the pipeline's retention), "+
+		"but the same key stays the same run for %s: not submitted again", what, id.Finished.Format(time.RFC3339), IdentityHorizon)
+	if err := r.toFinished(StateDuplicate, reason, "", now); err != nil {
+		return settle{}, false, err
+	}
 	if _, err := o.ledger.create(ctx, r); err != nil && !errors.Is(err, errExists) {
 		return settle{}, false, err
 	}

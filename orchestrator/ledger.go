@@ -80,35 +80,12 @@ type resolveRequest struct {
 // are dropped.
 const maxHistory = 100
 
-// transition moves the run to state, appending to its history.
-func (r *record) transition(state State, reason string, at time.Time) {
-	r.State = state
-	r.Updated = at
-	r.History = append(r.History, Transition{State: state, At: at, Reason: reason})
-	if len(r.History) > maxHistory {
-		keep := 10
-		r.History = append(r.History[:keep], r.History[len(r.History)-(maxHistory-keep):]...)
-	}
-}
-
 // lastReason is the reason of the latest history entry.
 func (r *record) lastReason() string {
 	if len(r.History) == 0 {
 		return ""
 	}
 	return r.History[len(r.History)-1].Reason
-}
-
-func (r *record) clone() *record {
-	b, err := json.Marshal(r)
-	if err != nil {
-		panic(fmt.Sprintf("marshal run record: %v", err)) // only plain data: cannot happen
-	}
-	var c record
-	if err := json.Unmarshal(b, &c); err != nil {
-		panic(fmt.Sprintf("unmarshal run record: %v", err))
-	}
-	return &c
 }
 
 var (

@@ -60,11 +60,15 @@ func TestLedgerCompareAndSet(t *testing.T) {
 	if _, err := l.create(ctx, r); !errors.Is(err, errExists) {
 		t.Errorf("second create = %v, want errExists", err)
 	}
-	r.transition(StateWaiting, "a", time.Now().UTC())
+	if err := r.move(StateWaiting, "a", time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := l.put(ctx, r, rev); err != nil {
 		t.Fatalf("put: %v", err)
 	}
-	r.transition(StateSubmitting, "b", time.Now().UTC())
+	if err := r.move(StateSubmitting, "b", time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := l.put(ctx, r, rev); !errors.Is(err, errConflict) {
 		t.Errorf("put with a stale revision = %v, want errConflict", err)
 	}
@@ -188,7 +192,9 @@ func TestRepairFreesSlotsOfFinishedRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := newRecord(Event{Pipeline: "score", Key: "live", Source: SourceAPI}, time.Now().UTC())
-	live.transition(StateSubmitted, "x", time.Now().UTC())
+	if err := live.move(StateSubmitted, "x", time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
 	live.Job = &JobRef{Name: "j", Status: jobs.StatusRunning}
 	if _, err := h.o.ledger.create(ctx, live); err != nil {
 		t.Fatal(err)

@@ -239,17 +239,10 @@ func (o *Orchestrator) requests(ctx context.Context, r *record, rev uint64, d *d
 			}
 			return nakAfter(0), nil
 		}
-		if r.Job != nil && r.Job.Name != req.Job {
-			r.PreviousJobs = append(r.PreviousJobs, *r.Job)
+		reason := fmt.Sprintf("resolved by an operator: adopted job %s: %s", req.Job, req.Reason)
+		if err := r.toSubmitted(JobRef{Name: req.Job, SubmittedAt: now}, o.deadline(r, now), reason, now); err != nil {
+			return settle{}, err
 		}
-		r.Job = &JobRef{Name: req.Job, SubmittedAt: now}
-		if r.Attempts == 0 {
-			r.Attempts = 1
-		}
-		r.Error = ""
-		r.Sys.Carrier = carrierTracker
-		r.Sys.Deadline = o.deadline(r, now)
-		r.transition(StateSubmitted, fmt.Sprintf("resolved by an operator: adopted job %s: %s", req.Job, req.Reason), now)
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
 			return settle{}, err
 		}
@@ -344,8 +337,9 @@ func (r *record) lastReasonFor(s State) string {
 func (o *Orchestrator) wait(ctx context.Context, r *record, rev uint64, kind, reason string, delay time.Duration) (settle, error) {
 	if r.State != StateWaiting || r.Sys.WaitReason != reason {
 		o.met.admissionWaits.WithLabelValues(r.Endpoint, kind).Inc()
-		r.Sys.WaitReason = reason
-		r.transition(StateWaiting, reason, time.Now().UTC())
+		if err := r.toWaiting(reason, time.Now().UTC()); err != nil {
+			return settle{}, err
+		}
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
 			return settle{}, err
 		}
@@ -377,18 +371,18 @@ func (o *Orchestrator) submit(ctx context.Context, r *record, rev uint64, d *del
 	req := *r.Request
 	req.RequestID = requestID(r.ID, r.Sys.Gen, attempt, r.Sys.Resubmits)
 	r.Request.RequestID = req.RequestID
-	r.Attempts = attempt
-	r.Sys.SubmittingAt = now
-	if r.Sys.Resubmits == 0 {
-		r.Sys.ReconcileSince = now
-	}
-	r.Sys.SubmitDeadline = now.Add(o.opts.SubmitTimeout + o.opts.submitMargin)
-	r.Sys.WaitReason = ""
 	what := fmt.Sprintf("posting the job to endpoint %s (attempt %d)", r.Endpoint, attempt)
 	if r.Sys.Resubmits > 0 {
 		what += ", once more after reconciliation found no job"
 	}
-	r.transition(StateSubmitting, what, now)
+	if err := r.toSubmitting(what, now); err != nil {
+		return settle{}, err
+	}
+	r.Attempts = attempt
+	if r.Sys.Resubmits == 0 {
+		r.Sys.ReconcileSince = now
+	}
+	r.Sys.SubmitDeadline = now.Add(o.opts.SubmitTimeout + o.opts.submitMargin)
 	rev, err := o.ledger.put(ctx, r, rev)
 	if err != nil {
 		return settle{}, err
@@ -438,13 +432,8 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 			if !ours(x, rid) {
 				return errStale
 			}
-			x.Job = &JobRef{Name: job.Name, Status: job.Status, StudioURL: job.StudioURL, RequestID: rid, SubmittedAt: now}
-			x.Error = ""
-			x.Sys.Transient = 0
-			x.Sys.Carrier = carrierTracker
-			x.Sys.Deadline = o.deadline(x, now)
-			x.transition(StateSubmitted, fmt.Sprintf("endpoint %s accepted job %s", x.Endpoint, job.Name), now)
-			return nil
+			return x.toSubmitted(jobRef(job, rid, now), o.deadline(x, now),
+				fmt.Sprintf("endpoint %s accepted job %s", x.Endpoint, job.Name), now)
 		}
 		after = func(x *record) (settle, error) { return o.handOver(ctx, x, d) }
 	case errors.As(subErr, &ae) && ae.StatusCode == http.StatusTooManyRequests:
@@ -464,9 +453,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 				return errStale
 			}
 			x.Error = subErr.Error()
-			x.Sys.WaitReason = reason
-			x.transition(StateWaiting, reason, now)
-			return nil
+			return x.toWaiting(reason, now)
 		}
 		after = func(x *record) (settle, error) {
 			o.releaseSlot(ctx, x)
@@ -486,10 +473,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 			if x.State == StateUnknown {
 				return errNoChange
 			}
-			x.Error = subErr.Error()
-			x.Sys.Carrier = carrierTracker
-			x.transition(StateUnknown, "the POST's outcome is unknown ("+subErr.Error()+"); "+o.unknownPlan(x), now)
-			return nil
+			return x.toUnknown(subErr.Error(), "the POST's outcome is unknown ("+subErr.Error()+"); "+o.unknownPlan(x), now)
 		}
 		after = func(x *record) (settle, error) { return o.handOver(ctx, x, d) }
 	case jobs.IsPermanent(subErr):
@@ -514,10 +498,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 			wait = backoff(x.Sys.Transient, time.Second, 5*time.Minute)
 			x.Sys.NotBefore = now.Add(wait)
 			x.Error = subErr.Error()
-			reason := fmt.Sprintf("transient error, retrying in %s: %v", wait.Round(time.Millisecond), subErr)
-			x.Sys.WaitReason = reason
-			x.transition(StateWaiting, reason, now)
-			return nil
+			return x.toWaiting(fmt.Sprintf("transient error, retrying in %s: %v", wait.Round(time.Millisecond), subErr), now)
 		}
 		after = func(x *record) (settle, error) {
 			o.releaseSlot(ctx, x)
@@ -610,9 +591,10 @@ func (o *Orchestrator) stepFoundSubmitting(ctx context.Context, r *record, rev u
 		return nakAfter(r.Sys.SubmitDeadline.Sub(now) + 500*time.Millisecond), nil
 	}
 	o.met.submissions.WithLabelValues(r.Endpoint, "interrupted").Inc()
-	r.Sys.Carrier = carrierTracker
-	r.Error = "the POST was interrupted (batchd stopped, or its answer was never recorded)"
-	r.transition(StateUnknown, "found in submitting after the submit deadline: the POST may or may not have created a job; "+o.unknownPlan(r), now)
+	if err := r.toUnknown("the POST was interrupted (batchd stopped, or its answer was never recorded)",
+		"found in submitting after the submit deadline: the POST may or may not have created a job; "+o.unknownPlan(r), now); err != nil {
+		return settle{}, err
+	}
 	if _, err := o.ledger.put(ctx, r, rev); err != nil {
 		return settle{}, err
 	}
@@ -628,11 +610,8 @@ func (o *Orchestrator) stepFoundSubmitting(ctx context.Context, r *record, rev u
 // leaves a slot that the next delivery (or repair) frees.
 func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state State, reason, errText string) (settle, error) {
 	now := time.Now().UTC()
-	r.Sys.Resolve, r.Sys.WaitReason = nil, ""
-	r.transition(state, reason, now)
-	r.Error = errText
-	if r.Job != nil && r.Job.FinishedAt.IsZero() && (state == StateCompleted || state == StateFailed || state == StateCanceled || state == StateTimedOut) {
-		r.Job.FinishedAt = now
+	if err := r.toFinished(state, reason, errText, now); err != nil {
+		return settle{}, err
 	}
 	// Before the terminal write, which may start a short retention: a
 	// crash after the write must not leave a key without its identity. A
@@ -708,7 +687,9 @@ func (o *Orchestrator) retryTransition(ctx context.Context, r *record, rev uint6
 	if d.reason != "" {
 		reason += ": " + d.reason
 	}
-	r.transition(StateReceived, reason, now)
+	if err := r.toReceived(reason, now); err != nil {
+		return settle{}, err
+	}
 	if _, err := o.ledger.put(ctx, r, rev); err != nil {
 		if errors.Is(err, errConflict) {
 			return settle{}, errRedrive

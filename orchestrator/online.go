@@ -183,17 +183,17 @@ func (o *Orchestrator) stepOnline(ctx, stop context.Context, r *record, rev uint
 	if p.Response.Store {
 		call.Request, call.RequestTruncated = cut(body, p.maxBytes())
 	}
-	r.Online = call
-	r.Attempts = attempt
-	r.Error = ""
-	r.Sys.SubmittingAt = now
-	r.Sys.SubmitDeadline = deadline.Add(o.opts.submitMargin)
-	r.Sys.WaitReason = ""
 	what := fmt.Sprintf("sending the request to online endpoint %s", p.Endpoint.Name)
 	if note != "" {
 		what += " (" + note + ")"
 	}
-	r.transition(StateSubmitting, what, now)
+	if err := r.toSubmitting(what, now); err != nil {
+		return settle{}, err
+	}
+	r.Online = call
+	r.Attempts = attempt
+	r.Error = ""
+	r.Sys.SubmitDeadline = deadline.Add(o.opts.submitMargin)
 	if _, err := o.ledger.put(ctx, r, rev); err != nil {
 		return settle{}, err
 	}
@@ -361,11 +361,9 @@ func (o *Orchestrator) finishOnline(ctx context.Context, r *record, rev uint64, 
 // onlineUnknown parks an online run whose outcome is not known: an
 // operator decides (there is no job to reconcile). The tracker carries it.
 func (o *Orchestrator) onlineUnknown(ctx context.Context, r *record, rev uint64, reason, errText string) (settle, error) {
-	now := time.Now().UTC()
-	r.Error = errText
-	r.Sys.Carrier = carrierTracker
-	r.Sys.WaitReason = ""
-	r.transition(StateUnknown, reason, now)
+	if err := r.toUnknown(errText, reason, time.Now().UTC()); err != nil {
+		return settle{}, err
+	}
 	if _, err := o.ledger.put(ctx, r, rev); err != nil {
 		return settle{}, err
 	}

@@ -285,9 +285,12 @@ func (o *Orchestrator) Record(ctx context.Context, ev Event, state State, reason
 	now := time.Now().UTC()
 	r := newRecord(ev, now)
 	r.Sys.Carrier = ""
-	r.transition(state, reason, now)
+	errText := ""
 	if state == StateRejected {
-		r.Error = reason
+		errText = reason
+	}
+	if err := r.toFinished(state, reason, errText, now); err != nil {
+		return Receipt{RunID: id}, err
 	}
 	if err := publishCompletion(ctx, o.js, r); err != nil {
 		return Receipt{RunID: id}, err
@@ -340,7 +343,8 @@ func newRecord(ev Event, now time.Time) *record {
 		Event: ev, Created: now,
 	}}
 	r.Sys.Carrier = carrierIntake
-	r.transition(StateReceived, "event accepted from "+orUnknown(ev.Source), now)
+	// A new record's first move, which the graph always allows.
+	_ = r.toReceived("event accepted from "+orUnknown(ev.Source), now)
 	return r
 }
 

@@ -179,7 +179,9 @@ func (o *Orchestrator) stepPoll(ctx, stop context.Context, r *record, rev uint64
 			x.Error, changed = "", true
 		}
 		if x.State == StateSubmitted && runningStatus(job.Status) {
-			x.transition(StateRunning, fmt.Sprintf("job %s is %s", name, job.Status), now)
+			if err := x.toRunning(fmt.Sprintf("job %s is %s", name, job.Status), now); err != nil {
+				return err
+			}
 			changed = true
 		}
 		if !changed {
@@ -229,9 +231,9 @@ func (o *Orchestrator) jobFailed(ctx context.Context, r *record, rev uint64, job
 	r.Error = what
 	r.Sys.NotBefore = now.Add(wait)
 	r.Sys.Resubmits, r.Sys.Transient, r.Sys.Deadline = 0, 0, time.Time{}
-	reason := fmt.Sprintf("%s; the retry policy allows attempt %d of %d, after %s", what, r.Attempts+1, maxAttempts, wait)
-	r.Sys.WaitReason = reason
-	r.transition(StateWaiting, reason, now)
+	if err := r.toWaiting(fmt.Sprintf("%s; the retry policy allows attempt %d of %d, after %s", what, r.Attempts+1, maxAttempts, wait), now); err != nil {
+		return settle{}, err
+	}
 	if _, err := o.ledger.put(ctx, r, rev); err != nil {
 		return settle{}, err
 	}
@@ -322,12 +324,10 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 		if at.IsZero() {
 			at = r.Sys.SubmittingAt
 		}
-		r.Job = &JobRef{Name: j.Name, Status: j.Status, StudioURL: j.StudioURL, RequestID: r.Request.RequestID, SubmittedAt: at.UTC()}
-		r.Error = ""
-		r.Sys.Carrier = carrierTracker
-		r.Sys.Deadline = o.deadline(r, at)
-		r.Sys.WaitReason = ""
-		r.transition(StateSubmitted, fmt.Sprintf("reconciled: adopted job %s (created %s), whose endpoint, inputs and outputs match this run's", j.Name, at.UTC().Format(time.RFC3339)), now)
+		reason := fmt.Sprintf("reconciled: adopted job %s (created %s), whose endpoint, inputs and outputs match this run's", j.Name, at.UTC().Format(time.RFC3339))
+		if err := r.toSubmitted(jobRef(&j, r.Request.RequestID, at.UTC()), o.deadline(r, at), reason, now); err != nil {
+			return settle{}, err
+		}
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
 			return settle{}, err
 		}
@@ -353,8 +353,9 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 // carrier alive so that operator requests reach it.
 func (o *Orchestrator) park(ctx context.Context, r *record, rev uint64, reason string) (settle, error) {
 	if r.Sys.WaitReason != reason {
-		r.Sys.WaitReason = reason
-		r.transition(r.State, reason, time.Now().UTC())
+		if err := r.toParked(reason, time.Now().UTC()); err != nil {
+			return settle{}, err
+		}
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
 			return settle{}, err
 		}

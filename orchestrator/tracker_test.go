@@ -145,7 +145,9 @@ func TestRunFoundSubmittingIsNotPostedAgain(t *testing.T) {
 	r.Request, r.Endpoint, r.Sys.Endpoint = &req, p.Endpoint.Name, &ep
 	r.Sys.SubmittingAt, r.Sys.ReconcileSince, r.Sys.SubmitDeadline = now.Add(-time.Minute), now.Add(-time.Minute), now.Add(-time.Second)
 	r.Attempts = 1
-	r.transition(StateSubmitting, "posting", now.Add(-time.Minute))
+	if err := r.move(StateSubmitting, "posting", now.Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.o.ledger.create(ctx, r); err != nil {
 		t.Fatalf("seed ledger: %v", err)
 	}
