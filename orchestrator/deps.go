@@ -11,16 +11,16 @@ import (
 
 // Scorer is the online endpoint client (*online.Client implements it).
 // Score sends one scoring request (retrying only what cannot score twice,
-// within ctx's deadline) and returns the 2xx answer, or an error that
-// online.KindOf classifies.
+// within ctx's deadline) and returns the 2xx answer, or an *online.Error,
+// which jobs.Classify places (Refused, Failed, TimedOut, Ambiguous).
 type Scorer interface {
 	Score(ctx context.Context, ep online.Endpoint, req online.Request) (*online.Response, error)
 }
 
 // Submitter is the part of the Azure ML client the orchestrator uses
 // (*jobs.Client implements it). Submit must not retry the POST; the
-// orchestrator classifies its errors with jobs.IsRetryable, jobs.IsPermanent
-// and jobs.IsAmbiguous.
+// orchestrator goes on by jobs.Classify's outcome (an error it cannot
+// place is Ambiguous: the run becomes unknown and is reconciled).
 type Submitter interface {
 	Submit(ctx context.Context, ep jobs.Endpoint, req jobs.JobRequest) (*jobs.Job, error)
 	Get(ctx context.Context, ep jobs.Endpoint, name string) (*jobs.Job, error)

@@ -167,7 +167,7 @@ type Receipt struct {
 // Emit returns only once ev is durably accepted (the JetStream PubAck): after
 // a nil error the trigger may acknowledge its own source, and the event will
 // end in exactly one recorded run. Any error means "not taken": the trigger
-// must let its source redeliver, unless IsPermanent(err), in which case no
+// must let its source redeliver, unless IsRefused(err), in which case no
 // redelivery can succeed and the trigger should record and drop the event.
 //
 // Record writes a decision that needs no work (StateFiltered, StateRejected,
@@ -190,23 +190,25 @@ type Runs interface {
 // ErrRunNotFound is returned for a run id the ledger does not hold.
 var ErrRunNotFound = errors.New("run not found")
 
-// Permanent marks err as one that redelivery cannot fix (a malformed event, a
-// pipeline that does not exist). IsPermanent finds the mark anywhere in the
+// Refuse marks err as the intake's refusal for good: redelivery cannot fix
+// it (a malformed event, a pipeline that does not exist). The trigger
+// records the event rejected and drops it. (Not jobs.IsPermanent, which is
+// about an Azure ML request.) IsRefused finds the mark anywhere in the
 // chain.
-func Permanent(err error) error {
+func Refuse(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &permanentError{err}
+	return &refusedError{err}
 }
 
-// IsPermanent reports whether err, or any error it wraps, was marked Permanent.
-func IsPermanent(err error) bool {
-	var p *permanentError
+// IsRefused reports whether err, or any error it wraps, was marked by Refuse.
+func IsRefused(err error) bool {
+	var p *refusedError
 	return errors.As(err, &p)
 }
 
-type permanentError struct{ err error }
+type refusedError struct{ err error }
 
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -417,9 +416,12 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 	ep := r.Sys.Endpoint
 	var upd func(x *record) error
 	var after func(x *record) (settle, error)
-	var ae *jobs.APIError
-	switch {
-	case subErr == nil && job != nil:
+	outcome := jobs.Classify(subErr)
+	if outcome == jobs.Done && job == nil {
+		outcome, subErr = jobs.Ambiguous, errors.New("the endpoint returned no job")
+	}
+	switch outcome {
+	case jobs.Done:
 		o.met.submissions.WithLabelValues(r.Endpoint, "accepted").Inc()
 		if ep.Workspace != nil {
 			if owner, err := o.claimJob(ctx, job.Name, r.ID); err != nil {
@@ -436,7 +438,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 				fmt.Sprintf("endpoint %s accepted job %s", x.Endpoint, job.Name), now)
 		}
 		after = func(x *record) (settle, error) { return o.handOver(ctx, x, d) }
-	case errors.As(subErr, &ae) && ae.StatusCode == http.StatusTooManyRequests:
+	case jobs.Throttled:
 		o.met.submissions.WithLabelValues(r.Endpoint, "throttled").Inc()
 		wait, ok := jobs.RetryAfter(subErr)
 		if !ok {
@@ -459,13 +461,10 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 			o.releaseSlot(ctx, x)
 			return nakAfter(jitter(wait, 0.1) + 100*time.Millisecond), nil
 		}
-	case jobs.IsAmbiguous(subErr) || (!jobs.IsPermanent(subErr) && !jobs.IsRetryable(subErr)):
-		// Unclassified errors count as ambiguous: a second job is worse
-		// than a run an operator has to look at.
+	case jobs.Ambiguous, jobs.Failed, jobs.TimedOut:
+		// Failed and TimedOut come from online scoring only; on a POST they
+		// are no definite answer either.
 		o.met.submissions.WithLabelValues(r.Endpoint, "ambiguous").Inc()
-		if subErr == nil {
-			subErr = errors.New("the endpoint returned no job")
-		}
 		upd = func(x *record) error {
 			if !ours(x, rid) {
 				return errStale
@@ -476,7 +475,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 			return x.toUnknown(subErr.Error(), "the POST's outcome is unknown ("+subErr.Error()+"); "+o.unknownPlan(x), now)
 		}
 		after = func(x *record) (settle, error) { return o.handOver(ctx, x, d) }
-	case jobs.IsPermanent(subErr):
+	case jobs.Refused:
 		o.met.submissions.WithLabelValues(r.Endpoint, "rejected").Inc()
 		x, rev, err := o.ledger.get(ctx, r.ID)
 		if err != nil {
@@ -487,7 +486,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 		}
 		reason := "the endpoint refused the job: " + subErr.Error()
 		return o.finish(ctx, x, rev, StateRejected, reason, subErr.Error())
-	default: // jobs.IsRetryable: nothing was created
+	case jobs.Transient: // nothing was created
 		o.met.submissions.WithLabelValues(r.Endpoint, "transient").Inc()
 		var wait time.Duration
 		upd = func(x *record) error {
@@ -504,6 +503,8 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 			o.releaseSlot(ctx, x)
 			return nakAfter(wait), nil
 		}
+	default:
+		return settle{}, fmt.Errorf("run %s: submission outcome %v has no step (a bug in batchd)", r.ID, outcome)
 	}
 	x, _, err := o.ledger.update(ctx, r.ID, upd)
 	if errors.Is(err, errStale) {

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/batchd/batchd/datastores"
+	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/online"
 )
 
@@ -253,14 +254,14 @@ func (o *Orchestrator) afterScore(ctx context.Context, r *record, p *Pipeline, c
 			answer = oe.Response
 		}
 		out.errText = serr.Error()
-		switch online.KindOf(serr) {
-		case online.KindRejected:
+		switch jobs.Classify(serr) {
+		case jobs.Refused:
 			out.state, out.reason = StateRejected, "the request was refused: "+out.errText
-		case online.KindFailed:
+		case jobs.Failed:
 			out.state, out.reason = StateFailed, "the endpoint failed the request: "+out.errText
-		case online.KindTimedOut:
+		case jobs.TimedOut:
 			out.state, out.reason = StateTimedOut, fmt.Sprintf("no answer within the timeout of %s: %s", p.budget(), out.errText)
-		default:
+		default: // jobs.Ambiguous (Score's errors classify themselves: no other outcome comes)
 			out.state = StateUnknown
 			out.reason = "scoring outcome unknown: the request was sent and no answer came (" + out.errText + "); it was not sent again because the pipeline is not safe_to_repeat: an operator may `batchd runs retry` or `batchd runs resolve` it"
 		}

@@ -61,7 +61,7 @@ var (
 	_ Runs   = (*Orchestrator)(nil)
 )
 
-// ErrUnknownPipeline is returned (marked Permanent) by Emit for an event
+// ErrUnknownPipeline is returned (marked by Refuse) by Emit for an event
 // whose pipeline is not configured.
 var ErrUnknownPipeline = errors.New("pipeline is not configured")
 
@@ -218,11 +218,11 @@ func (o *Orchestrator) Emit(ctx context.Context, ev Event) (Receipt, error) {
 	id := RunID(ev.Pipeline, ev.Key)
 	b, err := json.Marshal(ev)
 	if err != nil {
-		return Receipt{}, Permanent(fmt.Errorf("emit: encode event: %w", err))
+		return Receipt{}, Refuse(fmt.Errorf("emit: encode event: %w", err))
 	}
 	if len(b) > MaxEventSize {
 		o.met.events.WithLabelValues(ev.Source, "error").Inc()
-		return Receipt{RunID: id}, Permanent(fmt.Errorf("emit %s: the event is %d bytes encoded, more than the %d batchd keeps per run", id, len(b), MaxEventSize))
+		return Receipt{RunID: id}, Refuse(fmt.Errorf("emit %s: the event is %d bytes encoded, more than the %d batchd keeps per run", id, len(b), MaxEventSize))
 	}
 	m := nats.NewMsg(intakeSubject(ev.Pipeline, id))
 	m.Data = b
@@ -242,13 +242,13 @@ func (o *Orchestrator) Emit(ctx context.Context, ev Event) (Receipt, error) {
 
 func (o *Orchestrator) checkEvent(ev *Event) error {
 	if ev.Pipeline == "" {
-		return Permanent(errors.New("event has no pipeline"))
+		return Refuse(errors.New("event has no pipeline"))
 	}
 	if _, ok := o.pipelines[ev.Pipeline]; !ok {
-		return Permanent(fmt.Errorf("%w: %q", ErrUnknownPipeline, ev.Pipeline))
+		return Refuse(fmt.Errorf("%w: %q", ErrUnknownPipeline, ev.Pipeline))
 	}
 	if ev.Key == "" {
-		return Permanent(errors.New("event has no idempotency key"))
+		return Refuse(errors.New("event has no idempotency key"))
 	}
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
@@ -264,10 +264,10 @@ func (o *Orchestrator) Record(ctx context.Context, ev Event, state State, reason
 	switch state {
 	case StateFiltered, StateRejected, StateDuplicate:
 	default:
-		return Receipt{}, Permanent(fmt.Errorf("record: state %q is not one of filtered, rejected, duplicate", state))
+		return Receipt{}, Refuse(fmt.Errorf("record: state %q is not one of filtered, rejected, duplicate", state))
 	}
 	if ev.Key == "" {
-		return Receipt{}, Permanent(errors.New("record: event has no idempotency key"))
+		return Receipt{}, Refuse(errors.New("record: event has no idempotency key"))
 	}
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()

@@ -256,12 +256,12 @@ func (o *Orchestrator) timeout(ctx context.Context, r *record, rev uint64) (sett
 		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		err := o.sub.Cancel(cctx, *ep, r.Job.Name)
 		cancel()
-		switch {
-		case err == nil:
+		switch jobs.Classify(err) {
+		case jobs.Done:
 			reason += fmt.Sprintf("; job %s canceled", r.Job.Name)
-		case jobs.IsPermanent(err):
+		case jobs.Refused:
 			reason += fmt.Sprintf("; canceling job %s failed: %v", r.Job.Name, err)
-		default:
+		default: // a cancel is safe to repeat
 			o.log.Warn("cancel after timeout failed; will retry", "run", r.ID, "job", r.Job.Name, "err", err)
 			return nakAfter(backoff(2, o.opts.PollMin, o.opts.PollMax)), nil
 		}

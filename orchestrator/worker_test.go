@@ -128,7 +128,10 @@ func TestDuplicateEventsSubmitOnce(t *testing.T) {
 
 func TestDecisionsThatEndARun(t *testing.T) {
 	sub := newFakeSub()
-	sub.script = []submitOutcome{{err: &jobs.APIError{Op: jobs.OpSubmit, Method: "POST", StatusCode: 400, Code: "UserError", Message: "bad input type"}}}
+	sub.script = []submitOutcome{
+		{err: &jobs.APIError{Op: jobs.OpSubmit, Method: "POST", StatusCode: 400, Code: "UserError", Message: "bad input type"}},
+		{err: &jobs.APIError{Op: jobs.OpSubmit, Method: "POST", StatusCode: 415}},
+	}
 	strict := testPipeline(t, "strict", nil)
 	uri, err := CompileTemplate("{{ .Fields.uri }}/{{ .Fields.day }}")
 	if err != nil {
@@ -147,6 +150,8 @@ func TestDecisionsThatEndARun(t *testing.T) {
 		{"the endpoint refuses the job (400)", "score", "https://a.blob.core.windows.net/c/ok", StateRejected, "the endpoint refused the job"},
 		{"the preflight rejects the input", "score", "https://a.blob.core.windows.net/forbidden/x", StateRejected, "preflight check rejected the job: input data: not in the allow list"},
 		{"the event lacks a field a template reads", "strict", "https://a.blob.core.windows.net/c/x", StateRejected, "no value for .Fields.day"},
+		// Any 4xx but 408 and 429 is an answer, and a refusal: nothing to reconcile.
+		{"the endpoint refuses the job (415)", "score", "https://a.blob.core.windows.net/c/ok2", StateRejected, "the endpoint refused the job"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -163,8 +168,8 @@ func TestDecisionsThatEndARun(t *testing.T) {
 	if r, _ := h.o.Get(t.Context(), RunID("score", "k1")); r.Decision == nil || r.Decision.Verdict != datastores.Reject {
 		t.Errorf("preflight rejection: decision = %+v, want a recorded reject", r.Decision)
 	}
-	if submits, _ := sub.counts(); submits != 1 {
-		t.Errorf("submits = %d, want 1 (only the first case reaches the endpoint)", submits)
+	if submits, _ := sub.counts(); submits != 2 {
+		t.Errorf("submits = %d, want 2 (only the endpoint's cases reach it)", submits)
 	}
 }
 
@@ -190,7 +195,7 @@ func TestRecordIsIdempotent(t *testing.T) {
 	if r.State != StateFiltered || r.History[len(r.History)-1].Reason != "matched no pipeline" {
 		t.Errorf("run = %s %q, want filtered with the reason", r.State, historyString(r))
 	}
-	if _, err := h.o.Record(ctx, ev, StateCompleted, "x"); err == nil || !IsPermanent(err) {
+	if _, err := h.o.Record(ctx, ev, StateCompleted, "x"); err == nil || !IsRefused(err) {
 		t.Errorf("Record(completed) = %v, want a permanent error", err)
 	}
 }
@@ -203,7 +208,7 @@ func TestEmitRefusesWhatCanNeverRun(t *testing.T) {
 		{Key: "k"},
 		{Pipeline: "score", Key: "huge", Fields: map[string]string{"blob": strings.Repeat("x", MaxEventSize)}},
 	} {
-		if _, err := h.o.Emit(t.Context(), ev); err == nil || !IsPermanent(err) {
+		if _, err := h.o.Emit(t.Context(), ev); err == nil || !IsRefused(err) {
 			t.Errorf("Emit(%+v) = %v, want a permanent error", ev, err)
 		}
 	}

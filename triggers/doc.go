@@ -16,7 +16,7 @@
 //     Intake.Emit returned nil, which happens after the intake stream's
 //     PubAck. A transient Emit error leaves the event with its source
 //     (Event Grid and JetStream redeliver; cron and the poller retry); a
-//     permanent one (orchestrator.IsPermanent) is recorded rejected and
+//     permanent one (orchestrator.IsRefused) is recorded rejected and
 //     dropped.
 //   - Every decision is recorded. An event that is not run (filtered by a
 //     rule, superseded by a newer version, a malformed message, a cron slot

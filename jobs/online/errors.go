@@ -102,6 +102,21 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// Outcome is the Kind in jobs.Classify's terms: Refused, Failed, TimedOut
+// or Ambiguous (unknown).
+func (e *Error) Outcome() jobs.Outcome {
+	switch e.Kind {
+	case KindRejected:
+		return jobs.Refused
+	case KindFailed:
+		return jobs.Failed
+	case KindTimedOut:
+		return jobs.TimedOut
+	default: // KindUnknown
+		return jobs.Ambiguous
+	}
+}
+
 // KindOf returns the Kind of a Score error: the Error's, KindTimedOut for a
 // bare context deadline, KindRejected for anything else (a bad request).
 func KindOf(err error) Kind {

@@ -304,7 +304,7 @@ func (b *Batcher) flush(ctx context.Context, key string, st folderState, why str
 		}
 		b.m.Inc("batch", b.pipeline, outcome)
 		b.log.Info("folder batch emitted", "folder", st.URL, "files", len(ev.Blob.Files), "why", why, "run", rc.RunID, "duplicate", rc.Duplicate)
-	case orchestrator.IsPermanent(err):
+	case orchestrator.IsRefused(err):
 		if _, rerr := b.intake.Record(ctx, ev, orchestrator.StateRejected, err.Error()); rerr != nil {
 			return rerr
 		}

@@ -313,7 +313,7 @@ func (p *Poller) handle(ctx context.Context, st *SweepStats, ref Ref, etag strin
 				p.m.Inc("poll", p.pipeline, trigmetrics.Emitted)
 			}
 			defer p.mark(context.WithoutCancel(ctx), ref, rc.RunID)
-		case orchestrator.IsPermanent(err):
+		case orchestrator.IsRefused(err):
 			if _, rerr := p.intake.Record(ctx, ev, orchestrator.StateRejected, err.Error()); rerr != nil {
 				return rerr
 			}

@@ -528,7 +528,7 @@ func (w *Webhook) handleBlob(ctx context.Context, rt *route, ev orchestrator.Eve
 			outcome = trigmetrics.Duplicate
 		case err == nil:
 			outcome = trigmetrics.Emitted
-		case orchestrator.IsPermanent(err):
+		case orchestrator.IsRefused(err):
 			return w.record(ctx, rt.Pipeline, ev, orchestrator.StateRejected, err.Error(), c)
 		default:
 			w.m.Inc("eventgrid", rt.Pipeline, trigmetrics.Failed)

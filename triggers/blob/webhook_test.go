@@ -484,7 +484,7 @@ func TestWebhookEmitFailureIsNotAcked(t *testing.T) {
 
 func TestWebhookPermanentErrorIsRecorded(t *testing.T) {
 	e := newHookEnv(t, nil)
-	e.intake.FailNext(orchestrator.Permanent(fmt.Errorf("pipeline score is disabled")))
+	e.intake.FailNext(orchestrator.Refuse(fmt.Errorf("pipeline score is disabled")))
 	if code, _ := e.post(fixture(t, "putblocklist.json"), nil); code != 200 {
 		t.Fatalf("status = %d, want 200 (the event has a recorded outcome)", code)
 	}

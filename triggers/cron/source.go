@@ -538,7 +538,7 @@ func (s *Source) emit(ctx context.Context, ev orchestrator.Event) error {
 		}
 		s.m.Inc("cron", s.pipeline, outcome)
 		s.log.Info("slot fired", "slot", ev.Time, "run", rc.RunID, "duplicate", rc.Duplicate)
-	case orchestrator.IsPermanent(err):
+	case orchestrator.IsRefused(err):
 		if _, rerr := s.intake.Record(ctx, ev, orchestrator.StateRejected, err.Error()); rerr != nil {
 			return rerr
 		}

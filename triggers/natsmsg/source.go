@@ -275,7 +275,7 @@ func (s *Source) take(ctx context.Context, ev orchestrator.Event, buildErr error
 			s.m.Inc("nats", s.o.Pipeline, trigmetrics.Emitted)
 		}
 		return outcome{receipt: rc}
-	case orchestrator.IsPermanent(err):
+	case orchestrator.IsRefused(err):
 		return s.reject(ctx, ev, err.Error())
 	default:
 		s.m.Inc("nats", s.o.Pipeline, trigmetrics.Failed)

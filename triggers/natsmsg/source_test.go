@@ -184,7 +184,7 @@ func TestJetStreamSettles(t *testing.T) {
 		{name: "JSON array is rejected", body: `["a"]`, wantRecord: "not a JSON object"},
 		{name: "transient error is nak'd and redelivered", body: `{"input":"a.csv"}`, emitErrs: []error{triggertest.ErrTransient}, wantRuns: 1, wantEmits: 2},
 		{name: "permanent error is recorded and terminated", body: `{"input":"a.csv"}`,
-			emitErrs: []error{orchestrator.Permanent(errors.New("pipeline paused"))}, wantRecord: "pipeline paused", wantEmits: 1},
+			emitErrs: []error{orchestrator.Refuse(errors.New("pipeline paused"))}, wantRecord: "pipeline paused", wantEmits: 1},
 		{name: "template validation rejects", body: `{"other":1}`, wantRecord: "no value for .Message.Data.input",
 			validate: func(ev orchestrator.Event) error {
 				var m map[string]any

@@ -121,7 +121,7 @@ func (f *Intake) Emit(ctx context.Context, ev orchestrator.Event) (orchestrator.
 	}
 	if ev.Pipeline == "" || ev.Key == "" {
 		f.snap.Failed++
-		return orchestrator.Receipt{}, orchestrator.Permanent(fmt.Errorf("event without pipeline or key: %+v", ev))
+		return orchestrator.Receipt{}, orchestrator.Refuse(fmt.Errorf("event without pipeline or key: %+v", ev))
 	}
 	id := orchestrator.RunID(ev.Pipeline, ev.Key)
 	if _, ok := f.accepted[id]; ok {
@@ -139,10 +139,10 @@ func (f *Intake) Record(ctx context.Context, ev orchestrator.Event, st orchestra
 		return orchestrator.Receipt{}, err
 	}
 	if ev.Key == "" {
-		return orchestrator.Receipt{}, orchestrator.Permanent(errors.New("record without key"))
+		return orchestrator.Receipt{}, orchestrator.Refuse(errors.New("record without key"))
 	}
 	if reason == "" {
-		return orchestrator.Receipt{}, orchestrator.Permanent(errors.New("record without reason"))
+		return orchestrator.Receipt{}, orchestrator.Refuse(errors.New("record without reason"))
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
