@@ -4,11 +4,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/batchd/batchd/orchestrator"
 )
 
 func TestLoadEnvDefaults(t *testing.T) {
@@ -118,4 +121,36 @@ func TestAPITokenMinimumLength(t *testing.T) {
 	if _, err := LoadEnv(t.Context(), MapEnv(map[string]string{"BATCHD_API_TOKEN": "sixteen-chars-ok"})); err != nil {
 		t.Errorf("a 16-character token: %v", err)
 	}
+}
+
+// TestEnvDefaultsAreTheOrchestrators: the BATCHD_* defaults a user reads in
+// the README and gets from config are the orchestrator's own (one value,
+// not two that drift).
+func TestEnvDefaultsAreTheOrchestrators(t *testing.T) {
+	t.Parallel()
+	defs := map[string]string{}
+	for _, v := range envVars(t, rawEnv{}, rawClient{}) {
+		defs[v.name] = v.def
+	}
+	dur := func(name string, want time.Duration) {
+		t.Helper()
+		got, err := time.ParseDuration(defs[name])
+		if err != nil || got != want {
+			t.Errorf("%s defaults to %q, the orchestrator's default is %s", name, defs[name], want)
+		}
+	}
+	num := func(name string, want int) {
+		t.Helper()
+		if defs[name] != strconv.Itoa(want) {
+			t.Errorf("%s defaults to %q, the orchestrator's default is %d", name, defs[name], want)
+		}
+	}
+	num("BATCHD_WORKERS", orchestrator.DefaultWorkers)
+	num("BATCHD_POLL_BUDGET", orchestrator.DefaultPollBudget)
+	dur("BATCHD_RETENTION", orchestrator.DefaultRetention)
+	dur("BATCHD_SHUTDOWN_GRACE", orchestrator.DefaultShutdownGrace)
+	dur("BATCHD_SUBMIT_TIMEOUT", orchestrator.DefaultSubmitTimeout)
+	dur("BATCHD_POLL_MIN", orchestrator.DefaultPollMin)
+	dur("BATCHD_POLL_MAX", orchestrator.DefaultPollMax)
+	dur("BATCHD_RECONCILE_GRACE", orchestrator.DefaultReconcileGrace)
 }

@@ -509,7 +509,7 @@ func (v *validator) pipeline(path, name string, r *rawPipeline, f *File) (*orche
 	if r.Timeout < 0 {
 		v.add(path+".timeout", "must not be negative")
 	}
-	p.Retry = orchestrator.RetryPolicy{MaxAttempts: 1, Backoff: time.Minute}
+	p.Retry = orchestrator.DefaultRetry
 	if rt := r.Retry; rt != nil {
 		if rt.MaxAttempts != 0 {
 			p.Retry.MaxAttempts = rt.MaxAttempts

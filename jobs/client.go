@@ -3,8 +3,6 @@ package jobs
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
+	"github.com/google/uuid"
 )
 
 // Defaults for Options.
@@ -551,14 +550,7 @@ var wwwAuthDesc = regexp.MustCompile(`error_description="([^"]*)"`)
 // ambiguous submit record it before calling Submit.
 func NewRequestID() string { return newRequestID() }
 
-func newRequestID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40 // version 4
-	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
+func newRequestID() string { return uuid.NewString() }
 
 // sendTrace records whether a request reached the transport (tracePolicy
 // ran: every policy before it, the bearer policy included, let it through)

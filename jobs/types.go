@@ -109,17 +109,27 @@ const (
 // Terminal reports whether s is final: Completed, Failed or Canceled.
 // NotResponding and Paused are not final: a run can leave them.
 func (s Status) Terminal() bool {
-	switch s.normal() {
+	switch s.Normal() {
 	case StatusCompleted, StatusFailed, StatusCanceled:
 		return true
 	}
 	return false
 }
 
-// normal maps case variants and the legacy "Succeeded"/"Cancelled" spellings
+// Running reports whether the job runs (Running, Finalizing, or
+// CancelRequested: it runs until the cancel takes), in any casing.
+func (s Status) Running() bool {
+	switch s.Normal() {
+	case StatusRunning, StatusFinalizing, StatusCancelRequested:
+		return true
+	}
+	return false
+}
+
+// Normal maps case variants and the legacy "Succeeded"/"Cancelled" spellings
 // onto the documented values, so comparisons do not depend on the service's
-// casing.
-func (s Status) normal() Status {
+// casing; a status it does not know is returned as it is.
+func (s Status) Normal() Status {
 	switch strings.ToLower(string(s)) {
 	case "completed", "succeeded":
 		return StatusCompleted
@@ -150,7 +160,7 @@ func ParseStatus(s string) Status {
 	if s == "" {
 		return StatusUnknown
 	}
-	return Status(s).normal()
+	return Status(s).Normal()
 }
 
 // Job is what batchd knows about one Azure ML job.

@@ -3,11 +3,12 @@ package orchestrator
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // settleKind is what happens to a message after a step.
@@ -122,7 +123,7 @@ func (o *Orchestrator) handle(ctx, stop context.Context, carrier string, m jetst
 		if md, mdErr := m.Metadata(); mdErr == nil {
 			n = md.NumDelivered
 		}
-		d := backoff(int(n), time.Second, 30*time.Second)
+		d := backoff.Delay(int(n), time.Second, 30*time.Second)
 		if stop.Err() != nil {
 			d = 0 // shutting down: let another replica have it now
 		}
@@ -150,22 +151,4 @@ func (o *Orchestrator) handle(ctx, stop context.Context, carrier string, m jetst
 	if err != nil {
 		o.log.Debug("settle message", "carrier", carrier, "subject", m.Subject(), "err", err)
 	}
-}
-
-// backoff is base·2^(n-1), capped, with ±20% jitter.
-func backoff(n int, base, cap time.Duration) time.Duration {
-	d := base
-	for i := 1; i < n && d < cap; i++ {
-		d *= 2
-	}
-	d = min(d, cap)
-	return jitter(d, 0.2)
-}
-
-// jitter spreads d by ±f.
-func jitter(d time.Duration, f float64) time.Duration {
-	if d <= 0 {
-		return d
-	}
-	return time.Duration(float64(d) * (1 - f + 2*f*rand.Float64()))
 }

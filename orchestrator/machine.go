@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,11 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // errRedrive from a step: the record changed under it (or the step moved
@@ -264,7 +265,7 @@ func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev ui
 		if age := time.Since(r.Created); age < unknownPipelineGrace {
 			o.log.Warn("event for a pipeline this replica does not know; leaving it to another replica for now",
 				"run", r.ID, "pipeline", r.Pipeline)
-			return nakAfter(jitter(30*time.Second, 0.2)), nil
+			return nakAfter(backoff.Jitter(30*time.Second, 0.2)), nil
 		}
 		reason := fmt.Sprintf("pipeline %q is not configured", r.Pipeline)
 		return o.finish(ctx, r, rev, StateRejected, reason, reason)
@@ -310,14 +311,14 @@ func (o *Orchestrator) admitAndSubmit(ctx, stop context.Context, r *record, rev 
 	switch {
 	case !res.PausedUntil.IsZero():
 		reason := fmt.Sprintf("endpoint %s is paused until %s (%s)", r.Endpoint, res.PausedUntil.Format(time.RFC3339), res.PauseReason)
-		return o.wait(ctx, r, rev, "paused", reason, jitter(res.PausedUntil.Sub(now), 0.1)+100*time.Millisecond)
+		return o.wait(ctx, r, rev, "paused", reason, backoff.Jitter(res.PausedUntil.Sub(now), 0.1)+100*time.Millisecond)
 	case res.Full:
 		reason := fmt.Sprintf("endpoint %s is at max_running_jobs (%d running)", r.Endpoint, res.Running)
 		n := 1
 		if md, err := d.msg.Metadata(); err == nil {
 			n = int(md.NumDelivered)
 		}
-		return o.wait(ctx, r, rev, "max_running_jobs", reason, backoff(n, time.Second, o.opts.AdmissionRetryMax))
+		return o.wait(ctx, r, rev, "max_running_jobs", reason, backoff.Delay(n, time.Second, o.opts.AdmissionRetryMax))
 	}
 	return o.submit(ctx, r, rev, d)
 }
@@ -351,11 +352,10 @@ func (o *Orchestrator) wait(ctx context.Context, r *record, rev uint64, kind, re
 // submission (recorded before the POST), different for the next one.
 func requestID(runID string, gen, attempt, resubmits int) string {
 	h := sha256.Sum256([]byte(fmt.Sprintf("%s/%d/%d/%d", runID, gen, attempt, resubmits)))
-	b := h[:16]
-	b[6] = (b[6] & 0x0f) | 0x40 // version 4 layout
-	b[8] = (b[8] & 0x3f) | 0x80
-	x := hex.EncodeToString(b)
-	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:32]
+	u := uuid.UUID(h[:16])
+	u[6] = (u[6] & 0x0f) | 0x40 // version 4 layout
+	u[8] = (u[8] & 0x3f) | 0x80
+	return u.String()
 }
 
 // submit writes submitting, POSTs, and records the answer.
@@ -459,7 +459,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 		}
 		after = func(x *record) (settle, error) {
 			o.releaseSlot(ctx, x)
-			return nakAfter(jitter(wait, 0.1) + 100*time.Millisecond), nil
+			return nakAfter(backoff.Jitter(wait, 0.1) + 100*time.Millisecond), nil
 		}
 	case jobs.Ambiguous, jobs.Failed, jobs.TimedOut:
 		// Failed and TimedOut come from online scoring only; on a POST they
@@ -494,7 +494,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 				return errStale
 			}
 			x.Sys.Transient++
-			wait = backoff(x.Sys.Transient, time.Second, 5*time.Minute)
+			wait = backoff.Delay(x.Sys.Transient, time.Second, 5*time.Minute)
 			x.Sys.NotBefore = now.Add(wait)
 			x.Error = subErr.Error()
 			return x.toWaiting(fmt.Sprintf("transient error, retrying in %s: %v", wait.Round(time.Millisecond), subErr), now)

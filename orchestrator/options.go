@@ -38,7 +38,7 @@ type Options struct {
 	// not finished never expire. Default 168h.
 	Retention time.Duration
 	// ShutdownGrace bounds how long in-flight steps may run after Run's
-	// context ends. Default 30s.
+	// context ends. Default 60s.
 	ShutdownGrace time.Duration
 	// SubmitTimeout bounds one POST. Default 60s.
 	SubmitTimeout time.Duration
@@ -100,6 +100,25 @@ type Options struct {
 	submitMargin time.Duration
 }
 
+// Defaults of the options the daemon's environment sets. config's
+// BATCHD_* defaults are these (a test in config keeps them equal); Options
+// left zero get them too.
+const (
+	DefaultWorkers        = 8
+	DefaultRetention      = 168 * time.Hour
+	DefaultShutdownGrace  = 60 * time.Second
+	DefaultSubmitTimeout  = 60 * time.Second
+	DefaultPollMin        = 10 * time.Second
+	DefaultPollMax        = 5 * time.Minute
+	DefaultPollBudget     = 20
+	DefaultReconcileGrace = 10 * time.Minute
+)
+
+// DefaultRetry is a pipeline's retry policy when it sets none: one
+// attempt (a failed job ends the run), and a minute before the second if
+// max_attempts is raised without a backoff.
+var DefaultRetry = RetryPolicy{MaxAttempts: 1, Backoff: time.Minute}
+
 func (o *Options) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -110,23 +129,23 @@ func (o *Options) setDefaults() {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Workers <= 0 {
-		o.Workers = 8
+		o.Workers = DefaultWorkers
 	}
 	if o.TrackerWorkers <= 0 {
 		o.TrackerWorkers = 16
 	}
-	def(&o.Retention, 168*time.Hour)
-	def(&o.ShutdownGrace, 30*time.Second)
-	def(&o.SubmitTimeout, 60*time.Second)
-	def(&o.PollMin, 10*time.Second)
-	def(&o.PollMax, 5*time.Minute)
+	def(&o.Retention, DefaultRetention)
+	def(&o.ShutdownGrace, DefaultShutdownGrace)
+	def(&o.SubmitTimeout, DefaultSubmitTimeout)
+	def(&o.PollMin, DefaultPollMin)
+	def(&o.PollMax, DefaultPollMax)
 	if o.PollMax < o.PollMin {
 		o.PollMax = o.PollMin
 	}
 	if o.PollBudget <= 0 {
-		o.PollBudget = 20
+		o.PollBudget = DefaultPollBudget
 	}
-	def(&o.ReconcileGrace, 10*time.Minute)
+	def(&o.ReconcileGrace, DefaultReconcileGrace)
 	def(&o.ReconcileSkew, 10*time.Second)
 	if o.Replicas <= 0 {
 		o.Replicas = 1

@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // unfinished are the states of runs that a message must drive: the intake
@@ -35,7 +37,7 @@ func (o *Orchestrator) orphanLoop(ctx context.Context) error {
 		case n > 0:
 			o.log.Warn("orphan scan drove runs that no message drove", "runs", n)
 		}
-		if sleepCtx(ctx, jitter(o.opts.OrphanInterval, 0.2)) != nil {
+		if sleepCtx(ctx, backoff.Jitter(o.opts.OrphanInterval, 0.2)) != nil {
 			return nil
 		}
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
+
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // BucketReplicas is the replica registry: one key per replica, rewritten
@@ -96,7 +98,7 @@ func (o *Orchestrator) registryLoop(ctx context.Context) error {
 		if err := o.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			o.log.Warn("replica registry: heartbeat failed", "err", err)
 		}
-		if sleepCtx(ctx, jitter(o.opts.Heartbeat, 0.1)) != nil {
+		if sleepCtx(ctx, backoff.Jitter(o.opts.Heartbeat, 0.1)) != nil {
 			break
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // JetStream names. Everything batchd creates starts with BATCHD_ (streams)
@@ -292,7 +294,7 @@ func retrySetup[T any](ctx context.Context, log *slog.Logger, what string, f fun
 		if ctx.Err() != nil || !setupRetryable(err) {
 			return v, err
 		}
-		d := backoff(n, 250*time.Millisecond, 5*time.Second)
+		d := backoff.Delay(n, 250*time.Millisecond, 5*time.Second)
 		log.Warn("nats setup: failed; retrying (the cluster may be starting or without quorum)", "what", what, "attempt", n, "retry_in", d, "err", err)
 		if sleepCtx(ctx, d) != nil {
 			return v, err

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // The tracker is not a goroutine per job: every run being tracked (or
@@ -53,7 +54,7 @@ func (o *Orchestrator) pollDelay(r *record, now time.Time) time.Duration {
 		floor := time.Duration(float64(o.index.tracked()) * budgetHeadroom / o.opts.PollBudget * float64(time.Second))
 		d = max(d, floor)
 	}
-	d = jitter(d, 0.1)
+	d = backoff.Jitter(d, 0.1)
 	if !r.Sys.Deadline.IsZero() {
 		if until := r.Sys.Deadline.Sub(now) + 100*time.Millisecond; until < d {
 			d = max(until, 0)
@@ -74,7 +75,7 @@ func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bo
 	}
 	if d > 2*time.Second {
 		res.Cancel()
-		return nakAfter(d + jitter(time.Second, 0.5)), false
+		return nakAfter(d + backoff.Jitter(time.Second, 0.5)), false
 	}
 	if sleepCtx(stop, d) != nil {
 		res.Cancel()
@@ -84,34 +85,13 @@ func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bo
 	return settle{}, true
 }
 
-// status names the terminal job statuses, whatever their spelling.
-func terminalStatus(s jobs.Status) State {
-	switch strings.ToLower(string(s)) {
-	case "completed", "succeeded":
-		return StateCompleted
-	case "failed":
-		return StateFailed
-	case "canceled", "cancelled":
-		return StateCanceled
-	}
-	return ""
-}
-
-func runningStatus(s jobs.Status) bool {
-	switch strings.ToLower(string(s)) {
-	case "running", "finalizing", "cancelrequested":
-		return true
-	}
-	return false
-}
-
 // stepPoll asks the endpoint for the job's status and records what changed.
 func (o *Orchestrator) stepPoll(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
 	now := time.Now().UTC()
 	ep := r.Sys.Endpoint
 	if r.Job == nil || ep == nil {
 		o.log.Error("run has no job to track; an operator must resolve it", "run", r.ID, "state", r.State)
-		return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil
+		return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil
 	}
 	if !d.nudge && r.Sys.Cancel == nil {
 		if age := now.Sub(r.Job.SubmittedAt); age < o.opts.PollMin {
@@ -150,16 +130,16 @@ func (o *Orchestrator) stepPoll(ctx, stop context.Context, r *record, rev uint64
 	if job.StudioURL != "" {
 		r.Job.StudioURL = job.StudioURL
 	}
-	switch terminalStatus(job.Status) {
-	case StateCompleted:
+	switch job.Status.Normal() {
+	case jobs.StatusCompleted:
 		return o.finish(ctx, r, rev, StateCompleted, fmt.Sprintf("job %s completed", r.Job.Name), "")
-	case StateCanceled:
+	case jobs.StatusCanceled:
 		reason := fmt.Sprintf("job %s was canceled", r.Job.Name)
 		if r.Sys.Cancel != nil {
 			reason += " on request: " + r.Sys.Cancel.Reason
 		}
 		return o.finish(ctx, r, rev, StateCanceled, reason, "")
-	case StateFailed:
+	case jobs.StatusFailed:
 		r.Job.Error = job.Error
 		return o.jobFailed(ctx, r, rev, job)
 	}
@@ -178,7 +158,7 @@ func (o *Orchestrator) stepPoll(ctx, stop context.Context, r *record, rev uint64
 		if x.Error != "" {
 			x.Error, changed = "", true
 		}
-		if x.State == StateSubmitted && runningStatus(job.Status) {
+		if x.State == StateSubmitted && job.Status.Running() {
 			if err := x.toRunning(fmt.Sprintf("job %s is %s", name, job.Status), now); err != nil {
 				return err
 			}
@@ -209,7 +189,7 @@ func (o *Orchestrator) jobFailed(ctx context.Context, r *record, rev uint64, job
 	if job.Error != "" {
 		what += ": " + job.Error
 	}
-	maxAttempts, base := 1, time.Minute
+	maxAttempts, base := DefaultRetry.MaxAttempts, DefaultRetry.Backoff
 	if p := o.pipelines[r.Pipeline]; p != nil {
 		maxAttempts = max(p.Retry.MaxAttempts, 1)
 		if p.Retry.Backoff > 0 {
@@ -219,11 +199,7 @@ func (o *Orchestrator) jobFailed(ctx context.Context, r *record, rev uint64, job
 	if r.Attempts >= maxAttempts || r.Sys.Cancel != nil {
 		return o.finish(ctx, r, rev, StateFailed, what, job.Error)
 	}
-	wait := base
-	for i := 1; i < r.Attempts && wait < 6*time.Hour; i++ {
-		wait *= 2
-	}
-	wait = min(wait, 6*time.Hour)
+	wait := backoff.Exp(r.Attempts, base, 6*time.Hour)
 	prev := *r.Job
 	prev.FinishedAt = now
 	r.PreviousJobs = append(r.PreviousJobs, prev)
@@ -263,7 +239,7 @@ func (o *Orchestrator) timeout(ctx context.Context, r *record, rev uint64) (sett
 			reason += fmt.Sprintf("; canceling job %s failed: %v", r.Job.Name, err)
 		default: // a cancel is safe to repeat
 			o.log.Warn("cancel after timeout failed; will retry", "run", r.ID, "job", r.Job.Name, "err", err)
-			return nakAfter(backoff(2, o.opts.PollMin, o.opts.PollMax)), nil
+			return nakAfter(backoff.Delay(2, o.opts.PollMin, o.opts.PollMax)), nil
 		}
 	}
 	return o.finish(ctx, r, rev, StateTimedOut, reason, reason)
@@ -278,7 +254,7 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 	now := time.Now().UTC()
 	ep := r.Sys.Endpoint
 	if ep == nil || ep.Workspace == nil || r.Request == nil {
-		return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil // the carrier stays alive for operator requests
+		return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil // the carrier stays alive for operator requests
 	}
 	uris := inputURIs(r.Request)
 	if len(uris) == 0 {
@@ -298,10 +274,10 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 	if err != nil {
 		o.met.polls.WithLabelValues(r.Endpoint, "error").Inc()
 		if errors.Is(err, jobs.ErrNoWorkspace) {
-			return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil
+			return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil
 		}
 		o.log.Warn("reconcile: listing jobs failed; will retry", "run", r.ID, "err", err)
-		return nakAfter(backoff(2, o.opts.PollMin, o.opts.PollMax)), nil
+		return nakAfter(backoff.Delay(2, o.opts.PollMin, o.opts.PollMax)), nil
 	}
 	o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
 	slices.SortStableFunc(list, func(a, b jobs.Job) int { return a.CreatedAt.Compare(b.CreatedAt) })
@@ -337,7 +313,7 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 	graceEnd := r.Sys.SubmittingAt.Add(o.opts.ReconcileGrace)
 	if now.Before(graceEnd) {
 		next := min(max(o.opts.ReconcileGrace/5, time.Second), graceEnd.Sub(now)+100*time.Millisecond)
-		return nakAfter(jitter(next, 0.1)), nil
+		return nakAfter(backoff.Jitter(next, 0.1)), nil
 	}
 	if r.Sys.Resubmits == 0 {
 		o.met.reconciles.WithLabelValues(r.Endpoint, "resubmitted").Inc()
@@ -361,7 +337,7 @@ func (o *Orchestrator) park(ctx context.Context, r *record, rev uint64, reason s
 		}
 		o.logRun(r)
 	}
-	return nakAfter(jitter(o.opts.ParkInterval, 0.1)), nil
+	return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil
 }
 
 func inputURIs(req *jobs.JobRequest) []string {
@@ -481,7 +457,7 @@ func (o *Orchestrator) claimJob(ctx context.Context, job, runID string) (string,
 const slotGrace = 2 * time.Minute
 
 func (o *Orchestrator) repairLoop(ctx context.Context) error {
-	t := time.NewTimer(jitter(o.opts.RepairInterval, 0.2))
+	t := time.NewTimer(backoff.Jitter(o.opts.RepairInterval, 0.2))
 	defer t.Stop()
 	for {
 		select {
@@ -497,7 +473,7 @@ func (o *Orchestrator) repairLoop(ctx context.Context) error {
 		} else if n > 0 {
 			o.log.Info("admission repair freed slots", "slots", n)
 		}
-		t.Reset(jitter(o.opts.RepairInterval, 0.2))
+		t.Reset(backoff.Jitter(o.opts.RepairInterval, 0.2))
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // ambiguous is the error of a POST that was sent and got no answer.
@@ -368,8 +369,8 @@ func TestPollDelayAndBackoffBounds(t *testing.T) {
 		}
 	})
 	for n := 1; n < 40; n++ {
-		if d := backoff(n, time.Second, 30*time.Second); d < 800*time.Millisecond || d > 36*time.Second {
-			t.Errorf("backoff(%d) = %s, want within [0.8s, 36s]", n, d)
+		if d := backoff.Delay(n, time.Second, 30*time.Second); d < 800*time.Millisecond || d > 36*time.Second {
+			t.Errorf("backoff.Delay(%d) = %s, want within [0.8s, 36s]", n, d)
 		}
 	}
 }

@@ -3,14 +3,11 @@ package online
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -22,8 +19,10 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/google/uuid"
 
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // Defaults for Options and Endpoint.
@@ -337,12 +336,7 @@ func (s *scoring) run(ctx context.Context) (*Response, error) {
 // it returns the last error as KindTimedOut without sleeping.
 func (s *scoring) wait(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
-		d = s.c.backBase
-		for i := 1; i < s.attempts && d < s.c.backMax; i++ {
-			d *= 2
-		}
-		d = min(d, s.c.backMax)
-		d = time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
+		d = backoff.Delay(s.attempts, s.c.backBase, s.c.backMax)
 	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
 		return s.timedOut(ctx, nil)
@@ -552,14 +546,7 @@ func neverSent(err error) bool {
 	return errors.As(err, &opErr) && (opErr.Op == "dial" || opErr.Op == "proxyconnect")
 }
 
-func newRequestID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
+func newRequestID() string { return uuid.NewString() }
 
 // parseErrorBody reads code and message from an error answer: the ARM
 // shape {"error":{"code","message"}}, a flat {"code","message"} or

@@ -60,6 +60,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/batchd/batchd/jobs/backoff"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/triggers/internal/trigmetrics"
 )
@@ -381,7 +382,7 @@ func (s *Source) consumeJS(ctx, work context.Context, cons jetstream.Consumer, c
 				return
 			}
 			fails++
-			delay := min(s.o.RetryDelay<<min(fails-1, 10), 5*time.Second)
+			delay := backoff.Exp(fails, s.o.RetryDelay, 5*time.Second)
 			s.log.Warn("consume; backing off", "stream", s.o.Config.Stream, "err", err, "failures", fails, "retry_in", delay)
 			if fails >= 5 || !sleepCtx(ctx, delay) {
 				return
