@@ -2,153 +2,86 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/batchd/batchd/jobs/backoff"
-)
-
-// settleKind is what happens to a message after a step.
-type settleKind int
-
-const (
-	settleAck settleKind = iota
-	settleNak
-	settleTerm
+	"github.com/batchd/batchd/orchestrator/consumer"
 )
 
 // settle is a step's verdict on its message.
-type settle struct {
-	kind  settleKind
-	delay time.Duration
-}
+type settle = consumer.Settle
 
-func ack() settle                     { return settle{kind: settleAck} }
-func nakAfter(d time.Duration) settle { return settle{kind: settleNak, delay: max(d, 0)} }
+func ack() settle                     { return consumer.Ack() }
+func nakAfter(d time.Duration) settle { return consumer.NakAfter(d) }
 
-// consume hands the consumer's messages to up to n handlers at once until
-// ctx ends. Then it stops fetching (messages still buffered in the client
-// are redelivered after AckWait) and waits for the handlers: they run on a
-// context that survives ctx by ShutdownGrace; after the grace that context
-// is canceled too, except for a POST (or scoring request) in flight, which
-// always gets its submit timeout and the recording of its answer.
+// consume runs one worker loop (orchestrator/consumer) over the consumer
+// until ctx ends: up to n steps at once, each message settled with its
+// step's verdict. At shutdown it stops fetching (messages still buffered in
+// the client are redelivered after AckWait) and gives the steps in flight
+// ShutdownGrace on their work context; then that context is canceled too,
+// except for a POST (or scoring request) in flight, which always gets its
+// submit timeout and the recording of its answer (submit runs it on a
+// context without cancel).
 func (o *Orchestrator) consume(ctx context.Context, cons jetstream.Consumer, n int, carrier string) error {
-	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelWork()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, n)
-
-	var it jetstream.MessagesContext
-	defer func() {
-		if it != nil {
-			it.Stop()
-		}
-	}()
-loop:
-	for {
-		if it == nil {
-			var err error
-			it, err = cons.Messages(jetstream.PullMaxMessages(n))
-			if err != nil {
-				it = nil
-				o.log.Warn("consumer: cannot fetch; retrying", "carrier", carrier, "err", err)
-				if sleepCtx(ctx, time.Second) != nil {
-					break loop
-				}
-				continue
-			}
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			break loop
-		}
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			<-sem
-			if ctx.Err() != nil {
-				break loop
-			}
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				it = nil
-			} else {
-				o.log.Debug("consumer: next", "carrier", carrier, "err", err)
-			}
-			if sleepCtx(ctx, 100*time.Millisecond) != nil {
-				break loop
-			}
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			o.handle(work, ctx, carrier, msg)
-		}()
+	h := o.handleTrack
+	if carrier == carrierIntake {
+		h = o.handleIntake
 	}
-	if it != nil {
-		it.Stop()
-		it = nil
+	l := consumer.New(ctx, consumer.Options{
+		Name: carrier, Concurrency: n, Grace: o.opts.ShutdownGrace, Logger: o.log,
+		OnPoison: func(ctx context.Context, m jetstream.Msg, reason string) { o.poisoned(ctx, carrier, m, reason) },
+		OnPanic:  func() { o.met.poisoned.WithLabelValues(carrier, "panic").Inc() },
+	})
+	step := func(work, stop context.Context, m jetstream.Msg) (settle, error) {
+		s, err := h(work, stop, m)
+		var me *MoveError
+		if errors.As(err, &me) || errors.Is(err, errCorrupt) {
+			err = consumer.Poison(err) // a bug or a broken record: retrying cannot fix it
+		}
+		return s, err
 	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	grace := time.NewTimer(o.opts.ShutdownGrace)
-	defer grace.Stop()
-	select {
-	case <-done:
-	case <-grace.C:
-		o.log.Warn("shutdown grace over; abandoning steps in flight (they resume on the next start) except POSTs, which finish and record their answers", "carrier", carrier)
-		cancelWork()
-		<-done
+	for ctx.Err() == nil {
+		if err := l.Consume(ctx, cons, step); err != nil && !errors.Is(err, consumer.ErrReopen) {
+			o.log.Warn("consumer stopped; opening it again", "carrier", carrier, "err", err)
+		}
 	}
+	l.Drain()
 	return nil
 }
 
-// handle runs one message through the state machine and settles it.
-// ctx is the work context (survives shutdown by the grace period); stop ends
-// at shutdown and bounds waits that need not finish.
-func (o *Orchestrator) handle(ctx, stop context.Context, carrier string, m jetstream.Msg) {
-	var s settle
-	var err error
+// poisoned records why a message was taken out of the way (a panic, or an
+// error retrying cannot fix): the run ends failed with the reason, or, for
+// an event that has no run yet, is recorded rejected. Nothing is silent.
+func (o *Orchestrator) poisoned(ctx context.Context, carrier string, m jetstream.Msg, reason string) {
+	if !strings.HasPrefix(reason, "batchd panicked") {
+		o.met.poisoned.WithLabelValues(carrier, "error").Inc()
+	}
+	var ev Event
+	id := strings.TrimPrefix(m.Subject(), SubjectTrack+".")
 	if carrier == carrierIntake {
-		s, err = o.handleIntake(ctx, stop, m)
-	} else {
-		s, err = o.handleTrack(ctx, stop, m)
+		if err := json.Unmarshal(m.Data(), &ev); err != nil || ev.Key == "" {
+			o.log.Error("poisoned intake message cannot be decoded; terminated", "subject", m.Subject(), "reason", reason)
+			return
+		}
+		id = RunID(ev.Pipeline, ev.Key)
 	}
-	if err != nil {
-		n := uint64(1)
-		if md, mdErr := m.Metadata(); mdErr == nil {
-			n = md.NumDelivered
+	why := reason + "; batchd stopped working on this run: check for its job in Azure ML, then `batchd runs retry` or `batchd runs resolve` it"
+	r, rev, err := o.ledger.get(ctx, id)
+	switch {
+	case errors.Is(err, ErrRunNotFound) && carrier == carrierIntake:
+		if _, err := o.Record(ctx, ev, StateRejected, "batchd could not process this event: "+reason); err != nil {
+			o.log.Error("record a poisoned event", "run", id, "reason", reason, "err", err)
 		}
-		d := backoff.Delay(int(n), time.Second, 30*time.Second)
-		if stop.Err() != nil {
-			d = 0 // shutting down: let another replica have it now
+	case err != nil:
+		o.log.Error("poisoned message: its run cannot be read; terminated", "run", id, "reason", reason, "err", err)
+	case r.State.Terminal():
+	default:
+		if _, err := o.finish(ctx, r, rev, StateFailed, why, reason); err != nil {
+			o.log.Error("record a poisoned run", "run", id, "reason", reason, "err", err)
 		}
-		var me *MoveError
-		if errors.As(err, &me) {
-			// A bug in batchd: nothing was written, the run stays as it was.
-			o.log.Error("the state graph refused a step's move; will retry", "carrier", carrier, "subject", m.Subject(), "retry_in", d, "err", err)
-		} else {
-			o.log.Warn("step failed; will retry", "carrier", carrier, "subject", m.Subject(), "retry_in", d, "err", err)
-		}
-		s = nakAfter(d)
-	}
-	switch s.kind {
-	case settleAck:
-		err = m.Ack()
-	case settleNak:
-		if s.delay > 0 {
-			err = m.NakWithDelay(s.delay)
-		} else {
-			err = m.Nak()
-		}
-	case settleTerm:
-		err = m.Term()
-	}
-	if err != nil {
-		o.log.Debug("settle message", "carrier", carrier, "subject", m.Subject(), "err", err)
 	}
 }

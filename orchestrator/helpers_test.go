@@ -76,6 +76,7 @@ type fakeSub struct {
 type submitOutcome struct {
 	create bool
 	err    error
+	panic  string // Submit panics with it (a bug in a step)
 }
 
 type fakeJob struct {
@@ -108,6 +109,9 @@ func (f *fakeSub) Submit(ctx context.Context, ep jobs.Endpoint, req jobs.JobRequ
 	out := submitOutcome{create: true}
 	if len(f.script) > 0 {
 		out, f.script = f.script[0], f.script[1:]
+	}
+	if out.panic != "" {
+		panic(out.panic)
 	}
 	if !out.create {
 		return nil, out.err

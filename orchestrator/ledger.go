@@ -95,6 +95,9 @@ var (
 	errExists = errors.New("run already recorded")
 	// errNoChange from an update function: nothing to write.
 	errNoChange = errors.New("no change")
+	// errCorrupt: a stored record cannot be decoded (reading it again
+	// cannot help).
+	errCorrupt = errors.New("the stored record cannot be decoded")
 )
 
 // ledger is the run table in a JetStream KV bucket. Every write is a
@@ -159,7 +162,7 @@ func (l *ledger) get(ctx context.Context, id string) (*record, uint64, error) {
 	}
 	var r record
 	if err := json.Unmarshal(val, &r); err != nil {
-		return nil, 0, fmt.Errorf("ledger get %s: decode: %w", id, err)
+		return nil, 0, fmt.Errorf("ledger get %s: %w: %w", id, errCorrupt, err)
 	}
 	return &r, rev, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/backoff"
+	"github.com/batchd/batchd/orchestrator/consumer"
 )
 
 // errRedrive from a step: the record changed under it (or the step moved
@@ -37,7 +38,7 @@ func (o *Orchestrator) handleIntake(ctx, stop context.Context, m jetstream.Msg) 
 	if err := json.Unmarshal(m.Data(), &ev); err != nil || ev.Key == "" {
 		// Not something Emit wrote: nothing can ever make sense of it.
 		o.log.Error("intake: dropping undecodable message", "subject", m.Subject(), "err", err)
-		return settle{kind: settleTerm}, nil
+		return consumer.Term("undecodable intake message"), nil
 	}
 	d := delivery{carrier: carrierIntake, msg: m, ev: &ev, id: RunID(ev.Pipeline, ev.Key)}
 	h := m.Headers()
@@ -57,7 +58,7 @@ func (o *Orchestrator) handleTrack(ctx, stop context.Context, m jetstream.Msg) (
 	id := strings.TrimPrefix(m.Subject(), SubjectTrack+".")
 	if !validRunID(id) {
 		o.log.Error("tracker: dropping message with a bad subject", "subject", m.Subject())
-		return settle{kind: settleTerm}, nil
+		return consumer.Term("bad tracker subject"), nil
 	}
 	d := delivery{carrier: carrierTracker, msg: m, id: id, nudge: m.Headers().Get(hdrNudge) != ""}
 	return o.drive(ctx, stop, &d)
@@ -155,7 +156,7 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 		var s settle
 		if d.nudge && d.carrier == carrierIntake {
 			s, err = o.requests(ctx, r, rev, d)
-			if err == nil && s.kind == settleNak {
+			if err == nil && s.Kind == consumer.KindNak {
 				s = ack() // the run's own intake message carries on
 			}
 		} else {
@@ -194,7 +195,7 @@ func (o *Orchestrator) duplicate(ctx context.Context, r *record, d *delivery) (s
 func (o *Orchestrator) step(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
 	if r.Sys.Resolve != nil || r.Sys.Cancel != nil {
 		s, err := o.requests(ctx, r, rev, d)
-		if err != nil || s.kind != settleNak || s.delay != 0 {
+		if err != nil || s.Kind != consumer.KindNak || s.Delay != 0 {
 			return s, err
 		}
 	}
@@ -216,7 +217,7 @@ func (o *Orchestrator) step(ctx, stop context.Context, r *record, rev uint64, d 
 	case StateSubmitted, StateRunning:
 		return o.stepPoll(ctx, stop, r, rev, d)
 	}
-	return settle{}, fmt.Errorf("run %s: unexpected state %q", r.ID, r.State)
+	return settle{}, consumer.Poison(fmt.Errorf("run %s: unexpected state %q", r.ID, r.State))
 }
 
 // requests carries out an operator's resolve or cancel request. It returns

@@ -24,6 +24,7 @@ type metrics struct {
 	reconciles     *prometheus.CounterVec   // endpoint, result
 	orphansRevived prometheus.Counter
 	replicas       prometheus.Gauge
+	poisoned       *prometheus.CounterVec // consumer, cause
 	configDrift    prometheus.Gauge
 
 	online           *prometheus.CounterVec   // endpoint, result
@@ -91,8 +92,12 @@ func newMetrics() *metrics {
 		Name: "batchd_online_deliveries_total",
 		Help: "Online outcomes delivered over NATS, by pipeline, via (reply, results, duplicate) and result (ok, error).",
 	}, []string{"pipeline", "via", "result"})
+	m.poisoned = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_messages_poisoned_total",
+		Help: "Intake or tracker messages taken out of the way, by consumer (intake, tracker) and cause: panic (a step panicked), error (a step failed 5 times with an error retrying cannot fix). Their runs end failed (or rejected) with the reason; alert on any.",
+	}, []string{"consumer", "cause"})
 	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration, m.tokenFetches,
-		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries,
+		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries, m.poisoned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/backoff"
+	"github.com/batchd/batchd/orchestrator/consumer"
 )
 
 // ambiguous is the error of a POST that was sent and got no answer.
@@ -324,7 +325,7 @@ func TestPollBudget(t *testing.T) {
 			o.limiter("busy").Reserve()
 		}
 		s, ok := o.takeBudget(ctx, "busy")
-		if ok || s.kind != settleNak || s.delay < 2*time.Second {
+		if ok || s.Kind != consumer.KindNak || s.Delay < 2*time.Second {
 			t.Errorf("over budget: %+v %v, want a nak with a delay over 2s", s, ok)
 		}
 		if _, ok := o.takeBudget(ctx, "other"); !ok {

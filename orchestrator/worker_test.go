@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
@@ -214,6 +215,32 @@ func TestEmitRefusesWhatCanNeverRun(t *testing.T) {
 	}
 	if _, err := h.o.Emit(t.Context(), Event{Pipeline: "nope", Key: "k"}); !errors.Is(err, ErrUnknownPipeline) {
 		t.Errorf("Emit(unknown pipeline) = %v, want ErrUnknownPipeline", err)
+	}
+}
+
+// TestAPanickingStepEndsItsRunNotTheProcess: a step that panics (here in
+// the POST) is recovered by the worker loop; its run ends failed with the
+// reason and what to do, its message is not delivered again, and the next
+// event runs as usual.
+func TestAPanickingStepEndsItsRunNotTheProcess(t *testing.T) {
+	sub := newFakeSub()
+	sub.script = []submitOutcome{{panic: "submit exploded"}}
+	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
+	bad := h.emit("score", "k1", "https://a.blob.core.windows.net/c/x")
+	r := h.waitState(bad, StateFailed, 10*time.Second)
+	last := r.History[len(r.History)-1].Reason
+	for _, want := range []string{"batchd panicked handling this message: submit exploded", "batchd runs retry"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("reason %q does not say %q", last, want)
+		}
+	}
+	good := h.emit("score", "k2", "https://a.blob.core.windows.net/c/y")
+	h.waitState(good, StateCompleted, 15*time.Second)
+	if submits, _ := sub.counts(); submits != 2 {
+		t.Errorf("submits = %d, want 2 (the panicking message is not delivered again)", submits)
+	}
+	if n := testutil.ToFloat64(h.o.met.poisoned.WithLabelValues(carrierIntake, "panic")); n != 1 {
+		t.Errorf("batchd_messages_poisoned_total{consumer=intake,cause=panic} = %v, want 1", n)
 	}
 }
 

@@ -54,14 +54,15 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/batchd/batchd/jobs/backoff"
 	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/consumer"
 	"github.com/batchd/batchd/triggers/internal/trigmetrics"
 )
 
@@ -319,25 +320,35 @@ func (s *Source) runJetStream(ctx context.Context, nc *nats.Conn) error {
 	if err != nil {
 		return fmt.Errorf("nats trigger %s: %w", s.o.Pipeline, err)
 	}
-	// Messages in hand finish on their own context, bounded by Grace after
-	// ctx ends (a canceled Emit would only turn into a Nak).
-	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelWork()
-	stopWork := context.AfterFunc(ctx, func() {
-		t := time.AfterFunc(s.o.Grace, cancelWork)
-		context.AfterFunc(work, func() { t.Stop() })
+	// The orchestrator's worker loop: messages in hand finish on their own
+	// context, bounded by Grace after ctx ends (a canceled Emit would only
+	// turn into a Nak); a message not taken comes back after RetryDelay
+	// doubling per delivery (at most 8 RetryDelay); a panic records the
+	// message rejected and terminates it; iterator errors back off from
+	// RetryDelay/10 to 5 s and, five in a row, open the consumer again (it
+	// may have gone with its stream).
+	var created atomic.Value // time.Time: the open stream's creation, for poisoned messages
+	created.Store(time.Time{})
+	l := consumer.New(ctx, consumer.Options{
+		Name: "nats trigger " + s.o.Pipeline, Concurrency: s.o.Concurrency, Pull: 2 * s.o.Concurrency,
+		Grace: s.o.Grace, RetryBase: s.o.RetryDelay, RetryMax: 8 * s.o.RetryDelay,
+		MaxIterFailures: 5, IterBase: max(s.o.RetryDelay/10, time.Millisecond), Logger: s.log,
+		OnPoison: func(ctx context.Context, m jetstream.Msg, reason string) {
+			s.poisoned(ctx, m, created.Load().(time.Time), reason)
+		},
 	})
-	defer stopWork()
-	sem := make(chan struct{}, s.o.Concurrency)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	for ctx.Err() == nil {
-		cons, created, ok := s.open(ctx, js)
+		cons, c, ok := s.open(ctx, js)
 		if !ok {
 			break
 		}
-		s.consumeJS(ctx, work, cons, created, sem, &wg)
+		created.Store(c)
+		h := func(work, _ context.Context, m jetstream.Msg) (consumer.Settle, error) { return s.handleJS(work, m, c) }
+		if err := l.Consume(ctx, cons, h); errors.Is(err, consumer.ErrReopen) {
+			s.log.Warn("consume; opening the consumer again", "stream", s.o.Config.Stream)
+		}
 	}
+	l.Drain()
 	return nil
 }
 
@@ -357,51 +368,6 @@ func (s *Source) open(ctx context.Context, js jetstream.JetStream) (jetstream.Co
 		if !sleepCtx(ctx, s.o.RetryDelay) {
 			return nil, time.Time{}, false
 		}
-	}
-}
-
-// consumeJS hands the consumer's messages to handlers (at most
-// Concurrency at once) until ctx ends or the consumer must be opened again:
-// its iterator closed, or it kept failing (the consumer may be gone with
-// its stream). Errors back off, from RetryDelay doubling to 5 s.
-func (s *Source) consumeJS(ctx, work context.Context, cons jetstream.Consumer, created time.Time, sem chan struct{}, wg *sync.WaitGroup) {
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * s.o.Concurrency))
-	if err != nil {
-		s.log.Warn("consume; opening the consumer again", "stream", s.o.Config.Stream, "err", err)
-		sleepCtx(ctx, s.o.RetryDelay)
-		return
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	defer it.Stop()
-	fails := 0
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
-			fails++
-			delay := backoff.Exp(fails, s.o.RetryDelay, 5*time.Second)
-			s.log.Warn("consume; backing off", "stream", s.o.Config.Stream, "err", err, "failures", fails, "retry_in", delay)
-			if fails >= 5 || !sleepCtx(ctx, delay) {
-				return
-			}
-			continue
-		}
-		fails = 0
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			_ = msg.Nak() // not started: let another replica have it now
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			s.handleJS(work, msg, created)
-		}()
 	}
 }
 
@@ -431,28 +397,41 @@ func (s *Source) consumer(ctx context.Context, js jetstream.JetStream) (jetstrea
 	return c, err
 }
 
-// handleJS takes one message of the stream created at created.
-func (s *Source) handleJS(ctx context.Context, msg jetstream.Msg, created time.Time) {
+// handleJS takes one message of the stream created at created. An error
+// hands the message back for a later delivery (the worker loop's back-off).
+func (s *Source) handleJS(ctx context.Context, msg jetstream.Msg, created time.Time) (consumer.Settle, error) {
 	md, err := msg.Metadata()
 	if err != nil {
 		s.log.Warn("message without JetStream metadata", "subject", msg.Subject(), "err", err)
-		_ = msg.Term()
-		return
+		return consumer.Term("no JetStream metadata"), nil
 	}
 	ev, buildErr := s.event(msg.Subject(), msg.Data(), msg.Headers(), md.Stream, created, md.Sequence.Stream, "", md.Timestamp)
 	out := s.take(ctx, ev, buildErr)
 	switch {
 	case out.err != nil:
-		delay := s.o.RetryDelay * time.Duration(1<<min(md.NumDelivered-1, 3))
-		s.log.Warn("message not taken; redelivery later", "key", ev.Key, "delivery", md.NumDelivered, "delay", delay, "err", out.err)
-		_ = msg.NakWithDelay(delay)
+		s.log.Warn("message not taken; redelivery later", "key", ev.Key, "delivery", md.NumDelivered, "err", out.err)
+		return consumer.Settle{}, out.err
 	case out.rejected != "":
-		_ = msg.TermWithReason(truncate(out.rejected, 256))
-	default:
-		if err := msg.Ack(); err != nil {
-			// The server redelivers it; the same key makes it a duplicate.
-			s.log.Warn("ack", "key", ev.Key, "err", err)
-		}
+		return consumer.Term(out.rejected), nil
+	}
+	// An ack that fails: the server redelivers the message and the same
+	// key makes it a duplicate.
+	return consumer.Ack(), nil
+}
+
+// poisoned records a message the worker loop took out of the way (its
+// handler panicked) as rejected, with the reason.
+func (s *Source) poisoned(ctx context.Context, msg jetstream.Msg, created time.Time, reason string) {
+	var ev orchestrator.Event
+	if md, err := msg.Metadata(); err == nil {
+		ev, _ = s.event(msg.Subject(), msg.Data(), msg.Headers(), md.Stream, created, md.Sequence.Stream, "", md.Timestamp)
+	}
+	if ev.Key == "" {
+		s.log.Error("a poisoned message cannot be recorded: no key", "subject", msg.Subject(), "reason", reason)
+		return
+	}
+	if out := s.reject(ctx, ev, reason); out.err != nil {
+		s.log.Error("record a poisoned message", "key", ev.Key, "reason", reason, "err", out.err)
 	}
 }
 

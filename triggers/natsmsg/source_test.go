@@ -179,12 +179,15 @@ func TestJetStreamSettles(t *testing.T) {
 		wantRuns   int
 		wantRecord string // reason part, when recorded rejected
 		wantEmits  int
+		panics     bool // Emit panics (a bug): the worker loop records and terminates the message
 	}{
 		{name: "valid message is emitted once and acked", body: `{"input":"a.csv"}`, wantRuns: 1, wantEmits: 1},
 		{name: "JSON array is rejected", body: `["a"]`, wantRecord: "not a JSON object"},
 		{name: "transient error is nak'd and redelivered", body: `{"input":"a.csv"}`, emitErrs: []error{triggertest.ErrTransient}, wantRuns: 1, wantEmits: 2},
 		{name: "permanent error is recorded and terminated", body: `{"input":"a.csv"}`,
 			emitErrs: []error{orchestrator.Refuse(errors.New("pipeline paused"))}, wantRecord: "pipeline paused", wantEmits: 1},
+		{name: "a panicking Emit is recorded and terminated", body: `{"input":"a.csv"}`, panics: true,
+			wantRecord: "batchd panicked handling this message: emit exploded", wantEmits: 1},
 		{name: "template validation rejects", body: `{"other":1}`, wantRecord: "no value for .Message.Data.input",
 			validate: func(ev orchestrator.Event) error {
 				var m map[string]any
@@ -203,6 +206,9 @@ func TestJetStreamSettles(t *testing.T) {
 			intake.FailNext(tt.emitErrs...)
 			if len(tt.emitErrs) == 0 {
 				intake = triggertest.NewIntake()
+			}
+			if tt.panics {
+				intake.FailWhen(func(orchestrator.Event) error { panic("emit exploded") })
 			}
 			stop := runSource(t, Options{Pipeline: "p", Config: Config{Stream: name, Consumer: "c"}, Conn: b.Conn,
 				Intake: intake, Validate: tt.validate, RetryDelay: 20 * time.Millisecond})
