@@ -17,8 +17,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/batchd/batchd/jobs"
 )
 
@@ -152,7 +150,7 @@ type HandlerOptions struct {
 // maxBody bounds request bodies.
 const maxBody = 1 << 20
 
-// Handler serves /healthz, /readyz, /metrics and the JSON API under
+// Handler serves /healthz, /readyz and the JSON API under
 // /api/v1/.
 func (o *Orchestrator) Handler(opts HandlerOptions) http.Handler {
 	log := opts.Logger
@@ -181,7 +179,6 @@ func (o *Orchestrator) Handler(opts HandlerOptions) http.Handler {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(o.met.reg, promhttp.HandlerOpts{Registry: o.met.reg}))
 
 	api := http.NewServeMux()
 	api.HandleFunc("GET /api/v1/runs", a.listRuns)

@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"syscall"
 	"testing"
@@ -161,26 +160,6 @@ func TestReplicasStartTogetherOnFreshCluster(t *testing.T) {
 	for i, err := range errs {
 		if err != nil {
 			t.Errorf("replica %d: New = %v", i, err)
-		}
-	}
-}
-
-func TestSetupRetryable(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		err  error
-		want bool
-	}{
-		{context.DeadlineExceeded, true},
-		{&jetstream.APIError{Code: 400, ErrorCode: 10005, Description: "no suitable peers for placement, peer offline"}, true},
-		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamNameInUse}, true},
-		{&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
-		{&jetstream.APIError{Code: 400, ErrorCode: 10065, Description: "subjects overlap with an existing stream"}, false},
-		{&jetstream.APIError{Code: 500, ErrorCode: 10074, Description: "replicas > 1 not supported in non-clustered mode"}, false},
-		{fmt.Errorf("wrapped: %w", &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeBadRequest}), false},
-	} {
-		if got := setupRetryable(tc.err); got != tc.want {
-			t.Errorf("setupRetryable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/batchd/batchd/datastores"
@@ -258,6 +259,8 @@ type harness struct {
 	o    *Orchestrator
 	sub  Submitter
 	logs *syncBuffer
+	// reg is the registry the orchestrator's metrics are on.
+	reg  *prometheus.Registry
 	stop func() error
 	// stopping is closed once Run's context has been canceled.
 	stopping chan struct{}
@@ -287,8 +290,9 @@ func newHarness(t testing.TB, pipelines []*Pipeline, sub Submitter, opts ...harn
 func startOn(t testing.TB, b *broker.Broker, pipelines []*Pipeline, sub Submitter, opts ...harnessOpt) *harness {
 	t.Helper()
 	logs := &syncBuffer{}
+	reg := prometheus.NewRegistry()
 	o := Options{
-		JS: b.JS, Conn: b.Conn, Submitter: sub, Checker: fakeChecker{},
+		JS: b.JS, Conn: b.Conn, Submitter: sub, Checker: fakeChecker{}, Registerer: reg,
 		Pipelines: map[string]*Pipeline{},
 		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -306,7 +310,7 @@ func startOn(t testing.TB, b *broker.Broker, pipelines []*Pipeline, sub Submitte
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- orch.Run(ctx) }()
-	h := &harness{t: t, b: b, o: orch, sub: sub, logs: logs, stopping: make(chan struct{})}
+	h := &harness{t: t, b: b, o: orch, sub: sub, logs: logs, reg: reg, stopping: make(chan struct{})}
 	var once sync.Once
 	var runErr error
 	h.stop = func() error {

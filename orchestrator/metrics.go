@@ -6,19 +6,17 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// metrics are batchd's Prometheus metrics, on a registry of their own (not
-// the global one), served by the Handler at /metrics.
+// metrics are the orchestrator's Prometheus metrics, registered on the
+// Registerer main gives it (Options.Registerer; never the global one).
 type metrics struct {
-	reg *prometheus.Registry
+	reg prometheus.Registerer
 
 	events         *prometheus.CounterVec   // source, outcome
 	submissions    *prometheus.CounterVec   // endpoint, result
 	finished       *prometheus.CounterVec   // pipeline, state
 	jobDuration    *prometheus.HistogramVec // pipeline, state
-	tokenFetches   *prometheus.CounterVec   // scope
 	polls          *prometheus.CounterVec   // endpoint, result
 	admissionWaits *prometheus.CounterVec   // endpoint, reason
 	reconciles     *prometheus.CounterVec   // endpoint, result
@@ -32,8 +30,11 @@ type metrics struct {
 	onlineDeliveries *prometheus.CounterVec   // pipeline, via, result
 }
 
-func newMetrics() *metrics {
-	m := &metrics{reg: prometheus.NewRegistry()}
+func newMetrics(reg prometheus.Registerer) *metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry() // a private one: nobody serves it
+	}
+	m := &metrics{reg: reg}
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_events_total",
 		Help: "Events handed to batchd, by source and intake outcome (accepted, duplicate, error, or the state recorded without work: filtered, rejected, duplicate).",
@@ -51,10 +52,6 @@ func newMetrics() *metrics {
 		Help:    "Time from a job's submission to its terminal status, by pipeline and final state.",
 		Buckets: []float64{10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400},
 	}, []string{"pipeline", "state"})
-	m.tokenFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "batchd_token_fetches_total",
-		Help: "Microsoft Entra tokens the credential fetched (cache misses and refreshes), by scope.",
-	}, []string{"scope"})
 	m.polls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_poll_requests_total",
 		Help: "Job status and list requests, by endpoint and result (ok, error).",
@@ -96,9 +93,8 @@ func newMetrics() *metrics {
 		Name: "batchd_messages_poisoned_total",
 		Help: "Intake or tracker messages taken out of the way, by consumer (intake, tracker) and cause: panic (a step panicked), error (a step failed 5 times with an error retrying cannot fix). Their runs end failed (or rejected) with the reason; alert on any.",
 	}, []string{"consumer", "cause"})
-	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration, m.tokenFetches,
-		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries, m.poisoned,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration,
+		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries, m.poisoned)
 	return m
 }
 

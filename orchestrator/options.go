@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure an Orchestrator. JS, Pipelines, Submitter and Checker
@@ -26,6 +27,9 @@ type Options struct {
 	// required when there is one.
 	Scorer Scorer
 	Logger *slog.Logger
+	// Registerer is where the orchestrator registers its metrics (main
+	// passes the registry /metrics serves). Nil: a private registry.
+	Registerer prometheus.Registerer
 
 	// Workers is the number of intake events processed at once (per
 	// replica). Default 8.

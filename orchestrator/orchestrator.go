@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
@@ -102,7 +101,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		ledger:     &ledger{js: opts.JS, kv: h.ledger, retention: opts.Retention, leaderReads: opts.Replicas > 1},
 		adm:        &admission{kv: h.admission},
 		index:      newIndex(h.ledger, opts.Logger),
-		met:        newMetrics(),
+		met:        newMetrics(opts.Registerer),
 		log:        opts.Logger,
 		sub:        opts.Submitter,
 		checker:    opts.Checker,
@@ -189,18 +188,6 @@ func (o *Orchestrator) Ready() error {
 	}
 	return nil
 }
-
-// TriggersKV is the bucket triggers keep their own state in (schedule
-// slots, poller leases and cursors).
-func (o *Orchestrator) TriggersKV() jetstream.KeyValue { return o.h.triggers }
-
-// Registry is the Prometheus registry /metrics serves; other packages may
-// register their collectors on it.
-func (o *Orchestrator) Registry() *prometheus.Registry { return o.met.reg }
-
-// TokenFetched counts one Microsoft Entra token fetch for scope
-// (batchd_token_fetches_total); it fits jobs.CountTokens.
-func (o *Orchestrator) TokenFetched(scope string) { o.met.tokenFetches.WithLabelValues(scope).Inc() }
 
 // Pipelines returns the configured pipelines by name (read only).
 func (o *Orchestrator) Pipelines() map[string]*Pipeline { return o.pipelines }

@@ -4,15 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"log/slog"
 	"regexp"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/batchd/batchd/jobs/backoff"
+	"github.com/batchd/batchd/orchestrator/broker"
 )
 
 // JetStream names. Everything batchd creates starts with BATCHD_ (streams)
@@ -44,6 +42,7 @@ const (
 	// never gives one job to two runs.
 	BucketJobs = "batchd_jobs"
 	// BucketTriggers is the triggers' own state (cron slots, poller leases).
+	// The daemon creates it (triggers.StateBucketConfig), not New.
 	BucketTriggers = "batchd_triggers"
 	// BucketIdentity remembers finished runs whose full record leaves the
 	// ledger before IdentityHorizon: run id → a compact identity record.
@@ -104,7 +103,7 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	var err error
 	// No MaxAge, MaxMsgs or MaxBytes: an accepted event leaves the intake
 	// stream only when a worker acks it.
-	h.intake, err = retrySetup(ctx, o.Logger, "stream "+StreamIntake, func(ctx context.Context) (jetstream.Stream, error) {
+	h.intake, err = broker.Setup(ctx, o.Logger, "stream "+StreamIntake, func(ctx context.Context) (jetstream.Stream, error) {
 		return js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:        StreamIntake,
 			Description: "batchd: accepted events, one message per event until a worker has settled it",
@@ -119,7 +118,7 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamIntake, err)
 	}
-	h.workers, err = retrySetup(ctx, o.Logger, "consumer "+ConsumerWorkers, func(ctx context.Context) (jetstream.Consumer, error) {
+	h.workers, err = broker.Setup(ctx, o.Logger, "consumer "+ConsumerWorkers, func(ctx context.Context) (jetstream.Consumer, error) {
 		return h.intake.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable:       ConsumerWorkers,
 			Description:   "batchd workers: claim, check, admit, submit",
@@ -137,7 +136,7 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	// One message per run (MaxMsgsPerSubject 1, the newest wins): a
 	// re-published tracker message replaces the pending one instead of
 	// doubling the polls.
-	h.track, err = retrySetup(ctx, o.Logger, "stream "+StreamTrack, func(ctx context.Context) (jetstream.Stream, error) {
+	h.track, err = broker.Setup(ctx, o.Logger, "stream "+StreamTrack, func(ctx context.Context) (jetstream.Stream, error) {
 		return js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:              StreamTrack,
 			Description:       "batchd tracker: one message per run being tracked or reconciled",
@@ -153,7 +152,7 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamTrack, err)
 	}
-	h.tracker, err = retrySetup(ctx, o.Logger, "consumer "+ConsumerTracker, func(ctx context.Context) (jetstream.Consumer, error) {
+	h.tracker, err = broker.Setup(ctx, o.Logger, "consumer "+ConsumerTracker, func(ctx context.Context) (jetstream.Consumer, error) {
 		return h.track.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable:       ConsumerTracker,
 			Description:   "batchd tracker: poll, reconcile, time out",
@@ -168,7 +167,7 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", ConsumerTracker, err)
 	}
-	h.runs, err = retrySetup(ctx, o.Logger, "stream "+StreamRuns, func(ctx context.Context) (jetstream.Stream, error) {
+	h.runs, err = broker.Setup(ctx, o.Logger, "stream "+StreamRuns, func(ctx context.Context) (jetstream.Stream, error) {
 		return js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:        StreamRuns,
 			Description: "batchd completion messages: batchd.runs.<pipeline>.<state>",
@@ -218,19 +217,6 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	}); err != nil {
 		return nil, err
 	}
-	if h.triggers, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
-		Bucket:      BucketTriggers,
-		Description: "batchd triggers: schedule slots, poller leases and cursors",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		// The triggers write keys with per-key TTLs (cron slot markers,
-		// sequencers of blobs no poller sweeps), which need the bucket to
-		// allow them: the same as triggers.StateBucketConfig.
-		LimitMarkerTTL: time.Minute,
-	}); err != nil {
-		return nil, err
-	}
 	if h.identity, err = bucket(ctx, js, o, jetstream.KeyValueConfig{
 		Bucket:      BucketIdentity,
 		Description: "batchd identities: finished runs remembered for the dedupe horizon after their records expire",
@@ -257,80 +243,16 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	return h, nil
 }
 
-// bucket creates or updates a KV bucket (retried as retrySetup does).
+// bucket creates or updates a KV bucket (retried as broker.Setup does).
 func bucket(ctx context.Context, js jetstream.JetStream, o *Options, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	kv, err := retrySetup(ctx, o.Logger, "bucket "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, cfg)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
-	}
-	return kv, nil
+	return broker.KeyValue(ctx, js, o.Logger, cfg)
 }
-
-// setupAttempt bounds one attempt at creating or updating a stream,
-// consumer or bucket. On a fresh cluster, a request that races another
-// replica's creation of the same stream may get no answer at all (seen with
-// nats-server 2.15: TestReplicasStartTogetherOnFreshCluster); a cluster
-// electing a leader answers nothing until it has one.
-const setupAttempt = 5 * time.Second
-
-// retrySetup runs one creation step of setup until it succeeds, ctx ends
-// or it fails in a way another attempt cannot change (see setupRetryable). Timeouts,
-// no responders and the server's "temporarily unavailable" answers are
-// retried with back-off, logged, so that any number of replicas can start
-// together on a fresh or degraded cluster and wait for its quorum.
-func retrySetup[T any](ctx context.Context, log *slog.Logger, what string, f func(context.Context) (T, error)) (T, error) {
-	for n := 1; ; n++ {
-		actx, cancel := context.WithTimeout(ctx, setupAttempt)
-		v, err := f(actx)
-		cancel()
-		if err == nil {
-			if n > 1 {
-				log.Info("nats setup: succeeded after retries", "what", what, "attempts", n)
-			}
-			return v, nil
-		}
-		if ctx.Err() != nil || !setupRetryable(err) {
-			return v, err
-		}
-		d := backoff.Delay(n, 250*time.Millisecond, 5*time.Second)
-		log.Warn("nats setup: failed; retrying (the cluster may be starting or without quorum)", "what", what, "attempt", n, "retry_in", d, "err", err)
-		if sleepCtx(ctx, d) != nil {
-			return v, err
-		}
-	}
-}
-
-// setupRetryable reports whether another attempt at a setup step may
-// succeed. Only configuration errors are final: a bad request, an invalid
-// or overlapping stream configuration, and replicas on a server that is
-// not clustered. Everything else (timeouts, no responders, no quorum, "no
-// suitable peers for placement" while a node is offline, "name already in
-// use" from a concurrent creation) may pass.
-func setupRetryable(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		switch apiErr.ErrorCode {
-		case jetstream.JSErrCodeBadRequest, jsErrStreamInvalidConfig, jsErrStreamSubjectOverlap, jsErrReplicasNotSupported:
-			return false
-		}
-	}
-	return true
-}
-
-// JetStream API error codes nats.go has no names for.
-const (
-	jsErrStreamInvalidConfig  jetstream.ErrorCode = 10052
-	jsErrStreamSubjectOverlap jetstream.ErrorCode = 10065
-	jsErrReplicasNotSupported jetstream.ErrorCode = 10074
-)
 
 // handles are the JetStream objects setup made.
 type handles struct {
 	intake, track, runs jetstream.Stream
 	workers, tracker    jetstream.Consumer
 	ledger, admission   jetstream.KeyValue
-	jobs, triggers      jetstream.KeyValue
+	jobs                jetstream.KeyValue
 	identity, replicas  jetstream.KeyValue
 }

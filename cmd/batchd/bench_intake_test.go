@@ -19,6 +19,7 @@ import (
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/broker"
+	"github.com/batchd/batchd/triggers"
 	"github.com/batchd/batchd/triggers/blob"
 )
 
@@ -147,7 +148,11 @@ func benchWebhook(b *testing.B, rep *benchtab.Report) {
 	for name, cfg := range st.file.Triggers.Blob {
 		routes = append(routes, blob.Route{Pipeline: name, Config: cfg})
 	}
-	hook, err := blob.NewWebhook(blob.WebhookOptions{Routes: routes, Secret: secret, Intake: st.orch, KV: st.orch.TriggersKV(),
+	kv, err := broker.KeyValue(b.Context(), st.br.JS, nil, triggers.StateBucketConfig(orchestrator.BucketTriggers, 1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	hook, err := blob.NewWebhook(blob.WebhookOptions{Routes: routes, Secret: secret, Intake: st.orch, KV: kv,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)

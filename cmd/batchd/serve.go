@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/batchd/batchd/config"
@@ -21,6 +24,7 @@ import (
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/broker"
 	"github.com/batchd/batchd/orchestrator/statuspage"
+	"github.com/batchd/batchd/triggers"
 )
 
 const serveUsage = `Usage: batchd serve [--config FILE]
@@ -117,10 +121,16 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	if azureTransport != nil {
 		credOpts.Transport = azureTransport
 	}
-	// The token counter is wired before the orchestrator exists; it only
-	// fires on requests, which start after orch is set.
-	var orch *orchestrator.Orchestrator
-	cred := jobs.CountTokens(&lazyCredential{opts: credOpts}, func(scope string) { orch.TokenFetched(scope) })
+	// Main owns the registry /metrics serves; every component registers
+	// its metrics on it.
+	reg := prometheus.NewRegistry()
+	tokens := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_token_fetches_total",
+		Help: "Microsoft Entra tokens the credential fetched (cache misses and refreshes), by scope; online:<kind> counts the online client's Azure ML tokens and key lists.",
+	}, []string{"scope"})
+	reg.MustRegister(tokens, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	countToken := func(scope string) { tokens.WithLabelValues(scope).Inc() }
+	cred := jobs.CountTokens(&lazyCredential{opts: credOpts}, countToken)
 	client, err := jobs.New(cred, jobs.Options{
 		MLScope: env.MLScope, ARMScope: env.ARMScope, ARMEndpoint: env.ARMEndpoint,
 		Transport: azureTransport, Logger: log.With("component", "jobs"),
@@ -129,14 +139,14 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_CREDENTIAL", Msg: err.Error()}}}
 	}
 	storage, checker := newStorageChecker(env, f, cred, log)
-	scorer, err := newScorer(env, cred, log, func(kind string) { orch.TokenFetched(kind) })
+	scorer, err := newScorer(env, cred, log, countToken)
 	if err != nil {
 		return err
 	}
 
-	orch, err = orchestrator.New(ctx, orchestrator.Options{
+	orch, err := orchestrator.New(ctx, orchestrator.Options{
 		JS: b.JS, Conn: b.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker, Scorer: scorer,
-		Logger:  log.With("component", "orchestrator"),
+		Logger: log.With("component", "orchestrator"), Registerer: reg,
 		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,
 		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
 		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace,
@@ -146,7 +156,13 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	if err != nil {
 		return err
 	}
-	trig, err := buildTriggers(env, f, orch, storage, b.Conn, log.With("component", "triggers"))
+	// The triggers' own state bucket; the orchestrator knows nothing of it.
+	triggersKV, err := broker.KeyValue(ctx, b.JS, log.With("component", "nats"),
+		triggers.StateBucketConfig(orchestrator.BucketTriggers, env.NATS.Replicas))
+	if err != nil {
+		return err
+	}
+	trig, err := buildTriggers(env, f, orch, triggersKV, reg, storage, b.Conn, log.With("component", "triggers"))
 	if err != nil {
 		return err
 	}
@@ -160,7 +176,7 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           serveMux(orch, f, trig, page, env, log),
+		Handler:           serveMux(orch, f, trig, page, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), env, log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       env.HTTPReadTimeout,
 		WriteTimeout:      env.HTTPWriteTimeout,
@@ -215,16 +231,17 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 
 // serveMux routes batchd's HTTP paths: the orchestrator's API and probes,
 // the Event Grid webhook, and the status page for everything else.
-func serveMux(orch *orchestrator.Orchestrator, f *config.File, trig *triggerSet, page http.Handler, env *config.Env, log *slog.Logger) *http.ServeMux {
+func serveMux(orch *orchestrator.Orchestrator, f *config.File, trig *triggerSet, page, metrics http.Handler, env *config.Env, log *slog.Logger) *http.ServeMux {
 	api := orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api"),
 		Backfill: backfillFunc(f)})
 	// The API and the page are what a web page could abuse; the probes,
 	// metrics and the webhook carry no operator's authority.
 	guard := orchestrator.BrowserGuard{Hosts: env.HTTPHosts, CheckHost: env.APIToken == "" || len(env.HTTPHosts) > 0}
 	mux := http.NewServeMux()
-	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+	for _, p := range []string{"/healthz", "/readyz"} {
 		mux.Handle(p, api)
 	}
+	mux.Handle("GET /metrics", metrics)
 	mux.Handle("/api/", guard.Wrap(api))
 	mux.Handle("/eventgrid", trig.webhook)
 	mux.Handle("/", guard.Wrap(page))

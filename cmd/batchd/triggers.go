@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/datastores"
@@ -52,9 +54,8 @@ func (s *triggerSet) nextFires(pipeline string, n int) []time.Time {
 }
 
 // buildTriggers constructs the triggers. It starts nothing.
-func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestrator, st *datastores.Storage, nc *nats.Conn, log *slog.Logger) (*triggerSet, error) {
-	kv := orch.TriggersKV()
-	reg := orch.Registry()
+func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestrator, kv jetstream.KeyValue, reg prometheus.Registerer,
+	st *datastores.Storage, nc *nats.Conn, log *slog.Logger) (*triggerSet, error) {
 	set := &triggerSet{schedules: map[string]*cron.Schedule{}}
 	var errs []error
 

@@ -131,6 +131,14 @@ pipelines:
 	if n := metricValue(t, proc.url(), emitted); n != 100 {
 		t.Fatalf("%s = %v before the restart, want 100", emitted, n)
 	}
+	// One registry, main's, carries every component's metrics: the
+	// triggers', the orchestrator's, the credential's token count, Go's.
+	for _, series := range []string{`batchd_token_fetches_total{scope="https://ml.azure.com/.default"}`,
+		`batchd_runs{state="completed"}`, "go_goroutines"} {
+		if n := metricValue(t, proc.url(), series); n <= 0 {
+			t.Errorf("/metrics: %s = %v, want > 0", series, n)
+		}
+	}
 
 	// Restart: a complete sweep of the same 100 blobs and a third delivery
 	// of the event must submit nothing.
