@@ -92,7 +92,7 @@ func TestDeployInvokerRoleHasExactlyTheSeedActions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var vendored []string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -332,7 +332,7 @@ func yamlDocs(t *testing.T, path string) []map[string]any {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	dec := yaml.NewDecoder(f)
 	var docs []map[string]any
 	for {

@@ -152,7 +152,7 @@ func LoadFile(path string) (*File, error) {
 	if err != nil {
 		return nil, &Error{File: path, Problems: []error{&FieldError{Path: "BATCHD_PIPELINES", Msg: err.Error()}}}
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, &Error{File: path, Problems: []error{&FieldError{Path: "BATCHD_PIPELINES", Msg: err.Error()}}}
@@ -319,7 +319,7 @@ func (v *validator) endpoint(path, name string, r *rawEndpoint) (orchestrator.En
 		v.add(path+".uri", "is required: the endpoint's invocation URI, https://<endpoint>.<region>.inference.ml.azure.com/jobs (az ml batch-endpoint show --query scoring_uri)")
 	case err != nil || u.Host == "":
 		v.add(path+".uri", "%q is not a URL", r.URI)
-	case u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname())):
+	case !secureOrLoopback(u):
 		v.add(path+".uri", "%q must be https (plain http is accepted only on loopback, for simulators)", r.URI)
 	case !strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/jobs"):
 		v.add(path+".uri", "%q is not an invocation URI: it ends in /jobs (az ml batch-endpoint show --query scoring_uri)", r.URI)
@@ -373,7 +373,7 @@ func (v *validator) account(path, name string, r *rawAccount) (datastores.Accoun
 		switch {
 		case err != nil || u.Host == "":
 			v.add(path+".blob_endpoint", "%q is not a URL", r.BlobEndpoint)
-		case u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname())):
+		case !secureOrLoopback(u):
 			v.add(path+".blob_endpoint", "%q must be https (plain http only on loopback, e.g. Azurite)", r.BlobEndpoint)
 		case u.RawQuery != "":
 			v.add(path+".blob_endpoint", "must not carry a query string: put a SAS in sas_file")
@@ -585,10 +585,10 @@ func (v *validator) io(path, name string, r *rawIO, sample *orchestrator.Templat
 	if !input {
 		allowed = []string{jobs.TypeUriFile, jobs.TypeUriFolder}
 	}
-	switch {
-	case r.Type == "":
+	switch r.Type {
+	case "":
 		v.add(path+".type", "is required: one of %s", strings.Join(allowed, ", "))
-	case r.Type == jobs.TypeMLTable:
+	case jobs.TypeMLTable:
 		v.add(path+".type", "MLTable is not supported by batch endpoints; use UriFile or UriFolder")
 	default:
 		v.oneOf(path+".type", r.Type, allowed...)
@@ -715,10 +715,9 @@ func isRelPath(s string) bool {
 	return true
 }
 
-func (v *validator) required(path, val string) {
-	if val == "" {
-		v.add(path, "is required")
-	}
+// secureOrLoopback: https, or plain http to a loopback host (simulators).
+func secureOrLoopback(u *url.URL) bool {
+	return u.Scheme == "https" || u.Scheme == "http" && isLoopbackHost(u.Hostname())
 }
 
 func (v *validator) oneOf(path, val string, allowed ...string) {

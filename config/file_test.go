@@ -58,7 +58,7 @@ func wantErrors(t *testing.T, path string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var want []string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {

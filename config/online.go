@@ -64,7 +64,7 @@ func (v *validator) onlineEndpoint(path, name string, r *rawEndpoint, n int) (or
 		v.add(path+".uri", "is required: the endpoint's scoring URI, https://<endpoint>.<region>.inference.ml.azure.com/score (az ml online-endpoint show --query scoring_uri)")
 	case err != nil || u.Host == "":
 		v.add(path+".uri", "%q is not a URL", r.URI)
-	case u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackHost(u.Hostname())):
+	case !secureOrLoopback(u):
 		v.add(path+".uri", "%q must be https (plain http is accepted only on loopback, for simulators)", r.URI)
 	case strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/jobs"):
 		v.add(path+".uri", "%q is a batch endpoint's invocation URI (it ends in /jobs); an online endpoint's scoring URI ends in /score, or remove kind: online", r.URI)
@@ -188,8 +188,8 @@ func (v *validator) onlinePipeline(path, name string, r *rawPipeline, p *orchest
 		p.Endpoint.Online = &oep
 	}
 	sample := orchestrator.SampleTemplateData(name, p.Trigger)
-	switch {
-	case r.Request == "":
+	switch r.Request {
+	case "":
 		v.add(path+".request", `is required for an online endpoint: the request body, a template rendering to JSON, e.g. '{{ .Message.Body }}' or '{"text": {{ json .Fields.text }}}'`)
 	default:
 		if t := v.template(path+".request", r.Request, sample); t != nil {

@@ -422,9 +422,10 @@ func (c *Checker) resolve(d *decision, t *ioTarget) bool {
 	}
 	t.loc, t.ds = loc, &ds
 	where := fmt.Sprintf("container %q", ds.Container)
-	if ds.Kind == DatastoreADLSGen2 {
+	switch ds.Kind {
+	case DatastoreADLSGen2:
 		where = fmt.Sprintf("filesystem %q", ds.Filesystem)
-	} else if ds.Kind == DatastoreADLSGen1 {
+	case DatastoreADLSGen1:
 		where = "the account root"
 	}
 	if ds.Kind == DatastoreADLSGen1 {

@@ -378,7 +378,7 @@ func TestCheckStorageTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	endpoint := "http://" + l.Addr().String() + "/devstoreaccount1/"
 	st := NewStorage(StorageOptions{Accounts: map[string]Account{
 		"devstoreaccount1": {BlobEndpoint: endpoint, Auth: AuthAnonymous},

@@ -70,7 +70,7 @@ func closedPort(t testing.TB) int {
 		t.Fatalf("listen: %v", err)
 	}
 	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	_ = l.Close()
 	return port
 }
 

@@ -21,6 +21,7 @@ import "time"
 // Kind is the kind of storage a URI points at, in the terms of the rule table.
 type Kind string
 
+// The kinds of storage the rule table knows.
 const (
 	KindDatastore Kind = "datastore"  // azureml://datastores/... (short or long form)
 	KindDataAsset Kind = "data_asset" // azureml://locations/.../data/... or its ARM id
@@ -111,6 +112,7 @@ type Request struct {
 // Result of one check.
 type Result string
 
+// The results of one check.
 const (
 	Pass Result = "pass"
 	Fail Result = "fail"
@@ -120,6 +122,7 @@ const (
 // Verdict of a whole Decision.
 type Verdict string
 
+// The verdicts of a Decision.
 const (
 	Allow  Verdict = "allow"
 	Reject Verdict = "reject"

@@ -25,7 +25,7 @@ type Claims struct {
 	ExpiresAt time.Time `json:"exp"`
 }
 
-// ErrNotJWT: the token is opaque, so its claims cannot be shown.
+// ErrNotJWT means the token is opaque, so its claims cannot be shown.
 var ErrNotJWT = errors.New("the token is not a JWT; its claims cannot be decoded")
 
 // TokenClaims gets a token for scope from cred and returns its decoded

@@ -213,7 +213,7 @@ func TestSubmitFaults(t *testing.T) {
 				defer cancel()
 			}
 			j, err := h.c.Submit(ctx, h.sim.Endpoint("ep"), oneInput())
-			h.note(err)
+			_ = h.note(err)
 			if err == nil {
 				t.Fatalf("Submit = %+v, want an error", j)
 			}
@@ -310,7 +310,7 @@ func TestReadFaults(t *testing.T) {
 			case jobstest.RouteARMList:
 				var list []jobs.Job
 				list, err = h.c.List(context.Background(), ep, time.Time{})
-				h.note(err)
+				_ = h.note(err)
 				if err == nil && (len(list) != 1 || list[0].Name != sub.Name) {
 					t.Errorf("List = %+v, want the one job %s", list, sub.Name)
 				}
@@ -649,7 +649,7 @@ func TestSubmitNeverSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	closedAddr := ln.Addr().String()
-	ln.Close()
+	_ = ln.Close()
 
 	untrusting := &http.Transport{}
 	t.Cleanup(untrusting.CloseIdleConnections)
@@ -677,7 +677,7 @@ func TestSubmitNeverSent(t *testing.T) {
 			}
 			before := sim.Count(jobstest.RouteCreate)
 			_, err := h.c.Submit(ctx, tt.ep, oneInput())
-			h.note(err)
+			_ = h.note(err)
 			var te *jobs.TransportError
 			if !errors.As(err, &te) || te.Sent {
 				t.Fatalf("err = %v, want a *TransportError with Sent=false", err)
@@ -733,7 +733,7 @@ func TestSubmitCanceledWhileGettingToken(t *testing.T) {
 	}()
 	_, err := h.c.Submit(ctx, h.sim.Endpoint("ep"), oneInput())
 	<-waitDone
-	h.note(err)
+	_ = h.note(err)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}

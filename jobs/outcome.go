@@ -11,26 +11,26 @@ import (
 type Outcome int
 
 const (
-	// Done: no error.
+	// Done means no error.
 	Done Outcome = iota
-	// Throttled: the service answered 429 before doing anything; wait
+	// Throttled means the service answered 429 before doing anything; wait
 	// RetryAfter (or a default) and send the same request again.
 	Throttled
-	// Transient: nothing was created (the request was never sent, or no
+	// Transient means nothing was created (the request was never sent, or no
 	// token could be had), or the call is safe to repeat (a read, a
 	// cancel); send it again after a back-off.
 	Transient
-	// Refused: a definite answer that sending the same request again
+	// Refused means a definite answer that sending the same request again
 	// cannot change (a 4xx other than 408 and 429, a request refused before
 	// sending, ErrNoWorkspace). Nothing was created.
 	Refused
-	// Failed: the service took the request and answered that it failed
+	// Failed means the service took the request and answered that it failed
 	// (an online endpoint's 5xx after its retries).
 	Failed
-	// TimedOut: the caller's deadline passed before an answer (online
+	// TimedOut means the caller's deadline passed before an answer (online
 	// requests, which have a deadline of their own).
 	TimedOut
-	// Ambiguous: a submit may or may not have created a job: it was (or
+	// Ambiguous means a submit may or may not have created a job: it was (or
 	// may have been) sent and no definite answer came. Reconcile; never
 	// send it again blindly. An error Classify cannot place is Ambiguous
 	// too: a second job is worse than a run an operator has to look at.

@@ -58,7 +58,8 @@ func (e Endpoint) AzureName() string {
 	}
 	host := u.Hostname()
 	if i := strings.Index(host, ".inference."); i > 0 {
-		return host[:strings.Index(host, ".")]
+		name, _, _ := strings.Cut(host, ".")
+		return name
 	}
 	segs := strings.Split(strings.Trim(u.Path, "/"), "/")
 	if len(segs) >= 2 && segs[len(segs)-1] == "jobs" {

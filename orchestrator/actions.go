@@ -69,7 +69,7 @@ func (o *Orchestrator) CancelRun(ctx context.Context, id, reason string) (*Run, 
 		cancel()
 		if err != nil {
 			if errors.Is(err, jobs.ErrNoWorkspace) {
-				return nil, fmt.Errorf("%w: %v", ErrNotAllowed, err)
+				return nil, fmt.Errorf("%w: %v", ErrNotAllowed, err) //nolint:errorlint // the sentinel classifies; the cause is text, so that it cannot classify instead
 			}
 			return nil, fmt.Errorf("cancel job %s: %w", r.Job.Name, err)
 		}

@@ -274,7 +274,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		return fmt.Errorf("%w: body: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: body: %v", ErrInvalid, err) //nolint:errorlint // the sentinel classifies; the cause is text, so that it cannot classify instead
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: body: more than one JSON value", ErrInvalid)
@@ -458,7 +458,7 @@ func (a *api) runPipeline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, _, err := p.Render(id, ev); err != nil {
-		a.fail(w, r, fmt.Errorf("%w: the fields do not fit pipeline %s: %v (fields given: %s)", ErrInvalid, name, err, fieldNames(req.Fields)))
+		a.fail(w, r, fmt.Errorf("%w: the fields do not fit pipeline %s: %v (fields given: %s)", ErrInvalid, name, err, fieldNames(req.Fields))) //nolint:errorlint // the sentinel classifies; the cause is text, so that it cannot classify instead
 		return
 	}
 	rc, err := a.o.Emit(ctx, ev)
@@ -528,7 +528,7 @@ func (a *api) backfill(w http.ResponseWriter, r *http.Request) {
 	}
 	evs, more, err := a.backfillFn(name, req.From, req.To, req.Limit)
 	if err != nil {
-		a.fail(w, r, fmt.Errorf("%w: %v", ErrInvalid, err))
+		a.fail(w, r, fmt.Errorf("%w: %v", ErrInvalid, err)) //nolint:errorlint // the sentinel classifies; the cause is text, so that it cannot classify instead
 		return
 	}
 	ctx := r.Context()

@@ -285,8 +285,10 @@ func TestArchitectureDocShowsTheGraph(t *testing.T) {
 	if i < 0 {
 		t.Fatal("docs/ARCHITECTURE.md has no mermaid state diagram")
 	}
-	body := doc[i+len("```mermaid\n"):]
-	body = body[:strings.Index(body, end)]
+	body, _, found := strings.Cut(doc[i+len("```mermaid\n"):], end)
+	if !found {
+		t.Fatal("docs/ARCHITECTURE.md's state diagram is not closed")
+	}
 	if diff := cmp.Diff(graphMermaid(), body); diff != "" {
 		t.Errorf("docs/ARCHITECTURE.md's state diagram differs from the graph table (-table +doc):\n%s\nthe table's diagram:\n%s", diff, graphMermaid())
 	}

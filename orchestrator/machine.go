@@ -383,8 +383,7 @@ func (o *Orchestrator) submit(ctx context.Context, r *record, rev uint64, d *del
 		r.Sys.ReconcileSince = now
 	}
 	r.Sys.SubmitDeadline = now.Add(o.opts.SubmitTimeout + o.opts.submitMargin)
-	rev, err := o.ledger.put(ctx, r, rev)
-	if err != nil {
+	if _, err := o.ledger.put(ctx, r, rev); err != nil {
 		return settle{}, err
 	}
 	_ = d.msg.InProgress()

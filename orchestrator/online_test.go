@@ -384,7 +384,7 @@ func TestOnlineCrashMidRequest(t *testing.T) {
 			b := startBrokerIn(t, dir)
 			h := startOn(t, b, []*Pipeline{slow}, newFakeSub(), s.scorer)
 			inbox := nats.NewInbox()
-			replies := subscribe(t, b.Conn, inbox)
+			subscribe(t, b.Conn, inbox) // the requester listens before it asks
 			rc, err := h.o.Emit(t.Context(), Event{Pipeline: "score", Key: "k", Source: SourceNATS,
 				Message: &MessageEvent{Subject: "in", Data: json.RawMessage(`{}`), Reply: inbox, ReplyDeferred: true}})
 			if err != nil {
@@ -393,7 +393,7 @@ func TestOnlineCrashMidRequest(t *testing.T) {
 			h.waitState(rc.RunID, StateSubmitting, 5*time.Second)
 			waitFor(t, 5*time.Second, "the request to reach the endpoint", func() bool { return s.sim.Count(jobstest.RouteScore) == 1 })
 			b = crash(t, h, dir)
-			replies = subscribe(t, b.Conn, inbox) // the requester is still listening
+			replies := subscribe(t, b.Conn, inbox) // the requester is still listening
 
 			// The endpoint is fast now (same name, same run).
 			fast := s.pipeline(t, "score", "ep", `{}`)

@@ -149,7 +149,7 @@ func CheckJSON(b []byte) error {
 		hi := min(len(b), at+20)
 		return fmt.Errorf("renders to text that is not JSON (%s at byte %d, near %q); use {{ json .Field }} to quote values", se.Error(), se.Offset, string(b[lo:hi]))
 	}
-	return fmt.Errorf("renders to text that is not JSON: %v", err)
+	return fmt.Errorf("renders to text that is not JSON: %w", err)
 }
 
 // IOTemplate is one input or output of a pipeline.

@@ -97,6 +97,9 @@ func TestBackfillAPI(t *testing.T) {
 		h.waitState(s.RunID, StateCompleted, 10*time.Second)
 	}
 	code, out = srv.do("POST", "/api/v1/pipelines/nightly/backfill", body)
+	if code != 200 {
+		t.Fatalf("second backfill = %d %s", code, out)
+	}
 	for _, s := range decodeAs[BackfillResponse](t, out).Slots {
 		if !s.Duplicate || s.State != StateCompleted {
 			t.Errorf("slot %s on the second backfill: duplicate %t, state %s; want duplicate, completed", s.Time, s.Duplicate, s.State)

@@ -11,6 +11,7 @@ import (
 // terminal state, including the events that never submit a job.
 type State string
 
+// The states (README: "Run states"; graph.go: the moves between them).
 const (
 	StateReceived   State = "received"   // claimed by a worker; nothing else done yet
 	StateFiltered   State = "filtered"   // matched no trigger rule; terminal

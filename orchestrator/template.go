@@ -246,7 +246,7 @@ func (t *Template) CheckJSONSafe() error {
 			if len(n.Pipe.Decl) > 0 || len(n.Pipe.Cmds) == 0 {
 				return
 			}
-			loc, _ := t.t.Tree.ErrorContext(n)
+			loc, _ := t.t.ErrorContext(n)
 			line := loc
 			if i := strings.Index(loc, ":"); i >= 0 {
 				line = strings.SplitN(loc[i+1:], ":", 2)[0]
@@ -269,7 +269,7 @@ func (t *Template) CheckJSONSafe() error {
 			walk(n.ElseList, prev)
 		}
 	}
-	walk(t.t.Tree.Root, "")
+	walk(t.t.Root, "")
 	return errors.Join(errs...)
 }
 

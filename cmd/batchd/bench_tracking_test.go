@@ -256,11 +256,11 @@ func benchStartTimed(b *testing.B, p *batchdProc) time.Duration {
 	cmd.Stdout, cmd.Stderr = f, f
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		f.Close()
+		_ = f.Close()
 		b.Fatalf("start batchd: %v", err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); f.Close() }()
+	go func() { done <- cmd.Wait(); _ = f.Close() }()
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()

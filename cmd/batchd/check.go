@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"slices"
@@ -160,7 +161,7 @@ func sortedNames[V any](m map[string]V) []string {
 
 // flagExit maps a flag parsing error to an exit code: -h is success.
 func flagExit(err error) int {
-	if err == flag.ErrHelp {
+	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
 	return exitUsage

@@ -23,6 +23,7 @@ import (
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/broker/brokertest"
 )
 
 // The subprocess tests run the real binary against the Azure ML simulator
@@ -46,12 +47,7 @@ func procBuild(t testing.TB, dir string) string {
 
 func procFreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(brokertest.FreePort(t)))
 }
 
 // simProcessEnv is the environment that points a batchd process at sim.
@@ -182,11 +178,11 @@ func (p *batchdProc) launch() {
 	}
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
-		f.Close()
+		_ = f.Close()
 		p.t.Fatalf("start batchd: %v", err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); f.Close() }()
+	go func() { done <- cmd.Wait(); _ = f.Close() }()
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
@@ -210,7 +206,7 @@ func (p *batchdProc) waitReady(d time.Duration) error {
 		select {
 		case err := <-done:
 			done <- err
-			return fmt.Errorf("batchd exited while starting: %v", err)
+			return fmt.Errorf("batchd exited while starting: %w", err)
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -243,7 +239,7 @@ func (p *batchdProc) stop(sig syscall.Signal) int {
 		return 0
 	case <-time.After(60 * time.Second):
 		_ = cmd.Process.Kill()
-		<-done
+		<-done //nolint:errcheck // the exit status of a process we killed
 		return -3
 	}
 }

@@ -292,7 +292,7 @@ func postEvent(ctx context.Context, base, secret string, body []byte) (webhookAn
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 		if err != nil {
-			return webhookAnswer{}, fmt.Errorf("event for %s/eventgrid: %v", base, redactURLError(err))
+			return webhookAnswer{}, fmt.Errorf("event for %s/eventgrid: %w", base, redactURLError(err))
 		}
 		req.Header.Set("Content-Type", "application/json; charset=utf-8")
 		req.Header.Set("aeg-event-type", "Notification")
@@ -300,7 +300,7 @@ func postEvent(ctx context.Context, base, secret string, body []byte) (webhookAn
 		req.Header.Set("aeg-delivery-count", strconv.Itoa(attempt))
 		resp, err := hc.Do(req)
 		if err != nil {
-			last = fmt.Errorf("post event to %s/eventgrid: %v", base, redactURLError(err))
+			last = fmt.Errorf("post event to %s/eventgrid: %w", base, redactURLError(err))
 			if ctx.Err() != nil {
 				return webhookAnswer{}, last
 			}
@@ -651,7 +651,8 @@ func devCommandName() string {
 // shellQuote quotes s for a POSIX shell when it needs it.
 func shellQuote(s string) string {
 	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=@,+", r))
+		safe := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=@,+", r)
+		return !safe
 	}) < 0 {
 		return s
 	}

@@ -197,9 +197,14 @@ func (d *devRun) start(ctx context.Context) int {
 	// (serve reads azureTransport), and the managed identity credential
 	// finds the simulator through the App Service protocol's variables,
 	// which azidentity reads from the process environment.
-	os.Unsetenv("IDENTITY_SERVER_THUMBPRINT") // would select the Service Fabric protocol
-	os.Setenv("IDENTITY_ENDPOINT", d.sim.IdentityEndpoint())
-	os.Setenv("IDENTITY_HEADER", d.sim.IdentityHeader())
+	if err := errors.Join(
+		os.Unsetenv("IDENTITY_SERVER_THUMBPRINT"), // would select the Service Fabric protocol
+		os.Setenv("IDENTITY_ENDPOINT", d.sim.IdentityEndpoint()),
+		os.Setenv("IDENTITY_HEADER", d.sim.IdentityHeader()),
+	); err != nil {
+		fmt.Fprintf(d.c.stderr, "batchd dev: managed identity variables: %v\n", err)
+		return exitFailed
+	}
 	azureTransport = d.sim.HTTPClient()
 
 	d.state.Started = time.Now().UTC()
@@ -356,7 +361,7 @@ func freePort(host string, port int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -514,7 +519,7 @@ func lockDevState(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+		_ = f.Close()
 		msg := "another batchd dev is running on " + dir
 		if st, rerr := readDevState(dir); rerr == nil && st.PID > 0 {
 			msg += fmt.Sprintf(" (pid %d, %s)", st.PID, st.URL)
@@ -530,7 +535,7 @@ func devRunning(dir string) bool {
 	if err != nil {
 		return false
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
 		return true
 	}

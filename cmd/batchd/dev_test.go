@@ -26,6 +26,7 @@ import (
 	"github.com/batchd/batchd/datastores/azurite"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/broker/brokertest"
 	blobtrigger "github.com/batchd/batchd/triggers/blob"
 )
 
@@ -148,7 +149,7 @@ func TestDevBlobCreatedEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	size := int64(42)
-	want := blobtrigger.BlobData{API: "PutBlob", ETag: u.ETag, ContentType: "text/csv", ContentLength: &size, BlobType: "BlockBlob",
+	want := blobtrigger.Data{API: "PutBlob", ETag: u.ETag, ContentType: "text/csv", ContentLength: &size, BlobType: "BlockBlob",
 		URL: u.URL, Sequencer: fmt.Sprintf("%032x", at.UnixNano())}
 	if diff := cmp.Diff(want, d); diff != "" {
 		t.Errorf("data (-want +got):\n%s", diff)
@@ -291,7 +292,7 @@ func TestDevFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	taken := l.Addr().String()
 	_, port, _ := strings.Cut(taken, ":")
 	n, _ := strconv.Atoi(port)
@@ -363,7 +364,7 @@ func TestDevEndToEnd(t *testing.T) {
 	t.Cleanup(func() {
 		if running {
 			_ = cmd.Process.Kill()
-			<-exited
+			<-exited //nolint:errcheck // the exit status of a process we killed
 		}
 		if t.Failed() {
 			t.Logf("batchd dev stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
@@ -615,11 +616,7 @@ func devWaitFor(t *testing.T, d time.Duration, what string, check func(), cond f
 
 func freePortT(t *testing.T) int {
 	t.Helper()
-	p, err := freePort("127.0.0.1", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return brokertest.FreePort(t)
 }
 
 type procInfo struct {

@@ -141,11 +141,12 @@ func pipelinesRun(ctx context.Context, c *cli, args []string) int {
 		return apiExit(c, "pipelines run", err)
 	}
 	if !*wait {
-		if *cf.asJSON {
+		switch {
+		case *cf.asJSON:
 			printJSON(c.stdout, resp)
-		} else if created {
+		case created:
 			fmt.Fprintf(c.stdout, "Run %s accepted. Follow it with `batchd runs show %s`.\n", resp.RunID, resp.RunID)
-		} else {
+		default:
 			fmt.Fprintf(c.stdout, "Run %s exists already for this key (%s).\n", resp.RunID, resp.State)
 		}
 		return exitOK

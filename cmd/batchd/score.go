@@ -149,7 +149,7 @@ func scoreData(v string, stdin io.Reader) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }()
 		r = f
 	default:
 		return []byte(v), nil

@@ -97,7 +97,7 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	if err != nil {
 		return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_HTTP_ADDR", Msg: err.Error()}}}
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 
 	bopts := broker.Options{
 		URL: env.NATS.URL, Listen: env.NATS.Listen,

@@ -37,7 +37,7 @@ func TestServeRefusesBadConfiguration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer busy.Close()
+	defer func() { _ = busy.Close() }()
 	tests := []struct {
 		name string
 		env  map[string]string

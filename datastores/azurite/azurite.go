@@ -154,12 +154,12 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		log.Info("azurite started", "url", url, "pid", cmd.Process.Pid)
 		return s, nil
 	case <-s.done:
-		return nil, fmt.Errorf("azurite exited before listening: %v", s.err)
+		return nil, fmt.Errorf("azurite exited before listening: %w", s.err)
 	case <-t.C:
-		s.Close()
+		_ = s.Close()
 		return nil, fmt.Errorf("azurite did not listen within %s", timeout)
 	case <-ctx.Done():
-		s.Close()
+		_ = s.Close()
 		return nil, ctx.Err()
 	}
 }

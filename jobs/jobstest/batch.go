@@ -172,7 +172,6 @@ func (s *Sim) Job(name string) (JobView, bool) {
 	return j.view(j.status(time.Now(), false)), true
 }
 
-// JobCount returns the number of jobs created so far.
 // PeakRunning is the most jobs of endpoint that were unfinished at one
 // time: created and not yet seen finished by a status read (the service's
 // view of how many ran at once).
@@ -209,6 +208,7 @@ func (s *Sim) PeakRunning(endpoint string) int {
 	return peak
 }
 
+// JobCount returns the number of jobs created so far.
 func (s *Sim) JobCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

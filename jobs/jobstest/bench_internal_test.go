@@ -38,7 +38,7 @@ func BenchmarkSim100kJobs(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	tok := s.Token(AudienceML, s.Tenant(), "bench", time.Hour)
 	const n = 100_000
 	const body = `{"properties":{"InputData":{"d":{"JobInputType":"UriFile","Uri":"https://acct.blob.core.windows.net/in/2026/11/24/file-000000.csv"}}}}`

@@ -283,11 +283,12 @@ func (s *Sim) handleScore(w http.ResponseWriter, r *http.Request) {
 		req.Body = body
 	}
 	status, out := http.StatusOK, []byte(nil)
-	if e.opts.Handler != nil {
+	switch {
+	case e.opts.Handler != nil:
 		status, out = e.opts.Handler(OnlineRequest{Endpoint: e.name, Deployment: deployment, RequestID: req.RequestID, Body: body, At: req.At})
-	} else if !json.Valid(body) {
+	case !json.Valid(body):
 		status, out = http.StatusBadRequest, []byte(`{"message":"the request body is not JSON"}`)
-	} else {
+	default:
 		out, _ = json.Marshal(map[string]any{"deployment": deployment, "input": json.RawMessage(body)})
 	}
 	e.mu.Lock()
@@ -451,7 +452,7 @@ func (t inProcess) Do(req *http.Request) (resp *http.Response, err error) {
 	rec := &recorder{header: http.Header{}}
 	defer func() {
 		if p := recover(); p != nil {
-			if p != http.ErrAbortHandler {
+			if err, ok := p.(error); !ok || !errors.Is(err, http.ErrAbortHandler) {
 				panic(p)
 			}
 			resp, err = nil, errInProcessReset

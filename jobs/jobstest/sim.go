@@ -270,7 +270,7 @@ func listen(s *Sim) (*Sim, error) {
 	}
 	miLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		ln.Close()
+		_ = ln.Close()
 		return nil, fmt.Errorf("jobstest: listen: %w", err)
 	}
 	s.url = "https://" + ln.Addr().String()

@@ -464,7 +464,7 @@ func TestCAForSubprocesses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TLS with the written CA: %v", err)
 	}
-	conn.Close()
+	_ = conn.Close()
 }
 
 // Close returns promptly even with a request held by a long delay, and
@@ -494,7 +494,7 @@ func TestCloseCutsDelayedRequests(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	start := time.Now()
-	sim.Close()
+	_ = sim.Close()
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("Close took %v with a delayed request in flight", took)
 	}

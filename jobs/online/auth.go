@@ -218,11 +218,11 @@ func (c *Client) armPost(ctx context.Context, ep *Endpoint, op, action string) (
 		"/onlineEndpoints/" + url.PathEscape(ep.armName()) + "/" + action + "?api-version=" + url.QueryEscape(c.apiVer)
 	req, err := runtime.NewRequest(ctx, http.MethodPost, u)
 	if err != nil {
-		return nil, &Error{Kind: KindRejected, Op: op, Endpoint: ep.Name, Err: fmt.Errorf("%w: %v", ErrInvalidRequest, err)}
+		return nil, &Error{Kind: KindRejected, Op: op, Endpoint: ep.Name, Err: fmt.Errorf("%w: %v", ErrInvalidRequest, err)} //nolint:errorlint // the sentinel classifies; the cause is text, so that it cannot classify instead
 	}
 	req.Raw().Header.Set("Accept", "application/json")
 	req.Raw().Header.Set(headerClientReqID, newRequestID())
-	resp, err := c.arm.Do(req)
+	resp, err := c.arm.Do(req) //nolint:bodyclose // runtime.Payload reads and closes it
 	if resp != nil && resp.StatusCode >= 300 {
 		body, _ := runtime.Payload(resp)
 		code, msg := parseErrorBody(body)

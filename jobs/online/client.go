@@ -86,7 +86,6 @@ type Client struct {
 	armScope  string
 	onFetch   func(string)
 	creds     *cache
-	seq       atomic.Int64
 }
 
 // New returns a Client that takes Entra tokens (aad_token endpoints, and

@@ -14,19 +14,19 @@ import (
 type Kind string
 
 const (
-	// KindRejected: the endpoint refused the request (a 4xx other than 408
+	// KindRejected means the endpoint refused the request (a 4xx other than 408
 	// and 429), or batchd could not authenticate (no credential, a missing
 	// role, a wrong audience, a bad configuration). Sending it again as is
 	// cannot help. The model did not run.
 	KindRejected Kind = "rejected"
-	// KindFailed: the endpoint answered with an error (a 5xx other than
+	// KindFailed means the endpoint answered with an error (a 5xx other than
 	// 503): the scoring script or the service failed.
 	KindFailed Kind = "failed"
-	// KindUnknown: the request was sent and no answer came (a reset, an
+	// KindUnknown means the request was sent and no answer came (a reset, an
 	// attempt's timeout, an unreadable answer). The model may or may not
 	// have scored it; without Request.SafeToRepeat it was not sent again.
 	KindUnknown Kind = "unknown"
-	// KindTimedOut: the caller's deadline passed before an answer: while
+	// KindTimedOut means the caller's deadline passed before an answer: while
 	// the endpoint kept answering 429/503, while waiting for a credential,
 	// or with a request in flight (then it may have been scored).
 	KindTimedOut Kind = "timed_out"
@@ -147,7 +147,7 @@ func IsAuth(err error) bool {
 
 var errDeadline = errors.New("deadline passed")
 
-// ErrInvalidRequest: the request was refused before anything was sent (a
+// ErrInvalidRequest means the request was refused before anything was sent (a
 // bad scoring URI, a body that is not JSON, a missing workspace).
 var ErrInvalidRequest = errors.New("invalid request")
 

@@ -111,7 +111,10 @@ type Keys struct {
 	Primary, Secondary string
 }
 
-func (Keys) String() string   { return "[keys redacted]" }
+// String and GoString never print a key (fmt's %v and %#v).
+func (Keys) String() string { return "[keys redacted]" }
+
+// GoString is String for %#v.
 func (Keys) GoString() string { return "online.Keys{[redacted]}" }
 
 // KeySource returns an endpoint's keys (from a file, say). It must be safe

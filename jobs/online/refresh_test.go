@@ -36,7 +36,7 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 		t.Run(tt.mode, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				sim := jobstest.NewInProcess(jobstest.Options{TokenLifetime: time.Hour})
-				defer sim.Close()
+				defer func() { _ = sim.Close() }()
 				if err := sim.AddOnlineEndpoint("ep", tt.tokenOptions); err != nil {
 					t.Fatal(err)
 				}
@@ -91,7 +91,7 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 func TestRefusedAMLTokenIsRefetchedOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sim := jobstest.NewInProcess(jobstest.Options{})
-		defer sim.Close()
+		defer func() { _ = sim.Close() }()
 		if err := sim.AddOnlineEndpoint("ep", jobstest.OnlineOptions{AuthMode: online.AuthAMLToken}); err != nil {
 			t.Fatal(err)
 		}

@@ -42,6 +42,7 @@ import (
 // Kind is what happens to a message after its handler.
 type Kind int
 
+// The verdicts.
 const (
 	KindAck Kind = iota
 	KindNak
@@ -70,7 +71,7 @@ func Term(reason string) Settle { return Settle{Kind: KindTerm, Reason: reason} 
 // stop ends with it (waits that need not finish select on it).
 type Handler func(work, stop context.Context, m jetstream.Msg) (Settle, error)
 
-// ErrReopen: Consume stopped because the consumer must be opened again.
+// ErrReopen means Consume stopped because the consumer must be opened again.
 var ErrReopen = errors.New("consumer: the message iterator closed or kept failing")
 
 // Poison marks a handler error that retrying cannot fix. IsPoison finds
@@ -246,7 +247,7 @@ func (l *Loop) Drain() {
 
 // handle runs h on m and settles m.
 func (l *Loop) handle(stop context.Context, m jetstream.Msg, h Handler) {
-	s, err, panicked := l.run(stop, m, h)
+	s, panicked, err := l.run(stop, m, h)
 	seq, n := uint64(0), uint64(1)
 	if md, mdErr := m.Metadata(); mdErr == nil {
 		seq, n = md.Sequence.Stream, md.NumDelivered
@@ -267,7 +268,7 @@ func (l *Loop) handle(stop context.Context, m jetstream.Msg, h Handler) {
 		if IsPoison(err) {
 			level = slog.LevelError
 		}
-		l.o.Logger.Log(l.work, level, "step failed; will retry", "loop", l.o.Name, "subject", m.Subject(), "retry_in", d, "err", err)
+		l.o.Logger.Log(stop, level, "step failed; will retry", "loop", l.o.Name, "subject", m.Subject(), "retry_in", d, "err", err)
 		s = NakAfter(d)
 	default:
 		l.forget(seq)
@@ -278,7 +279,7 @@ func (l *Loop) handle(stop context.Context, m jetstream.Msg, h Handler) {
 }
 
 // run calls h, turning a panic into its reason.
-func (l *Loop) run(stop context.Context, m jetstream.Msg, h Handler) (s Settle, err error, panicked string) {
+func (l *Loop) run(stop context.Context, m jetstream.Msg, h Handler) (s Settle, panicked string, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			panicked = fmt.Sprintf("batchd panicked handling this message: %v", r)
@@ -290,7 +291,7 @@ func (l *Loop) run(stop context.Context, m jetstream.Msg, h Handler) (s Settle, 
 		}
 	}()
 	s, err = h(l.work, stop, m)
-	return s, err, ""
+	return s, "", err
 }
 
 // poison records why m is taken out of the way and terminates it.

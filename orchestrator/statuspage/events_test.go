@@ -115,7 +115,7 @@ func TestEventsStream(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	res := openStream(t, ctx, srv.URL+"/ui/events?pipeline=score")
+	res := openStream(t, ctx, srv.URL+"/ui/events?pipeline=score") //nolint:bodyclose // openStream closes it at cleanup
 	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" {
 		t.Fatalf("status %d, type %q", res.StatusCode, res.Header.Get("Content-Type"))
 	}
@@ -213,7 +213,7 @@ func TestEventsResyncAndCoalesce(t *testing.T) {
 	p := newPage(t, src, func(o *Options) { o.WatchBuffer = 4 })
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)
-	res := openStream(t, t.Context(), srv.URL+"/ui/events")
+	res := openStream(t, t.Context(), srv.URL+"/ui/events") //nolint:bodyclose // openStream closes it at cleanup
 	sse := readSSE(res.Body)
 	if b := sse.next(t); b.event != "hello" {
 		t.Fatalf("first event %q, want hello", b.event)
@@ -247,7 +247,7 @@ func TestEventsServerShutdown(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 
-	res := openStream(t, t.Context(), srv.URL+"/ui/events")
+	res := openStream(t, t.Context(), srv.URL+"/ui/events") //nolint:bodyclose // openStream closes it at cleanup
 	sse := readSSE(res.Body)
 	sse.next(t) // hello
 
@@ -280,7 +280,7 @@ func TestEventsWithToken(t *testing.T) {
 	p := newPage(t, src, func(o *Options) { o.Token = "tok" })
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)
-	res := openStream(t, t.Context(), srv.URL+"/ui/events", "Authorization", "Bearer tok")
+	res := openStream(t, t.Context(), srv.URL+"/ui/events", "Authorization", "Bearer tok") //nolint:bodyclose // openStream closes it at cleanup
 	sse := readSSE(res.Body)
 	if b := sse.next(t); b.event != "hello" {
 		t.Fatalf("first event %q, want hello", b.event)
@@ -302,7 +302,7 @@ func TestEventsOutliveWriteTimeout(t *testing.T) {
 	srv.Config.ReadTimeout = 100 * time.Millisecond
 	srv.Start()
 	t.Cleanup(srv.Close)
-	res := openStream(t, t.Context(), srv.URL+"/ui/events")
+	res := openStream(t, t.Context(), srv.URL+"/ui/events") //nolint:bodyclose // openStream closes it at cleanup
 	sse := readSSE(res.Body)
 	sse.next(t) // hello
 	start := time.Now()
@@ -330,16 +330,16 @@ func TestEventsStreamCap(t *testing.T) {
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)
 	ctx, cancel := context.WithCancel(t.Context())
-	first := openStream(t, ctx, srv.URL+"/ui/events")
+	first := openStream(t, ctx, srv.URL+"/ui/events") //nolint:bodyclose // openStream closes it at cleanup
 	sse := readSSE(first.Body)
-	sse.next(t) // hello
-	second := openStream(t, t.Context(), srv.URL+"/ui/events")
+	sse.next(t)                                                // hello
+	second := openStream(t, t.Context(), srv.URL+"/ui/events") //nolint:bodyclose // openStream closes it at cleanup
 	if second.StatusCode != http.StatusServiceUnavailable || second.Header.Get("Retry-After") == "" {
 		t.Errorf("a second stream with MaxStreams 1: status %d, Retry-After %q; want 503 with Retry-After", second.StatusCode, second.Header.Get("Retry-After"))
 	}
 	cancel()
 	waitUntil(t, "the first stream to end", func() bool { return src.watchers.Load() == 0 })
-	third := openStream(t, t.Context(), srv.URL+"/ui/events")
+	third := openStream(t, t.Context(), srv.URL+"/ui/events") //nolint:bodyclose // openStream closes it at cleanup
 	if third.StatusCode != http.StatusOK {
 		t.Errorf("a stream after the first closed: status %d, want 200", third.StatusCode)
 	}

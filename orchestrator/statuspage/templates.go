@@ -19,7 +19,7 @@ func (p *Page) parseTemplates() error {
 		"clock":      clockTime,
 		"stateLabel": stateLabel,
 		"short":      shortID,
-		"has":        func(list []string, s string) bool { return slices.Contains(list, s) },
+		"has":        slices.Contains[[]string],
 		"assetURL": func(name, ver string) string {
 			return "/ui/static/" + name + "?v=" + ver
 		},

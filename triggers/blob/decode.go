@@ -41,8 +41,8 @@ type Event struct {
 	Problem string
 }
 
-// BlobData is the data of a Microsoft.Storage.Blob* event.
-type BlobData struct {
+// Data is the data of a Microsoft.Storage.Blob* event.
+type Data struct {
 	API           string `json:"api"`
 	ETag          string `json:"eTag"`
 	ContentType   string `json:"contentType"`
@@ -280,8 +280,8 @@ func normSubject(s string) string {
 }
 
 // BlobData decodes the event's data as blob event data.
-func (e Event) BlobData() (BlobData, error) {
-	var d BlobData
+func (e Event) BlobData() (Data, error) {
+	var d Data
 	if len(e.Data) == 0 {
 		return d, errors.New("no data")
 	}

@@ -211,7 +211,7 @@ func (v *entraVerifier) verify(ctx context.Context, authz string) error {
 		return pk, err
 	})
 	if fetchErr != nil {
-		return fmt.Errorf("%w: %v", errKeysUnavailable, fetchErr)
+		return fmt.Errorf("%w: %v", errKeysUnavailable, fetchErr) //nolint:errorlint // the sentinel classifies; the cause is text, so that it cannot classify instead
 	}
 	if err != nil {
 		return fmt.Errorf("bearer token: %s", jwtReason(err))

@@ -427,7 +427,7 @@ func TestWebhookBadRequests(t *testing.T) {
 	pr, pw := io.Pipe()
 	go func() {
 		_, _ = pw.Write([]byte("[" + strings.Repeat(" ", 5000) + "]"))
-		pw.Close()
+		_ = pw.Close()
 	}()
 	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/eventgrid?code="+testSecret, pr)
 	resp, err := e.srv.Client().Do(req)

@@ -79,7 +79,7 @@ func Parse(spec, tz string) (s *Schedule, err error) {
 	}()
 	sched, err := parser.Parse(spec)
 	if err != nil {
-		return nil, fmt.Errorf("schedule %q: %v", spec, err)
+		return nil, fmt.Errorf("schedule %q: %w", spec, err)
 	}
 	s = &Schedule{spec: sched, loc: loc}
 	switch c := sched.(type) {

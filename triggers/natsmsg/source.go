@@ -435,13 +435,6 @@ func (s *Source) poisoned(ctx context.Context, msg jetstream.Msg, created time.T
 	}
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
-}
-
 // ---- core NATS ----
 
 func (s *Source) runCore(ctx context.Context, nc *nats.Conn) error {

@@ -60,9 +60,9 @@ func Run(t *testing.T, h Harness) {
 			intake.Wait(t, h.Timeout, "occurrence 1", func(s Snapshot) bool { return len(s.Accepted) == 1 })
 			h.Redeliver(t, 1)
 			h.Occur(t, 2)
-			s := intake.Wait(t, h.Timeout, "occurrence 2", func(s Snapshot) bool { return len(s.Accepted) == 2 })
+			intake.Wait(t, h.Timeout, "occurrence 2", func(s Snapshot) bool { return len(s.Accepted) == 2 })
 			stop()
-			s = intake.Snapshot()
+			s := intake.Snapshot()
 			if len(s.Accepted) != 2 {
 				t.Fatalf("runs = %d, want 2: a redelivery became a new run", len(s.Accepted))
 			}
@@ -114,7 +114,7 @@ func Run(t *testing.T, h Harness) {
 				t.Errorf("a filtered occurrence reached Emit: %+v", s.Accepted)
 			}
 			r := s.Records[0]
-			if r.Reason == "" || r.Event.Key == "" || !(r.State == orchestrator.StateFiltered || r.State == orchestrator.StateRejected) {
+			if r.Reason == "" || r.Event.Key == "" || r.State != orchestrator.StateFiltered && r.State != orchestrator.StateRejected {
 				t.Errorf("record = %+v, want filtered or rejected with a key and a reason", r)
 			}
 		})

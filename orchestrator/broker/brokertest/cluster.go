@@ -173,11 +173,11 @@ func (nd *Node) Start(t testing.TB) {
 	cmd := exec.Command(nd.bin, "-c", nd.conf)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
-		f.Close()
+		_ = f.Close()
 		t.Fatalf("start nats-server %s: %v", nd.Name, err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); f.Close() }()
+	go func() { done <- cmd.Wait(); _ = f.Close() }()
 	nd.cmd, nd.done = cmd, done
 }
 
@@ -197,11 +197,13 @@ func (nd *Node) Stop(sig syscall.Signal) {
 		return
 	}
 	_ = nd.cmd.Process.Signal(sig)
+	// The exit status of a process we signaled says nothing we need.
 	select {
-	case <-nd.done:
+	case err := <-nd.done:
+		_ = err
 	case <-time.After(60 * time.Second):
 		_ = nd.cmd.Process.Kill()
-		<-nd.done
+		<-nd.done //nolint:errcheck // the exit status of a process we killed
 	}
 	nd.cmd = nil
 }
@@ -348,14 +350,37 @@ func StreamLeader(ctx context.Context, js jetstream.JetStream, stream string) st
 	return info.Cluster.Leader
 }
 
-func freePort(t testing.TB) int {
+func freePort(t testing.TB) int { return FreePort(t) }
+
+// handedOut are the ports FreePort gave this test process.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// FreePort is a loopback port that was free a moment ago and that no
+// other FreePort call of this test process has handed out. A port is
+// released before a child process binds it, so two harnesses that each
+// asked the kernel could get the same one (a nats-server node and a batchd
+// process did); within the process FreePort never repeats.
+func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 1000 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no loopback port that was not handed out before")
+	return 0
 }
 
 func tail(s string, n int) string {

@@ -242,6 +242,7 @@ func (m *Memory) fail(op, key string) error {
 	return nil
 }
 
+// Get implements Store.
 func (m *Memory) Get(ctx context.Context, key string) (Entry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -266,6 +267,7 @@ func (m *Memory) put(key string, value []byte, ttl time.Duration) uint64 {
 	return m.rev
 }
 
+// Create implements Store; a ttl > 0 expires the key.
 func (m *Memory) Create(ctx context.Context, key string, value []byte, ttl time.Duration) (uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -278,6 +280,7 @@ func (m *Memory) Create(ctx context.Context, key string, value []byte, ttl time.
 	return m.put(key, value, ttl), nil
 }
 
+// Update implements Store.
 func (m *Memory) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -292,6 +295,7 @@ func (m *Memory) Update(ctx context.Context, key string, value []byte, rev uint6
 	return m.put(key, value, 0), nil
 }
 
+// Delete implements Store.
 func (m *Memory) Delete(ctx context.Context, key string, rev uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -306,6 +310,7 @@ func (m *Memory) Delete(ctx context.Context, key string, rev uint64) error {
 	return nil
 }
 
+// Keys implements Store.
 func (m *Memory) Keys(ctx context.Context, prefix string) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -324,6 +329,7 @@ func (m *Memory) Keys(ctx context.Context, prefix string) ([]string, error) {
 	return keys, nil
 }
 
+// Values implements Store.
 func (m *Memory) Values(ctx context.Context, prefix string) (map[string]Entry, error) {
 	keys, err := m.Keys(ctx, prefix)
 	if err != nil {
