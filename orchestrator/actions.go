@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // Operator actions (cancel, retry, resolve) never change a run's state
@@ -252,7 +253,7 @@ func (o *Orchestrator) awaitRun(ctx context.Context, id string, done func(*recor
 		if done(r) || time.Now().After(deadline) {
 			return &r.Run, nil
 		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+		if err := backoff.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return &r.Run, nil
 		}
 	}

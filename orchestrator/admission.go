@@ -7,7 +7,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/batchd/batchd/jobs/backoff"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 )
 
 // admission keeps, per endpoint, the runs holding one of its
@@ -20,7 +21,7 @@ import (
 // between the two leaves a slot held by a run that no longer needs it;
 // repair frees those.
 type admission struct {
-	kv jetstream.KeyValue
+	kv kvstate.Store
 }
 
 // endpointState is the value of one endpoint's key.
@@ -43,18 +44,11 @@ type admitResult struct {
 }
 
 func (a *admission) load(ctx context.Context, endpoint string) (*endpointState, uint64, error) {
-	e, err := a.kv.Get(ctx, admissionKey(endpoint))
+	s, rev, err := a.loadKey(ctx, admissionKey(endpoint))
 	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			return &endpointState{}, 0, nil
-		}
 		return nil, 0, fmt.Errorf("admission %s: %w", endpoint, err)
 	}
-	var s endpointState
-	if err := json.Unmarshal(e.Value(), &s); err != nil {
-		return nil, 0, fmt.Errorf("admission %s: decode: %w", endpoint, err)
-	}
-	return &s, e.Revision(), nil
+	return s, rev, nil
 }
 
 func (a *admission) store(ctx context.Context, endpoint string, s *endpointState, rev uint64) error {
@@ -63,15 +57,12 @@ func (a *admission) store(ctx context.Context, endpoint string, s *endpointState
 		return err
 	}
 	if rev == 0 {
-		_, err = a.kv.Create(ctx, admissionKey(endpoint), b)
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return errConflict
-		}
+		_, err = a.kv.Create(ctx, admissionKey(endpoint), b, 0)
 	} else {
 		_, err = a.kv.Update(ctx, admissionKey(endpoint), b, rev)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-			return errConflict
-		}
+	}
+	if errors.Is(err, kvstate.ErrExists) || errors.Is(err, kvstate.ErrConflict) {
+		return errConflict
 	}
 	if err != nil {
 		return fmt.Errorf("admission %s: %w", endpoint, err)
@@ -96,7 +87,7 @@ func (a *admission) change(ctx context.Context, endpoint string, fn func(s *endp
 		if !errors.Is(err, errConflict) || i >= 100 {
 			return nil, err
 		}
-		if err := sleepCtx(ctx, time.Duration(i%10)*time.Millisecond); err != nil {
+		if err := backoff.Sleep(ctx, time.Duration(i%10)*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -156,13 +147,9 @@ func (a *admission) pause(ctx context.Context, endpoint string, until time.Time,
 
 // endpoints lists the endpoints that have state.
 func (a *admission) endpoints(ctx context.Context) ([]string, error) {
-	lister, err := a.kv.ListKeys(ctx)
+	keys, err := a.kv.Keys(ctx, "ep.")
 	if err != nil {
 		return nil, fmt.Errorf("admission keys: %w", err)
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
 	}
 	return keys, nil
 }
@@ -170,17 +157,17 @@ func (a *admission) endpoints(ctx context.Context) ([]string, error) {
 // loadKey reads one endpoint's state by its key (as endpoints returns it).
 func (a *admission) loadKey(ctx context.Context, key string) (*endpointState, uint64, error) {
 	e, err := a.kv.Get(ctx, key)
+	if errors.Is(err, kvstate.ErrNotFound) {
+		return &endpointState{}, 0, nil
+	}
 	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			return &endpointState{}, 0, nil
-		}
 		return nil, 0, err
 	}
 	var s endpointState
-	if err := json.Unmarshal(e.Value(), &s); err != nil {
-		return nil, 0, err
+	if err := json.Unmarshal(e.Value, &s); err != nil {
+		return nil, 0, fmt.Errorf("decode: %w", err)
 	}
-	return &s, e.Revision(), nil
+	return &s, e.Revision, nil
 }
 
 // dropSlots removes the given runs' slots from the endpoint key, if they
@@ -209,7 +196,7 @@ func (a *admission) dropSlots(ctx context.Context, key string, stale map[string]
 		if err == nil {
 			return n, nil
 		}
-		if !(errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)) || i >= 20 {
+		if !errors.Is(err, kvstate.ErrConflict) || i >= 20 {
 			return 0, err
 		}
 	}

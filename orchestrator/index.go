@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // RunSummary is a run as the list shows it: the fields of Run that fit in a
@@ -166,7 +168,7 @@ func (x *index) run(ctx context.Context) error {
 			return nil
 		}
 		x.log.Warn("run index watch ended; restarting", "err", err)
-		if err := sleepCtx(ctx, time.Second); err != nil {
+		if err := backoff.Sleep(ctx, time.Second); err != nil {
 			return nil
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // record is what the ledger stores for one run: the Run the API shows, and
@@ -311,7 +312,7 @@ func (l *ledger) update(ctx context.Context, id string, fn func(r *record) error
 		if !errors.Is(err, errConflict) || i >= 50 {
 			return nil, 0, err
 		}
-		if err := sleepCtx(ctx, time.Duration(i)*time.Millisecond); err != nil {
+		if err := backoff.Sleep(ctx, time.Duration(i)*time.Millisecond); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -331,18 +332,4 @@ func validRunID(id string) bool {
 		}
 	}
 	return true
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 	"github.com/batchd/batchd/jobs/online"
 )
 
@@ -351,7 +352,7 @@ func (o *Orchestrator) finishOnline(ctx context.Context, r *record, rev uint64, 
 		// onto it, after a short wait if the write failed outright.
 		if !errors.Is(err, errConflict) {
 			o.log.Warn("recording an online outcome failed; trying again", "run", r.ID, "err", err)
-			if sleepCtx(ctx, time.Duration(50<<i)*time.Millisecond) != nil {
+			if backoff.Sleep(ctx, time.Duration(50<<i)*time.Millisecond) != nil {
 				return settle{}, err
 			}
 		}
@@ -535,7 +536,7 @@ func (o *Orchestrator) AnswerDuplicate(ctx context.Context, runID, reply string)
 			m.Data = b
 			return o.js.Conn().PublishMsg(m)
 		}
-		if err := sleepCtx(ctx, wait); err != nil {
+		if err := backoff.Sleep(ctx, wait); err != nil {
 			return err
 		}
 		wait = min(2*wait, 100*time.Millisecond)

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 )
 
 // Orchestrator is batchd's durable core: intake, workers, ledger, admission,
@@ -99,7 +100,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		js:         opts.JS,
 		h:          h,
 		ledger:     &ledger{js: opts.JS, kv: h.ledger, retention: opts.Retention, leaderReads: opts.Replicas > 1},
-		adm:        &admission{kv: h.admission},
+		adm:        &admission{kv: kvstate.JetStream(h.admission)},
 		index:      newIndex(h.ledger, opts.Logger),
 		met:        newMetrics(opts.Registerer),
 		log:        opts.Logger,

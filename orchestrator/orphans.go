@@ -23,7 +23,7 @@ var unfinished = []State{StateReceived, StateWaiting, StateSubmitting, StateSubm
 // OrphanInterval.
 func (o *Orchestrator) orphanLoop(ctx context.Context) error {
 	for !o.index.isLoaded() {
-		if sleepCtx(ctx, 50*time.Millisecond) != nil {
+		if backoff.Sleep(ctx, 50*time.Millisecond) != nil {
 			return nil
 		}
 	}
@@ -37,7 +37,7 @@ func (o *Orchestrator) orphanLoop(ctx context.Context) error {
 		case n > 0:
 			o.log.Warn("orphan scan drove runs that no message drove", "runs", n)
 		}
-		if sleepCtx(ctx, backoff.Jitter(o.opts.OrphanInterval, 0.2)) != nil {
+		if backoff.Sleep(ctx, backoff.Jitter(o.opts.OrphanInterval, 0.2)) != nil {
 			return nil
 		}
 	}

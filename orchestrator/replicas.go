@@ -98,7 +98,7 @@ func (o *Orchestrator) registryLoop(ctx context.Context) error {
 		if err := o.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			o.log.Warn("replica registry: heartbeat failed", "err", err)
 		}
-		if sleepCtx(ctx, backoff.Jitter(o.opts.Heartbeat, 0.1)) != nil {
+		if backoff.Sleep(ctx, backoff.Jitter(o.opts.Heartbeat, 0.1)) != nil {
 			break
 		}
 	}

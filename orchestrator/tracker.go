@@ -77,7 +77,7 @@ func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bo
 		res.Cancel()
 		return nakAfter(d + backoff.Jitter(time.Second, 0.5)), false
 	}
-	if sleepCtx(stop, d) != nil {
+	if backoff.Sleep(stop, d) != nil {
 		res.Cancel()
 		return nakAfter(0), false
 	}

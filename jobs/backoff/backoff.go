@@ -5,6 +5,7 @@
 package backoff
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
@@ -30,4 +31,20 @@ func Jitter(d time.Duration, f float64) time.Duration {
 		return d
 	}
 	return time.Duration(float64(d) * (1 - f + 2*f*rand.Float64()))
+}
+
+// Sleep waits d, or less if ctx ends first (then it returns ctx's error).
+// A d of zero or less returns at once.
+func Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

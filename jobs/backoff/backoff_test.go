@@ -1,6 +1,8 @@
 package backoff
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -43,5 +45,24 @@ func TestJitterStaysInItsBand(t *testing.T) {
 	}
 	if Jitter(0, 0.5) != 0 || Jitter(-time.Second, 0.5) != -time.Second {
 		t.Error("Jitter changes a wait of zero or less")
+	}
+}
+
+func TestSleep(t *testing.T) {
+	t.Parallel()
+	if err := Sleep(t.Context(), 0); err != nil {
+		t.Errorf("Sleep(0) = %v, want nil", err)
+	}
+	if err := Sleep(t.Context(), time.Millisecond); err != nil {
+		t.Errorf("Sleep(1ms) = %v, want nil", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	start := time.Now()
+	if err := Sleep(ctx, time.Hour); !errors.Is(err, context.Canceled) {
+		t.Errorf("Sleep on a canceled context = %v, want context.Canceled", err)
+	}
+	if time.Since(start) > time.Minute {
+		t.Error("Sleep on a canceled context waited")
 	}
 }

@@ -44,12 +44,8 @@ func Setup[T any](ctx context.Context, log *slog.Logger, what string, f func(con
 		}
 		d := backoff.Delay(n, 250*time.Millisecond, 5*time.Second)
 		log.Warn("nats setup: failed; retrying (the cluster may be starting or without quorum)", "what", what, "attempt", n, "retry_in", d, "err", err)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if backoff.Sleep(ctx, d) != nil {
 			return v, err
-		case <-t.C:
 		}
 	}
 }

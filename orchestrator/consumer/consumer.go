@@ -183,7 +183,7 @@ func (l *Loop) Consume(ctx context.Context, cons jetstream.Consumer, h Handler) 
 	it, err := cons.Messages(jetstream.PullMaxMessages(l.o.Pull))
 	if err != nil {
 		l.o.Logger.Warn("consumer: cannot fetch; opening again", "loop", l.o.Name, "err", err)
-		if sleepCtx(ctx, l.o.RetryBase) != nil {
+		if backoff.Sleep(ctx, l.o.RetryBase) != nil {
 			return nil
 		}
 		return ErrReopen
@@ -213,7 +213,7 @@ func (l *Loop) Consume(ctx context.Context, cons jetstream.Consumer, h Handler) 
 			if l.o.MaxIterFailures > 0 && fails >= l.o.MaxIterFailures {
 				return ErrReopen
 			}
-			if sleepCtx(ctx, delay) != nil {
+			if backoff.Sleep(ctx, delay) != nil {
 				return nil
 			}
 			continue
@@ -353,16 +353,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return strings.ToValidUTF8(s[:n], "")
-}
-
-// sleepCtx sleeps d unless ctx ends first (its error).
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

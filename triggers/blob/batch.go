@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/batchd/batchd/orchestrator"
-	"github.com/batchd/batchd/triggers/internal/kvstate"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 	"github.com/batchd/batchd/triggers/internal/trigmetrics"
 )
 

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/batchd/batchd/triggers/internal/kvstate"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 )
 
 // seenRec is the newest version of one blob a pipeline has handled, shared

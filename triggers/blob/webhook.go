@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/batchd/batchd/orchestrator"
-	"github.com/batchd/batchd/triggers/internal/kvstate"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 	"github.com/batchd/batchd/triggers/internal/trigmetrics"
 )
 

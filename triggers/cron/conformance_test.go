@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/orchestrator"
-	"github.com/batchd/batchd/triggers/internal/kvstate"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 	"github.com/batchd/batchd/triggers/triggertest"
 )
 

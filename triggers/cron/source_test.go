@@ -12,7 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/batchd/batchd/orchestrator"
-	"github.com/batchd/batchd/triggers/internal/kvstate"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 	"github.com/batchd/batchd/triggers/triggertest"
 )
 

@@ -61,6 +61,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/batchd/batchd/jobs/backoff"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/consumer"
 	"github.com/batchd/batchd/triggers/internal/trigmetrics"
@@ -365,21 +366,9 @@ func (s *Source) open(ctx context.Context, js jetstream.JetStream) (jetstream.Co
 			return cons, st.CachedInfo().Created, true
 		}
 		s.log.Warn("open durable consumer; retrying", "stream", s.o.Config.Stream, "consumer", s.o.Config.Consumer, "err", err)
-		if !sleepCtx(ctx, s.o.RetryDelay) {
+		if backoff.Sleep(ctx, s.o.RetryDelay) != nil {
 			return nil, time.Time{}, false
 		}
-	}
-}
-
-// sleepCtx sleeps d unless ctx ends first (false).
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -496,14 +485,14 @@ func (s *Source) handleCore(ctx context.Context, m *nats.Msg) {
 	}
 	ev, buildErr := s.event(m.Subject, m.Data, m.Header, "", time.Time{}, 0, m.Reply, time.Now())
 	var out outcome
-	delay := max(s.o.RetryDelay/10, 10*time.Millisecond)
+	base := max(s.o.RetryDelay/10, 10*time.Millisecond)
 	for i := range s.o.CoreRetries {
 		out = s.take(ctx, ev, buildErr)
 		if out.err == nil || i == s.o.CoreRetries-1 || ctx.Err() != nil {
 			break
 		}
-		sleepCtx(ctx, delay) // a shutdown ends the wait; the loop then stops
-		delay = min(2*delay, s.o.RetryDelay)
+		// A shutdown ends the wait; the loop then stops.
+		_ = backoff.Sleep(ctx, backoff.Exp(i+1, base, s.o.RetryDelay))
 	}
 	var r replyBody
 	switch {

@@ -9,7 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 
-	"github.com/batchd/batchd/triggers/internal/kvstate"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 	"github.com/batchd/batchd/triggers/triggertest"
 )
 

@@ -1,12 +1,14 @@
-// Package kvstate is the triggers' view of their JetStream KV bucket: a
-// narrow Store (get, create-if-absent with an optional per-key TTL, CAS
-// update, delete, list by prefix) with one implementation over
-// jetstream.KeyValue and one in memory for tests that run under
-// testing/synctest, where no network client can be used. A conformance test
-// runs the same cases against both.
+// Package kvstate is batchd's one view of a JetStream KV bucket: a narrow
+// Store (get, create-if-absent with an optional per-key TTL, CAS update,
+// delete, list by prefix) that maps the KV API's errors onto three
+// sentinels (ErrNotFound, ErrExists, ErrConflict) in one place. It has one
+// implementation over jetstream.KeyValue and one in memory for tests that
+// run under testing/synctest, where no network client can be used; a
+// conformance test runs the same cases against both. The triggers keep
+// their state through it, and the orchestrator its admission slots.
 //
-// Key layout (every key starts with the trigger kind and the pipeline token,
-// see Token):
+// Key layout of the triggers' bucket (every key starts with the trigger
+// kind and the pipeline token, see Token):
 //
 //	cron.<pipeline>.state            last fired slot and the buffered slot (CAS)
 //	cron.<pipeline>.claim.<unix>     a replica is firing this slot (short lease)
