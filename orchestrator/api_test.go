@@ -58,6 +58,7 @@ func newAPI(t *testing.T, h *harness, token string) *apiClient {
 }
 
 func TestAPI(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
 	c := newAPI(t, h, testToken)
@@ -189,6 +190,7 @@ func TestAPI(t *testing.T) {
 }
 
 func TestAPICancel(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.final = jobs.StatusRunning
 	ws := testPipeline(t, "ws", testWorkspace)
@@ -217,6 +219,7 @@ func TestAPICancel(t *testing.T) {
 
 // A run waiting for admission is canceled without a job.
 func TestCancelWaitingRun(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.final = jobs.StatusRunning
 	p := testPipeline(t, "score", nil)

@@ -8,6 +8,7 @@ import (
 // The poll meter counts the last minute, in one-second buckets: older
 // buckets are forgotten, and a bucket reused a minute later starts at zero.
 func TestMeterRate(t *testing.T) {
+	t.Parallel()
 	t0 := time.Unix(1_000_000, 0)
 	var m meter
 	for i := range 120 {

@@ -17,6 +17,7 @@ import (
 // record: its event delivered again, after the intake's duplicate window, is
 // recorded as a duplicate with the reason, and nothing is submitted.
 func TestSameKeyAfterRetentionIsStillTheSameRun(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	p := testPipeline(t, "p", nil)
 	p.Retention = time.Second
@@ -57,6 +58,7 @@ func TestSameKeyAfterRetentionIsStillTheSameRun(t *testing.T) {
 // A run reports one final state: when two writers race to finish it, only
 // the one whose ledger write won publishes a completion message.
 func TestCompletionOnlyForTheWinningWrite(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.final = "Running"
 	h := newHarness(t, []*Pipeline{testPipeline(t, "p", nil)}, sub)

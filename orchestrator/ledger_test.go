@@ -16,6 +16,7 @@ import (
 // Finished runs expire after the retention; runs that are not finished
 // never do, however long they wait.
 func TestRetentionExpiresOnlyFinishedRuns(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.hold = make(chan struct{}) // every POST hangs: the live run stays in submitting
 	defer close(sub.hold)
@@ -49,6 +50,7 @@ func TestRetentionExpiresOnlyFinishedRuns(t *testing.T) {
 }
 
 func TestLedgerCompareAndSet(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil, newFakeSub())
 	ctx := t.Context()
 	l := h.o.ledger
@@ -96,6 +98,7 @@ func TestLedgerCompareAndSet(t *testing.T) {
 }
 
 func TestListNewestFirstWithFiltersAndCursor(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "a", nil), testPipeline(t, "b", nil)}, newFakeSub())
 	ctx := t.Context()
 	var want []string // newest first
@@ -155,6 +158,7 @@ func TestListNewestFirstWithFiltersAndCursor(t *testing.T) {
 }
 
 func TestWatchReportsChanges(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, newFakeSub())
 	ctx, cancel := context.WithCancel(t.Context())
 	ch := h.o.Watch(ctx, 64)
@@ -182,6 +186,7 @@ func TestWatchReportsChanges(t *testing.T) {
 // Admission slots left behind by a crash (between the terminal write and the
 // release) are freed by repair; live runs keep theirs.
 func TestRepairFreesSlotsOfFinishedRuns(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	p := testPipeline(t, "score", nil)
 	p.Endpoint.MaxRunningJobs = 5
@@ -219,6 +224,7 @@ func TestRepairFreesSlotsOfFinishedRuns(t *testing.T) {
 }
 
 func TestAdmissionAcrossWritersNeverExceedsTheCap(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil, newFakeSub())
 	ctx := t.Context()
 	var mu sync.Mutex

@@ -97,6 +97,7 @@ func next(t *testing.T, ch chan *nats.Msg, what string) *nats.Msg {
 // not-applicable decision, and its outcome published on
 // batchd.results.<pipeline> with the run id (no requester is waiting).
 func TestOnlineRunCompletes(t *testing.T) {
+	t.Parallel()
 	s := newOnlineSim(t, map[string]jobstest.OnlineOptions{"ep": {}})
 	p := s.pipeline(t, "score", "ep", `{"text": {{ json .Fields.text }}}`)
 	h := newHarness(t, []*Pipeline{p}, newFakeSub(), s.scorer)
@@ -160,6 +161,7 @@ func slicesEqual[T comparable](a, b []T) bool {
 // A request whose trigger deferred its reply gets the response as the
 // reply; the results subject gets nothing.
 func TestOnlineReplyGoesToTheRequester(t *testing.T) {
+	t.Parallel()
 	s := newOnlineSim(t, map[string]jobstest.OnlineOptions{"ep": {}})
 	p := s.pipeline(t, "score", "ep", `{{ .Message.Body }}`)
 	p.Trigger = "nats"
@@ -228,6 +230,7 @@ func TestOnlineReplyGoesToTheRequester(t *testing.T) {
 // Outcomes other than completed: the run's state, its reason, and the
 // requester's error reply.
 func TestOnlineFailures(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		opts     jobstest.OnlineOptions
@@ -302,6 +305,7 @@ func (r *Run) lastReasonText() string {
 // What a run keeps of the bodies follows the pipeline's response policy;
 // the requester gets the whole response either way.
 func TestOnlineResponsePolicy(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name          string
 		policy        ResponsePolicy
@@ -344,6 +348,7 @@ func TestOnlineResponsePolicy(t *testing.T) {
 
 // max_concurrent_requests bounds the requests in flight (per replica).
 func TestOnlineMaxConcurrentRequests(t *testing.T) {
+	t.Parallel()
 	s := newOnlineSim(t, map[string]jobstest.OnlineOptions{"ep": {Latency: 30 * time.Millisecond}})
 	p := s.pipeline(t, "score", "ep", `{"i":{{ json .Fields.i }}}`)
 	p.Endpoint.MaxConcurrentRequests = 2
@@ -439,6 +444,7 @@ func TestOnlineCrashMidRequest(t *testing.T) {
 // No key or token reaches a run record, the API, the logs, a reply or a
 // results message.
 func TestOnlineSecretsStayOut(t *testing.T) {
+	t.Parallel()
 	s := newOnlineSim(t, map[string]jobstest.OnlineOptions{
 		"keys": {AuthMode: online.AuthKey}, "aml": {AuthMode: online.AuthAMLToken}, "aad": {},
 	})
@@ -496,6 +502,7 @@ func TestOnlineSecretsStayOut(t *testing.T) {
 // Request templates: json quotes values, .Message.Body passes the body
 // through, and a rendering that is not JSON is an error naming the spot.
 func TestRenderRequest(t *testing.T) {
+	t.Parallel()
 	ev := Event{Pipeline: "p", Key: "k", Fields: map[string]string{"text": `a "quoted" word`, "n": "3"},
 		Message: &MessageEvent{Subject: "s", Data: json.RawMessage(`{"features":[1.5,2],"id":9007199254740993}`)}}
 	tests := []struct {
@@ -540,6 +547,7 @@ func TestRenderRequest(t *testing.T) {
 // .Message.Body on a pipeline without a NATS trigger is an error that says
 // so, at load time (sample data) and at run time.
 func TestMessageBodyWithoutMessage(t *testing.T) {
+	t.Parallel()
 	tpl, err := CompileTemplate(`{{ .Message.Body }}`)
 	if err != nil {
 		t.Fatal(err)
@@ -556,6 +564,7 @@ func TestMessageBodyWithoutMessage(t *testing.T) {
 
 // keepInProgress tells JetStream about a long request until stopped.
 func TestKeepInProgress(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		m := &progressMsg{}
 		stop := keepInProgress(m, 10*time.Second)

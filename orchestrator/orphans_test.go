@@ -14,6 +14,7 @@ import (
 // change, an operator's purge) is driven by nothing: the orphan scan finds
 // it at the next start and drives it again, and counts it.
 func TestOrphanScanRevivesRunWithoutTrackerMessage(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t)
 	sub := newFakeSub()
 	sub.final = jobs.StatusRunning // the job keeps running until we say

@@ -11,6 +11,7 @@ import (
 // the new one submits its own job, and a replay request with a key replays
 // once however often it is sent.
 func TestReplay(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
 	c := newAPI(t, h, testToken)
@@ -50,6 +51,7 @@ func TestReplay(t *testing.T) {
 // Backfill emits the slots the daemon's backfill function lists; a slot that
 // already has a run is reported as such and not emitted again.
 func TestBackfillAPI(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	uri, err := CompileTemplate(`https://a.blob.core.windows.net/c/{{ date "2006-01-02" .Schedule.Time }}/`)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 // body or a manual run's field never reaches the ledger, and the caller's
 // event is left as it was.
 func TestScrub(t *testing.T) {
+	t.Parallel()
 	const sas = "https://a.blob.core.windows.net/c/x.csv?sv=2025-01-05&sig=c2VjcmV0%3D"
 	msg := &MessageEvent{Subject: "in", Data: json.RawMessage(`{"uri":"` + sas + `","n":1}`)}
 	fields := map[string]string{"uri": sas, "name": "plain"}

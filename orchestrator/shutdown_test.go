@@ -11,6 +11,7 @@ import (
 // A POST in flight when shutdown starts gets the grace period to finish,
 // and its answer is recorded: the run ends submitted, not unknown.
 func TestShutdownLetsInFlightSubmissionFinish(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.hold = make(chan struct{})
 	sub.inSubmit = make(chan struct{}, 1)
@@ -41,6 +42,7 @@ func TestShutdownLetsInFlightSubmissionFinish(t *testing.T) {
 // submit timeout and its answer is recorded, so the run never becomes
 // unknown because batchd was stopped.
 func TestShutdownDoesNotAbandonPOST(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.hold = make(chan struct{})
 	sub.inSubmit = make(chan struct{}, 1)
@@ -70,6 +72,7 @@ func TestShutdownDoesNotAbandonPOST(t *testing.T) {
 // A crash with a POST in flight: the next start finds the run in
 // submitting after its deadline and makes it unknown, then reconciles.
 func TestCrashMidPOSTAndTheNextStartReconciles(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.hold = make(chan struct{})
 	defer close(sub.hold)
@@ -98,6 +101,7 @@ func TestCrashMidPOSTAndTheNextStartReconciles(t *testing.T) {
 // Two orchestrators share one NATS: work spreads, and each run is
 // submitted exactly once.
 func TestTwoReplicasSubmitEachRunOnce(t *testing.T) {
+	t.Parallel()
 	srv, err := broker.Start(t.Context(), broker.Options{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)

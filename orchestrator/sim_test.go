@@ -43,6 +43,7 @@ func newSimClient(sim *jobstest.Sim) (*jobs.Client, error) {
 
 // The integration: the real jobs client against the Azure ML simulator.
 func TestWithSimulator(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name      string
 		workspace bool

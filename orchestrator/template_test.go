@@ -13,6 +13,7 @@ import (
 )
 
 func TestTemplateValidate(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, src, trigger string
 		want               string // rendered sample, when no error
@@ -52,6 +53,7 @@ func TestTemplateValidate(t *testing.T) {
 }
 
 func TestCompileTemplateRejectsUnknownFunction(t *testing.T) {
+	t.Parallel()
 	for _, src := range []string{`{{ env "HOME" }}`, `{{ .Blob.URL `, `{{ exec "ls" }}`} {
 		if _, err := CompileTemplate(src); err == nil {
 			t.Errorf("CompileTemplate(%q) = nil error, want one", src)
@@ -62,6 +64,7 @@ func TestCompileTemplateRejectsUnknownFunction(t *testing.T) {
 // At run time a missing message field is an error that names it, so the run
 // is rejected with a reason instead of posting a job with "<no value>".
 func TestTemplateExecuteMissingMessageField(t *testing.T) {
+	t.Parallel()
 	tpl, err := CompileTemplate("{{ .Message.Data.path }}")
 	if err != nil {
 		t.Fatal(err)
@@ -77,6 +80,7 @@ func TestTemplateExecuteMissingMessageField(t *testing.T) {
 }
 
 func TestPipelineRender(t *testing.T) {
+	t.Parallel()
 	must := func(s string) *Template {
 		tpl, err := CompileTemplate(s)
 		if err != nil {
@@ -114,6 +118,7 @@ func TestPipelineRender(t *testing.T) {
 // Hostile message fields never change the shape of a JSON request: with
 // every value written through json, the keys stay the template's.
 func TestRequestTemplateKeepsItsKeys(t *testing.T) {
+	t.Parallel()
 	p := hostileRequestPipeline(t)
 	for _, v := range []string{
 		`x","extra":{"a":1},"y":"`, `\`, `\"}`, "}\n{", `\u0022,"k":1`, "</script>", "\x00\x1f", `{"a":1}`, strings.Repeat(`"`, 100),
@@ -163,6 +168,7 @@ func checkRequestKeys(t *testing.T, p *Pipeline, v string) {
 
 // Unsafe placements are refused at load time, naming the line.
 func TestCheckJSONSafe(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		src  string
 		want string // "" means safe

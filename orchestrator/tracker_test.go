@@ -23,6 +23,7 @@ func ambiguous() error {
 }
 
 func TestAmbiguousSubmitIsReconciledToTheExistingJob(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{{create: true, err: ambiguous()}} // the job exists; the answer was lost
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub)
@@ -46,6 +47,7 @@ func TestAmbiguousSubmitIsReconciledToTheExistingJob(t *testing.T) {
 }
 
 func TestAmbiguousWithoutJobIsResubmittedOnce(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{{err: ambiguous()}} // nothing was created
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub)
@@ -61,6 +63,7 @@ func TestAmbiguousWithoutJobIsResubmittedOnce(t *testing.T) {
 }
 
 func TestSecondAmbiguityWaitsForAnOperator(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{{err: ambiguous()}, {err: ambiguous()}}
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub)
@@ -90,6 +93,7 @@ func TestSecondAmbiguityWaitsForAnOperator(t *testing.T) {
 }
 
 func TestUnknownWithoutWorkspaceIsResolvedByAdoptingAJob(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{{create: true, err: ambiguous()}}
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
@@ -125,6 +129,7 @@ func TestUnknownWithoutWorkspaceIsResolvedByAdoptingAJob(t *testing.T) {
 // between the submitting write and the POST's answer) becomes unknown and
 // is reconciled; it is never posted again blindly.
 func TestRunFoundSubmittingIsNotPostedAgain(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	b := startBroker(t)
 	ctx := t.Context()
@@ -176,6 +181,7 @@ func TestRunFoundSubmittingIsNotPostedAgain(t *testing.T) {
 }
 
 func TestTimeoutCancelsTheJob(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name        string
 		ws          *jobs.Workspace
@@ -207,6 +213,7 @@ func TestTimeoutCancelsTheJob(t *testing.T) {
 }
 
 func TestRetryPolicySubmitsANewAttempt(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.finals = []jobs.Status{jobs.StatusFailed, jobs.StatusCompleted}
 	sub.failMsg = "No succeeded mini batch item returned from run()"
@@ -228,6 +235,7 @@ func TestRetryPolicySubmitsANewAttempt(t *testing.T) {
 }
 
 func TestFailedJobWithoutRetryPolicyFails(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.final = jobs.StatusFailed
 	sub.failMsg = "Dataset initialization failed"
@@ -251,6 +259,7 @@ func TestFailedJobWithoutRetryPolicyFails(t *testing.T) {
 }
 
 func TestMaxRunningJobsIsRespected(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.polls = 3
 	p := testPipeline(t, "score", nil)
@@ -286,6 +295,7 @@ func TestMaxRunningJobsIsRespected(t *testing.T) {
 }
 
 func TestPollInterval(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		age, want time.Duration
 	}{
@@ -306,6 +316,7 @@ func TestPollInterval(t *testing.T) {
 // than a moment the message is handed back for later instead of blocking a
 // tracker slot.
 func TestPollBudget(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		o := &Orchestrator{opts: Options{PollBudget: 2}, limiters: map[string]*rate.Limiter{}, meters: map[string]*meter{}}
 		ctx := t.Context()
@@ -337,6 +348,7 @@ func TestPollBudget(t *testing.T) {
 // The next poll never comes after the run's deadline, so a timeout is
 // noticed on time; and backoffs stay within their cap.
 func TestPollDelayAndBackoffBounds(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		o := &Orchestrator{opts: Options{PollMin: 10 * time.Second, PollMax: 5 * time.Minute}}
 		now := time.Now()

@@ -19,6 +19,7 @@ import (
 )
 
 func TestEventRunsToCompletion(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
 	ctx := t.Context()
@@ -91,6 +92,7 @@ func TestEventRunsToCompletion(t *testing.T) {
 }
 
 func TestDuplicateEventsSubmitOnce(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
 	ctx := t.Context()
@@ -128,6 +130,7 @@ func TestDuplicateEventsSubmitOnce(t *testing.T) {
 }
 
 func TestDecisionsThatEndARun(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{
 		{err: &jobs.APIError{Op: jobs.OpSubmit, Method: "POST", StatusCode: 400, Code: "UserError", Message: "bad input type"}},
@@ -175,6 +178,7 @@ func TestDecisionsThatEndARun(t *testing.T) {
 }
 
 func TestRecordIsIdempotent(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, newFakeSub())
 	ctx := t.Context()
 	ev := Event{Key: "https://a.blob.core.windows.net/c/readme.txt@0x1", Source: SourceEventGrid}
@@ -202,6 +206,7 @@ func TestRecordIsIdempotent(t *testing.T) {
 }
 
 func TestEmitRefusesWhatCanNeverRun(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, newFakeSub())
 	for _, ev := range []Event{
 		{Pipeline: "nope", Key: "k"},
@@ -223,6 +228,7 @@ func TestEmitRefusesWhatCanNeverRun(t *testing.T) {
 // reason and what to do, its message is not delivered again, and the next
 // event runs as usual.
 func TestAPanickingStepEndsItsRunNotTheProcess(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{{panic: "submit exploded"}}
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
@@ -245,6 +251,7 @@ func TestAPanickingStepEndsItsRunNotTheProcess(t *testing.T) {
 }
 
 func TestTransientSubmitErrorIsRetried(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{
 		{err: &jobs.TransportError{Op: jobs.OpSubmit, Method: "POST", Sent: false, Err: errors.New("dial tcp: connection refused")}},
@@ -261,6 +268,7 @@ func TestTransientSubmitErrorIsRetried(t *testing.T) {
 }
 
 func TestThrottledEndpointPausesAndWaits(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	sub.script = []submitOutcome{
 		{err: &jobs.APIError{Op: jobs.OpSubmit, Method: "POST", StatusCode: http.StatusTooManyRequests, RetryAfter: 1 * time.Second}},
@@ -303,6 +311,7 @@ func contains[T comparable](s []T, v T) bool {
 // that does (a rolling configuration change); after the grace it is
 // rejected with the reason.
 func TestEventForARemovedPipelineIsRejected(t *testing.T) {
+	t.Parallel()
 	sub := newFakeSub()
 	h := newHarness(t, []*Pipeline{testPipeline(t, "score", nil)}, sub)
 	ctx := t.Context()

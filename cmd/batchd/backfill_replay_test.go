@@ -10,6 +10,7 @@ import (
 )
 
 func TestBackfillCLI(t *testing.T) {
+	t.Parallel()
 	d := startCLIDaemon(t)
 	// Slots at 06:00 UTC on 1, 2, 3 and 4 November.
 	args := []string{"backfill", "nightly", "--from", "2026-11-01", "--to", "2026-11-04T12:00:00Z"}
@@ -53,6 +54,7 @@ func TestBackfillCLI(t *testing.T) {
 }
 
 func TestReplayCLI(t *testing.T) {
+	t.Parallel()
 	d := startCLIDaemon(t)
 	code, out, errOut := d.cli(t, nil, "pipelines", "run", "score", "--key", "orig", "--field", "uri=azureml://locations/westeurope/workspaces/sim/data/r/versions/1", "--wait", "--json")
 	var run orchestrator.Run

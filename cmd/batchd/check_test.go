@@ -43,6 +43,7 @@ pipelines:
 `
 
 func TestCheckValidPrintsSummary(t *testing.T) {
+	t.Parallel()
 	path := writeFile(t, "p.yaml", checkGood)
 	code, out, errOut := runCLI(t, nil, "check", "--config", path)
 	if code != exitOK {
@@ -63,6 +64,7 @@ func TestCheckValidPrintsSummary(t *testing.T) {
 // Every problem, from the environment and from the file, is listed with its
 // path, and the exit code is 2.
 func TestCheckListsEveryProblem(t *testing.T) {
+	t.Parallel()
 	bad := strings.Replace(checkGood, "{{ .Blob.URL }}", "{{ .Blob.Nmae }}", 1)
 	bad = strings.Replace(bad, "max_running_jobs: 4", "max_running_jobs: 4\n    colour: red", 1)
 	path := writeFile(t, "p.yaml", bad)
@@ -83,6 +85,7 @@ func TestCheckListsEveryProblem(t *testing.T) {
 }
 
 func TestCheckMissingFile(t *testing.T) {
+	t.Parallel()
 	code, _, errOut := runCLI(t, nil, "check", "--config", filepath.Join(t.TempDir(), "nope.yaml"))
 	if code != exitUsage || !strings.Contains(errOut, "no such file") {
 		t.Errorf("exit %d, stderr %q; want 2 and the missing file named", code, errOut)
@@ -93,6 +96,7 @@ func TestCheckMissingFile(t *testing.T) {
 // shutdown grace shorter than the submit timeout is a problem (exit 2,
 // named); too few NATS replicas on a cluster is a warning.
 func TestCheckDeployment(t *testing.T) {
+	t.Parallel()
 	path := writeFile(t, "p.yaml", checkGood)
 	code, _, errOut := runCLI(t, map[string]string{"BATCHD_SHUTDOWN_GRACE": "30s", "BATCHD_SUBMIT_TIMEOUT": "60s"}, "check", "--config", path)
 	if code != exitUsage || !strings.Contains(errOut, "BATCHD_SHUTDOWN_GRACE: 30s is shorter than BATCHD_SUBMIT_TIMEOUT (1m0s)") {

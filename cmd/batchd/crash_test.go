@@ -363,6 +363,7 @@ func procInputURI(key string) string {
 //
 // BATCHD_CRASH_EVENTS and BATCHD_CRASH_KILLS make it bigger (make soak).
 func TestCrashRecovery(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("subprocess crash test: skipped with -short")
 	}

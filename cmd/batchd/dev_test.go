@@ -66,6 +66,7 @@ func loadDevSample(t *testing.T, dir string, o devOptions, edit func(string) str
 // writes passes the checks of `batchd check` and `batchd serve`, in both
 // paces, with one pipeline per trigger kind.
 func TestDevSamplePipelines(t *testing.T) {
+	t.Parallel()
 	for _, fast := range []bool{false, true} {
 		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
 			o := devOptions{fast: fast}
@@ -106,6 +107,7 @@ func TestDevSamplePipelines(t *testing.T) {
 // TestDevSampleValidationCatchesMistakes shows that the load in
 // TestDevSamplePipelines is not vacuous: a broken sample fails it.
 func TestDevSampleValidationCatchesMistakes(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, old, new, wantErr string
 	}{
@@ -131,6 +133,7 @@ func TestDevSampleValidationCatchesMistakes(t *testing.T) {
 // TestDevBlobCreatedEvent checks the synthetic delivery against the
 // webhook's own decoder and the Event Grid fields batchd uses.
 func TestDevBlobCreatedEvent(t *testing.T) {
+	t.Parallel()
 	at := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
 	u := uploaded{URL: "http://127.0.0.1:10000/devstoreaccount1/incoming/a%20b.csv", Container: "incoming", Name: "a b.csv",
 		ETag: `"0x8DEADBEEF"`, Size: 42, ContentType: "text/csv", RequestID: "req-1", At: at}
@@ -166,6 +169,7 @@ func TestDevBlobCreatedEvent(t *testing.T) {
 // TestDevPostEventKeepsSecret checks that a failed delivery's error does
 // not carry the webhook secret (it travels in the URL).
 func TestDevPostEventKeepsSecret(t *testing.T) {
+	t.Parallel()
 	const secret = "very-secret-webhook-code"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("code") != secret {
@@ -192,6 +196,7 @@ func TestDevPostEventKeepsSecret(t *testing.T) {
 // change first, the first line of a run saying where it came from, and
 // finished runs of a kept state summed up once.
 func TestDevProgress(t *testing.T) {
+	t.Parallel()
 	t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
 	blobKey := "http://127.0.0.1:10000/devstoreaccount1/incoming/sample-3.csv@0x1"
 	run := func(id, pipeline, source, key string, st orchestrator.State, job *orchestrator.JobRef, updated time.Duration) orchestrator.RunSummary {
@@ -252,6 +257,7 @@ func TestDevProgress(t *testing.T) {
 
 // TestDevLogTee checks which log lines reach the terminal.
 func TestDevLogTee(t *testing.T) {
+	t.Parallel()
 	var file, term bytes.Buffer
 	tee := &logTee{file: &file, terminal: &term, skipRunLines: true}
 	in := "time=1 level=INFO msg=\"batchd starting\"\n" +
@@ -276,6 +282,7 @@ func TestDevLogTee(t *testing.T) {
 
 // TestDevFlags checks flag parsing and the port rules.
 func TestDevFlags(t *testing.T) {
+	t.Parallel()
 	var stderr bytes.Buffer
 	o, _, ok := parseDevFlags(&stderr, []string{"--http", "127.0.0.1:0", "--nats-port", "0", "--state", "x", "--keep"})
 	if !ok || !o.keep || o.stateDir != "x" || !o.explicit["http"] || !o.explicit["nats-port"] || o.explicit["azurite-port"] {

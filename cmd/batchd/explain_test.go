@@ -14,6 +14,7 @@ import (
 // explain against real Azurite: the storage checks run through the account
 // configured in the pipelines file, and the exit code follows the verdicts.
 func TestExplainAgainstAzurite(t *testing.T) {
+	t.Parallel()
 	az := azuritetest.Start(t)
 	client := azuritetest.Client(t, az)
 	ctx := t.Context()
@@ -75,6 +76,7 @@ pipelines:
 }
 
 func TestExplainUsage(t *testing.T) {
+	t.Parallel()
 	env := map[string]string{"BATCHD_PIPELINES": filepath.Join(t.TempDir(), "absent.yaml")}
 	if code, _, _ := runCLI(t, env, "explain"); code != exitUsage {
 		t.Errorf("no URI: exit %d, want 2", code)

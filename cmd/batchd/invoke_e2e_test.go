@@ -21,6 +21,7 @@ import (
 // IDENTITY_ENDPOINT/IDENTITY_HEADER, SSL_CERT_FILE trusting the simulator's
 // CA. Debug logging is on, and no issued token may appear in the output.
 func TestInvokeEndToEnd(t *testing.T) {
+	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "batchd")
 	build := exec.Command("go", "build", "-o", bin, ".")
 	if out, err := build.CombinedOutput(); err != nil {

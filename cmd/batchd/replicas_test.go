@@ -29,6 +29,7 @@ import (
 //
 // BATCHD_REPLICA_EVENTS makes it bigger (make soak).
 func TestTwoReplicas(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("subprocess replica test: skipped with -short")
 	}

@@ -111,6 +111,7 @@ func (d *cliDaemon) cli(t *testing.T, env map[string]string, args ...string) (in
 }
 
 func TestRunsAndPipelinesCLI(t *testing.T) {
+	t.Parallel()
 	d := startCLIDaemon(t)
 	uri := "azureml://locations/westeurope/workspaces/sim/data/cli/versions/1"
 

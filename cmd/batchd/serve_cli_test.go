@@ -32,6 +32,7 @@ func serveTestPipelines(t *testing.T, scoringURI string) string {
 // Problems only serve has are configuration errors too: exit 2, before
 // anything starts, each naming its variable.
 func TestServeRefusesBadConfiguration(t *testing.T) {
+	t.Parallel()
 	pf := serveTestPipelines(t, "https://scorer.westeurope.inference.ml.azure.com/jobs")
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 //   - 100 blobs found by the poller (no events) make 100 jobs;
 //   - after a restart, a full sweep and a third delivery make none.
 func TestBlobTriggersEndToEnd(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds and runs the daemon as a process")
 	}

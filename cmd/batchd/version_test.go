@@ -7,6 +7,7 @@ import (
 )
 
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	old := version
 	version, commit = "v1.2.3", "abc1234"
 	t.Cleanup(func() { version, commit = old, "" })
