@@ -33,8 +33,10 @@ func (o *Orchestrator) consume(ctx context.Context, cons jetstream.Consumer, n i
 	}
 	l := consumer.New(ctx, consumer.Options{
 		Name: carrier, Concurrency: n, Grace: o.opts.ShutdownGrace, Logger: o.log,
-		OnPoison: func(ctx context.Context, m jetstream.Msg, reason string) { o.poisoned(ctx, carrier, m, reason) },
-		OnPanic:  func() { o.met.poisoned.WithLabelValues(carrier, "panic").Inc() },
+		OnPoison: func(ctx context.Context, m jetstream.Msg, cause consumer.Cause, reason string) {
+			o.met.poisoned.WithLabelValues(carrier, string(cause)).Inc()
+			o.poisoned(ctx, carrier, m, reason)
+		},
 	})
 	step := func(work, stop context.Context, m jetstream.Msg) (settle, error) {
 		s, err := h(work, stop, m)
@@ -57,9 +59,6 @@ func (o *Orchestrator) consume(ctx context.Context, cons jetstream.Consumer, n i
 // error retrying cannot fix): the run ends failed with the reason, or, for
 // an event that has no run yet, is recorded rejected. Nothing is silent.
 func (o *Orchestrator) poisoned(ctx context.Context, carrier string, m jetstream.Msg, reason string) {
-	if !strings.HasPrefix(reason, "batchd panicked") {
-		o.met.poisoned.WithLabelValues(carrier, "error").Inc()
-	}
 	var ev Event
 	id := strings.TrimPrefix(m.Subject(), SubjectTrack+".")
 	if carrier == carrierIntake {

@@ -189,8 +189,11 @@ func (r *record) toFinished(state State, reason, errText string, at time.Time) e
 	}
 	r.Error = errText
 	r.Sys.Resolve, r.Sys.WaitReason = nil, ""
-	if r.Job != nil && r.Job.FinishedAt.IsZero() && state != StateRejected && state != StateFiltered && state != StateDuplicate {
-		r.Job.FinishedAt = at
+	switch state {
+	case StateCompleted, StateFailed, StateCanceled, StateTimedOut: // the job's own end
+		if r.Job != nil && r.Job.FinishedAt.IsZero() {
+			r.Job.FinishedAt = at
+		}
 	}
 	return nil
 }

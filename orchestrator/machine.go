@@ -504,7 +504,7 @@ func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, j
 			return nakAfter(wait), nil
 		}
 	default:
-		return settle{}, fmt.Errorf("run %s: submission outcome %v has no step (a bug in batchd)", r.ID, outcome)
+		return settle{}, consumer.Poison(fmt.Errorf("run %s: submission outcome %v has no step (a bug in batchd)", r.ID, outcome))
 	}
 	x, _, err := o.ledger.update(ctx, r.ID, upd)
 	if errors.Is(err, errStale) {

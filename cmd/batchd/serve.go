@@ -121,15 +121,7 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 	if azureTransport != nil {
 		credOpts.Transport = azureTransport
 	}
-	// Main owns the registry /metrics serves; every component registers
-	// its metrics on it.
-	reg := prometheus.NewRegistry()
-	tokens := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "batchd_token_fetches_total",
-		Help: "Microsoft Entra tokens the credential fetched (cache misses and refreshes), by scope; online:<kind> counts the online client's Azure ML tokens and key lists.",
-	}, []string{"scope"})
-	reg.MustRegister(tokens, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	countToken := func(scope string) { tokens.WithLabelValues(scope).Inc() }
+	reg, countToken := newRegistry()
 	cred := jobs.CountTokens(&lazyCredential{opts: credOpts}, countToken)
 	client, err := jobs.New(cred, jobs.Options{
 		MLScope: env.MLScope, ARMScope: env.ARMScope, ARMEndpoint: env.ARMEndpoint,
@@ -227,6 +219,19 @@ func serve(ctx context.Context, env *config.Env, f *config.File, c *cli) error {
 		log.Info("batchd stopped")
 	}
 	return err
+}
+
+// newRegistry is the registry /metrics serves, which main owns: every
+// component registers its metrics on it. It holds main's own metrics: the
+// Go and process collectors and the token counter, whose Inc countToken is.
+func newRegistry() (reg *prometheus.Registry, countToken func(scope string)) {
+	reg = prometheus.NewRegistry()
+	tokens := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_token_fetches_total",
+		Help: "Microsoft Entra tokens the credential fetched (cache misses and refreshes), by scope; online:<kind> counts the online client's Azure ML tokens and key lists.",
+	}, []string{"scope"})
+	reg.MustRegister(tokens, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg, func(scope string) { tokens.WithLabelValues(scope).Inc() }
 }
 
 // serveMux routes batchd's HTTP paths: the orchestrator's API and probes,

@@ -122,11 +122,18 @@ type Options struct {
 	// OnPoison, when set, records why a message is taken out of the way
 	// (a panic, or MaxFailures Poison errors) before it is terminated. It
 	// runs on the work context; a panic in it is recovered and logged.
-	OnPoison func(ctx context.Context, m jetstream.Msg, reason string)
-	// OnPanic, when set, counts a recovered panic (a metric).
-	OnPanic func()
-	Logger  *slog.Logger
+	OnPoison func(ctx context.Context, m jetstream.Msg, cause Cause, reason string)
+	Logger   *slog.Logger
 }
+
+// Cause is why a message went to the poison path.
+type Cause string
+
+// The causes.
+const (
+	CausePanic Cause = "panic" // its handler panicked
+	CauseError Cause = "error" // MaxFailures Poison errors
+)
 
 // Loop runs handlers over one consumer at a time. Its concurrency, its
 // work context and its poison counts outlive each Consume, so that a
@@ -254,10 +261,10 @@ func (l *Loop) handle(stop context.Context, m jetstream.Msg, h Handler) {
 	}
 	switch {
 	case panicked != "":
-		l.poison(m, seq, panicked)
+		l.poison(m, seq, CausePanic, panicked)
 		return
 	case err != nil && IsPoison(err) && l.failed(seq) >= l.o.MaxFailures:
-		l.poison(m, seq, fmt.Sprintf("failed %d times with an error retrying cannot fix: %v", l.o.MaxFailures, err))
+		l.poison(m, seq, CauseError, fmt.Sprintf("failed %d times with an error retrying cannot fix: %v", l.o.MaxFailures, err))
 		return
 	case err != nil:
 		d := backoff.Delay(int(n), l.o.RetryBase, l.o.RetryMax)
@@ -285,9 +292,6 @@ func (l *Loop) run(stop context.Context, m jetstream.Msg, h Handler) (s Settle, 
 			panicked = fmt.Sprintf("batchd panicked handling this message: %v", r)
 			l.o.Logger.Error("handler panicked; the message is taken out of the way", "loop", l.o.Name,
 				"subject", m.Subject(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			if l.o.OnPanic != nil {
-				l.o.OnPanic()
-			}
 		}
 	}()
 	s, err = h(l.work, stop, m)
@@ -295,7 +299,7 @@ func (l *Loop) run(stop context.Context, m jetstream.Msg, h Handler) (s Settle, 
 }
 
 // poison records why m is taken out of the way and terminates it.
-func (l *Loop) poison(m jetstream.Msg, seq uint64, reason string) {
+func (l *Loop) poison(m jetstream.Msg, seq uint64, cause Cause, reason string) {
 	l.forget(seq)
 	if l.o.OnPoison != nil {
 		func() {
@@ -304,7 +308,7 @@ func (l *Loop) poison(m jetstream.Msg, seq uint64, reason string) {
 					l.o.Logger.Error("recording a poisoned message panicked", "loop", l.o.Name, "subject", m.Subject(), "panic", fmt.Sprint(r))
 				}
 			}()
-			l.o.OnPoison(l.work, m, reason)
+			l.o.OnPoison(l.work, m, cause, reason)
 		}()
 	}
 	if err := settle(m, Term(reason)); err != nil {

@@ -149,12 +149,14 @@ func TestPanicIsTakenOutOfTheWay(t *testing.T) {
 	var panics atomic.Int32
 	stop := run(t, cons, consumer.Options{
 		Concurrency: 1,
-		OnPoison: func(_ context.Context, m jetstream.Msg, reason string) {
+		OnPoison: func(_ context.Context, m jetstream.Msg, cause consumer.Cause, reason string) {
+			if cause == consumer.CausePanic {
+				panics.Add(1)
+			}
 			mu.Lock()
 			reasons = append(reasons, string(m.Data())+": "+reason)
 			mu.Unlock()
 		},
-		OnPanic: func() { panics.Add(1) },
 	}, func(_, _ context.Context, m jetstream.Msg) (consumer.Settle, error) {
 		s.add(string(m.Data()))
 		if string(m.Data()) == "boom" {
@@ -183,8 +185,8 @@ func TestPoisonAfterBoundedFailures(t *testing.T) {
 	var poisoned atomic.Value
 	run(t, cons, consumer.Options{
 		Concurrency: 2, RetryBase: time.Millisecond, RetryMax: 5 * time.Millisecond, MaxFailures: 3,
-		OnPoison: func(_ context.Context, m jetstream.Msg, reason string) {
-			poisoned.Store(string(m.Data()) + ": " + reason)
+		OnPoison: func(_ context.Context, m jetstream.Msg, cause consumer.Cause, reason string) {
+			poisoned.Store(string(m.Data()) + ": " + string(cause) + ": " + reason)
 		},
 	}, func(_, _ context.Context, m jetstream.Msg) (consumer.Settle, error) {
 		n := s.add(string(m.Data()))
@@ -200,7 +202,7 @@ func TestPoisonAfterBoundedFailures(t *testing.T) {
 	if s.get("poison") != 3 || s.get("transient") != 8 {
 		t.Errorf("deliveries poison %d, transient %d; want 3 and 8", s.get("poison"), s.get("transient"))
 	}
-	if got, _ := poisoned.Load().(string); !strings.Contains(got, "poison: failed 3 times with an error retrying cannot fix: record cannot be decoded") {
+	if got, _ := poisoned.Load().(string); !strings.Contains(got, "poison: error: failed 3 times with an error retrying cannot fix: record cannot be decoded") {
 		t.Errorf("recorded %q", got)
 	}
 }

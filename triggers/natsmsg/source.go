@@ -334,7 +334,7 @@ func (s *Source) runJetStream(ctx context.Context, nc *nats.Conn) error {
 		Name: "nats trigger " + s.o.Pipeline, Concurrency: s.o.Concurrency, Pull: 2 * s.o.Concurrency,
 		Grace: s.o.Grace, RetryBase: s.o.RetryDelay, RetryMax: 8 * s.o.RetryDelay,
 		MaxIterFailures: 5, IterBase: max(s.o.RetryDelay/10, time.Millisecond), Logger: s.log,
-		OnPoison: func(ctx context.Context, m jetstream.Msg, reason string) {
+		OnPoison: func(ctx context.Context, m jetstream.Msg, _ consumer.Cause, reason string) {
 			s.poisoned(ctx, m, created.Load().(time.Time), reason)
 		},
 	})
@@ -398,8 +398,8 @@ func (s *Source) handleJS(ctx context.Context, msg jetstream.Msg, created time.T
 	out := s.take(ctx, ev, buildErr)
 	switch {
 	case out.err != nil:
-		s.log.Warn("message not taken; redelivery later", "key", ev.Key, "delivery", md.NumDelivered, "err", out.err)
-		return consumer.Settle{}, out.err
+		// The worker loop logs it and hands the message back.
+		return consumer.Settle{}, fmt.Errorf("message %s (delivery %d) not taken: %w", ev.Key, md.NumDelivered, out.err)
 	case out.rejected != "":
 		return consumer.Term(out.rejected), nil
 	}
