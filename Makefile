@@ -3,6 +3,7 @@
 
 GO       ?= go
 BIN      := bin/batchd
+DEVBIN   := bin/batchd-dev
 # A stamp, not the npm bin: npm gives package files their tarball mtimes.
 AZURITE  := tools/azurite/node_modules/.batchd-installed
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -22,7 +23,7 @@ deps: $(AZURITE)
 	$(GO) mod download
 
 $(AZURITE): tools/azurite/package.json tools/azurite/package-lock.json
-	@command -v npm >/dev/null 2>&1 || { echo "make: npm not found. Azurite (the storage emulator used by tests and 'batchd dev') needs Node.js 20+ and npm: apt-get install -y nodejs npm" >&2; exit 1; }
+	@command -v npm >/dev/null 2>&1 || { echo "make: npm not found. Azurite (the storage emulator used by tests and batchd-dev) needs Node.js 20+ and npm: apt-get install -y nodejs npm" >&2; exit 1; }
 	cd tools/azurite && npm ci --no-audit --no-fund --loglevel=error
 	@test -x tools/azurite/node_modules/.bin/azurite-blob || { echo "make: npm ci did not install azurite-blob" >&2; exit 1; }
 	@touch $@
@@ -38,21 +39,22 @@ $(GOLANGCI_LINT):
 	GOBIN=$(CURDIR)/tools/bin $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv tools/bin/golangci-lint $@
 
-## build: the batchd binary in bin/
+## build: the batchd binary and the local stack, batchd-dev, in bin/
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/batchd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(DEVBIN) ./cmd/batchd-dev
 
 ## test: lint (golangci-lint, shellcheck, systemd-analyze), the race-enabled test suite and the 60 s soak (what CI runs)
 test: deps chromium lint
 	$(GO) test -race -timeout 20m $(TESTFLAGS) ./...
 	$(MAKE) --no-print-directory soak SOAK=60s
 
-## demo: everything on this machine, no Azure account: `batchd dev` (Ctrl-C
+## demo: everything on this machine, no Azure account: `batchd-dev` (Ctrl-C
 ## stops it and everything it started). DEMOFLAGS are passed on, e.g.
 ## `make demo DEMOFLAGS=--keep` or `DEMOFLAGS='--http 127.0.0.1:9090'`.
 DEMOFLAGS ?=
 demo: deps build
-	./$(BIN) dev $(DEMOFLAGS)
+	./$(DEVBIN) $(DEMOFLAGS)
 
 ## bench: the benchmark suite (see docs/BENCHMARKS.md)
 bench: deps build

@@ -161,7 +161,7 @@ type Lookuper = envconfig.Lookuper
 // OSEnv looks variables up in the process environment.
 func OSEnv() Lookuper { return envconfig.OsLookuper() }
 
-// MapEnv looks variables up in m (tests, and `batchd dev`).
+// MapEnv looks variables up in m (tests, and batchd-dev).
 func MapEnv(m map[string]string) Lookuper { return envconfig.MapLookuper(m) }
 
 // LoadEnv reads and validates the environment. The error lists every

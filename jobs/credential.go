@@ -35,7 +35,7 @@ func NewCredential(opts CredentialOptions) (azcore.TokenCredential, error) {
 		}
 		co.Cloud = cloud.Configuration{ActiveDirectoryAuthorityHost: host}
 		// MSAL validates an authority it does not know by asking
-		// login.microsoftonline.com. For a loopback authority (batchd dev, the
+		// login.microsoftonline.com. For a loopback authority (batchd-dev, the
 		// simulator) that question leaves the machine for nothing; the
 		// operator named the host explicitly.
 		if u, err := url.Parse(host); err == nil && isLoopback(u.Hostname()) {

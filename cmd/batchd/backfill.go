@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/orchestrator"
 )
 
@@ -23,15 +24,15 @@ Talks to a running daemon (BATCHD_URL or BATCHD_HTTP_ADDR, BATCHD_API_TOKEN).
 
 // cmdBackfill is `batchd backfill`.
 func cmdBackfill(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "backfill", backfillUsage)
+	fs := cmdutil.NewFlagSet(c.stderr, "backfill", backfillUsage)
 	cf := addClientFlags(fs)
 	from := fs.String("from", "", "start of the range, exclusive (RFC 3339 or YYYY-MM-DD)")
 	to := fs.String("to", "", "end of the range, inclusive (RFC 3339 or YYYY-MM-DD)")
 	limit := fs.Int("limit", 100, "at most this many slots (1-1000)")
 	dry := fs.Bool("dry-run", false, "list the slots and their runs; submit nothing")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	if len(pos) != 1 {
 		fmt.Fprint(c.stderr, "batchd backfill: give exactly one pipeline\n\n"+backfillUsage)
@@ -59,10 +60,10 @@ func cmdBackfill(ctx context.Context, c *cli, args []string) int {
 	}
 	resp, err := cl.Backfill(ctx, pos[0], req)
 	if err != nil {
-		return apiExit(c, "backfill", err)
+		return cmdutil.APIExit(c.stderr, "backfill", err)
 	}
 	if *cf.asJSON {
-		printJSON(c.stdout, resp)
+		cmdutil.PrintJSON(c.stdout, resp)
 		return exitOK
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/batchd/batchd/cmd/batchd/internal/benchtab"
+	"github.com/batchd/batchd/cmd/internal/daemon"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/jobstest"
@@ -117,7 +118,7 @@ func newBenchStackOn(b *testing.B, sim *jobstest.Sim, pipelines string, bopts br
 		b.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	_, checker := newStorageChecker(env, f, cred, log)
+	_, checker := daemon.NewStorageChecker(env, f, cred, log)
 	orch, err := orchestrator.New(ctx, orchestrator.Options{
 		JS: br.JS, Conn: br.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker, Logger: log,
 		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,

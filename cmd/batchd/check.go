@@ -3,13 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"slices"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/config"
 )
 
@@ -29,7 +28,7 @@ func cmdCheck(ctx context.Context, c *cli, args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(c.stderr, "batchd check: unexpected argument %q\n", fs.Arg(0))
@@ -40,7 +39,7 @@ func cmdCheck(ctx context.Context, c *cli, args []string) int {
 		err = env.DeployProblems()
 	}
 	if err != nil {
-		return configExit(c, err)
+		return cmdutil.ConfigExit(c.stderr, err)
 	}
 	sum := summarize(env, f)
 	if *asJSON {
@@ -54,14 +53,14 @@ func cmdCheck(ctx context.Context, c *cli, args []string) int {
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ENDPOINT\tURI\tDEPLOYMENT\tMAX RUNNING\tWORKSPACE")
 	for _, e := range sum.Endpoints {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Name, e.URI, dash(e.Deployment), capText(e.MaxRunningJobs), dash(e.Workspace))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Name, e.URI, cmdutil.Dash(e.Deployment), capText(e.MaxRunningJobs), cmdutil.Dash(e.Workspace))
 	}
 	tw.Flush()
 	fmt.Fprintln(c.stdout)
 	tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PIPELINE\tTRIGGER\tENDPOINT\tINPUTS\tOUTPUTS")
 	for _, p := range sum.Pipelines {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, dash(p.Trigger), p.Endpoint, strings.Join(p.Inputs, ", "), dash(strings.Join(p.Outputs, ", ")))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, cmdutil.Dash(p.Trigger), p.Endpoint, strings.Join(p.Inputs, ", "), cmdutil.Dash(strings.Join(p.Outputs, ", ")))
 	}
 	tw.Flush()
 	fmt.Fprintf(c.stdout, "\nCredential: %s. NATS: %s. HTTP: %s.\n", env.Credential.Kind, natsText(env), env.HTTPAddr)
@@ -106,7 +105,7 @@ type pipelineSummary struct {
 func summarize(env *config.Env, f *config.File) checkSummary {
 	s := checkSummary{File: f.Path, Credential: env.Credential.Kind, NATS: natsText(env), HTTPAddr: env.HTTPAddr,
 		Warnings: env.Warnings()}
-	for _, name := range sortedNames(f.Endpoints) {
+	for _, name := range cmdutil.SortedNames(f.Endpoints) {
 		e := f.Endpoints[name]
 		es := endpointSummary{Name: name, URI: e.ScoringURI, Deployment: e.Deployment, MaxRunningJobs: e.MaxRunningJobs}
 		if w := e.Workspace; w != nil {
@@ -114,18 +113,18 @@ func summarize(env *config.Env, f *config.File) checkSummary {
 		}
 		s.Endpoints = append(s.Endpoints, es)
 	}
-	for _, name := range sortedNames(f.Pipelines) {
+	for _, name := range cmdutil.SortedNames(f.Pipelines) {
 		p := f.Pipelines[name]
 		ps := pipelineSummary{Name: name, Trigger: p.Trigger, Endpoint: p.Endpoint.Name}
-		for _, in := range sortedNames(p.Inputs) {
+		for _, in := range cmdutil.SortedNames(p.Inputs) {
 			ps.Inputs = append(ps.Inputs, in+"="+p.Inputs[in].Type)
 		}
-		for _, out := range sortedNames(p.Outputs) {
+		for _, out := range cmdutil.SortedNames(p.Outputs) {
 			ps.Outputs = append(ps.Outputs, out+"="+p.Outputs[out].Type)
 		}
 		s.Pipelines = append(s.Pipelines, ps)
 	}
-	s.Datastores = sortedNames(f.Datastores)
+	s.Datastores = cmdutil.SortedNames(f.Datastores)
 	return s
 }
 
@@ -141,28 +140,4 @@ func capText(n int) string {
 		return "no cap"
 	}
 	return fmt.Sprint(n)
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func sortedNames[V any](m map[string]V) []string {
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	return names
-}
-
-// flagExit maps a flag parsing error to an exit code: -h is success.
-func flagExit(err error) int {
-	if errors.Is(err, flag.ErrHelp) {
-		return exitOK
-	}
-	return exitUsage
 }

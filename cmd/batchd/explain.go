@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
+	"github.com/batchd/batchd/cmd/internal/daemon"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
@@ -45,7 +47,7 @@ func cmdExplain(ctx context.Context, c *cli, args []string) int {
 		fset.PrintDefaults()
 	}
 	if err := fset.Parse(args); err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	uris := fset.Args()
 	if len(uris) == 0 {
@@ -60,13 +62,13 @@ func cmdExplain(ctx context.Context, c *cli, args []string) int {
 
 	env, f, err := loadForExplain(ctx, c, *file)
 	if err != nil {
-		return configExit(c, err)
+		return cmdutil.ConfigExit(c.stderr, err)
 	}
 	req := datastores.Request{Deployment: datastores.DeploymentModel}
 	if *pipeline != "" {
 		p, ok := f.Pipelines[*pipeline]
 		if !ok {
-			fmt.Fprintf(c.stderr, "batchd explain: pipeline %q is not in %s (pipelines: %s)\n", *pipeline, f.Path, strings.Join(sortedNames(f.Pipelines), ", "))
+			fmt.Fprintf(c.stderr, "batchd explain: pipeline %q is not in %s (pipelines: %s)\n", *pipeline, f.Path, strings.Join(cmdutil.SortedNames(f.Pipelines), ", "))
 			return exitUsage
 		}
 		req.Allow = p.Allow
@@ -83,8 +85,8 @@ func cmdExplain(ctx context.Context, c *cli, args []string) int {
 		req.Outputs = append(req.Outputs, datastores.IO{Name: fmt.Sprintf("output%d", i+1), Type: ioType("", o), URI: o})
 	}
 
-	log := newLogger(io.Discard, "error", "text")
-	_, checker := newStorageChecker(env, f, &lazyCredential{opts: env.Credential}, log)
+	log := cmdutil.NewLogger(io.Discard, "error", "text")
+	_, checker := daemon.NewStorageChecker(env, f, daemon.NewLazyCredential(env.Credential), log)
 	type result struct {
 		URI      string              `json:"uri"`
 		Decision datastores.Decision `json:"decision"`

@@ -14,6 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/jobs"
 )
@@ -93,7 +94,7 @@ func cmdInvoke(ctx context.Context, c *cli, args []string) int {
 
 	env, err := config.LoadEnv(ctx, c.env)
 	if err != nil {
-		return configExit(c, err)
+		return cmdutil.ConfigExit(c.stderr, err)
 	}
 	client, _, code := invokeClient(c, env)
 	if client == nil {
@@ -168,7 +169,7 @@ func invokeClient(c *cli, env *config.Env) (*jobs.Client, azcore.TokenCredential
 		ARMScope:    env.ARMScope,
 		ARMEndpoint: env.ARMEndpoint,
 		Transport:   azureTransport,
-		Logger:      newLogger(c.stderr, env.LogLevel, env.LogFormat),
+		Logger:      cmdutil.NewLogger(c.stderr, env.LogLevel, env.LogFormat),
 	})
 	if err != nil {
 		fmt.Fprintf(c.stderr, "batchd: %v\n", err)

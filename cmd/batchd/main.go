@@ -7,25 +7,24 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/config"
 )
 
-// Exit codes. Scripts rely on them; they are part of the CLI's contract.
+// Exit codes: the contract is cmdutil's (batchd-dev shares it).
 const (
-	exitOK        = 0 // done: completed (or submitted, without --wait); explain: every verdict allows
-	exitFailed    = 1 // the job Failed or was Canceled; explain: a verdict rejects
-	exitUsage     = 2 // usage or configuration error
-	exitAuth      = 3 // authentication or authorization failure
-	exitRejected  = 4 // the endpoint rejected the request (other 4xx)
-	exitTransient = 5 // transient or ambiguous failure: try again, or check before retrying
+	exitOK        = cmdutil.ExitOK
+	exitFailed    = cmdutil.ExitFailed
+	exitUsage     = cmdutil.ExitUsage
+	exitAuth      = cmdutil.ExitAuth
+	exitRejected  = cmdutil.ExitRejected
+	exitTransient = cmdutil.ExitTransient
 )
 
 // cli is what every subcommand gets: its streams and its environment lookup.
@@ -57,7 +56,6 @@ func commands() []command {
 		{"backfill", "emit cron slots of a past time range", cmdBackfill},
 		{"replay", "emit runs again for events already seen", cmdReplay},
 		{"score", "send one request to an online endpoint", cmdScore},
-		{"dev", "run everything locally: NATS, Azurite, an Azure ML simulator and sample pipelines", cmdDev},
 		{"version", "print the version and build information", cmdVersion},
 	}
 }
@@ -83,6 +81,10 @@ func run(ctx context.Context, c *cli, args []string) int {
 			return cmd.run(ctx, c, args[1:])
 		}
 	}
+	if args[0] == "dev" {
+		fmt.Fprintln(c.stderr, "batchd: the local stack is its own command now, batchd-dev (make build puts it in bin/; `make demo` builds and runs it): ./bin/batchd-dev")
+		return exitUsage
+	}
 	fmt.Fprintf(c.stderr, "batchd: unknown command %q\n\n", args[0])
 	usage(c.stderr)
 	return exitUsage
@@ -95,38 +97,6 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nRun `batchd <command> -h` for a command's flags.\n")
 	fmt.Fprintf(w, "Exit codes: 0 ok, 1 job failed or canceled, 2 usage or config error, 3 auth failure,\n4 request rejected by the endpoint, 5 transient or ambiguous failure.\n")
-}
-
-// newLogger builds the process logger from the environment's level and format.
-func newLogger(w io.Writer, level, format string) *slog.Logger {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		lv = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// configExit prints a configuration error and returns exitUsage. Every
-// problem is on its own line with its field path.
-func configExit(c *cli, err error) int {
-	var ce *config.Error
-	if errors.As(err, &ce) {
-		where := "configuration"
-		if ce.File != "" {
-			where = ce.File
-		}
-		fmt.Fprintf(c.stderr, "batchd: %d problem(s) in %s:\n", len(ce.Problems), where)
-		for _, p := range ce.Problems {
-			fmt.Fprintf(c.stderr, "  %v\n", p)
-		}
-		return exitUsage
-	}
-	fmt.Fprintf(c.stderr, "batchd: %v\n", err)
-	return exitUsage
 }
 
 func isTerminal(f *os.File) bool {

@@ -7,8 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"text/tabwriter"
-	"time"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/apiclient"
 )
@@ -48,11 +48,11 @@ func cmdPipelines(ctx context.Context, c *cli, args []string) int {
 }
 
 func pipelinesList(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "pipelines list", "Usage: batchd pipelines list [--json]\n\nLists the pipelines the daemon runs.\n")
+	fs := cmdutil.NewFlagSet(c.stderr, "pipelines list", "Usage: batchd pipelines list [--json]\n\nLists the pipelines the daemon runs.\n")
 	cf := addClientFlags(fs)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	if len(pos) > 0 {
 		fmt.Fprintf(c.stderr, "batchd pipelines list: unexpected argument %q\n", pos[0])
@@ -64,10 +64,10 @@ func pipelinesList(ctx context.Context, c *cli, args []string) int {
 	}
 	list, err := cl.Pipelines(ctx)
 	if err != nil {
-		return apiExit(c, "pipelines list", err)
+		return cmdutil.APIExit(c.stderr, "pipelines list", err)
 	}
 	if *cf.asJSON {
-		printJSON(c.stdout, list)
+		cmdutil.PrintJSON(c.stdout, list)
 		return exitOK
 	}
 	if len(list.Pipelines) == 0 {
@@ -78,7 +78,7 @@ func pipelinesList(ctx context.Context, c *cli, args []string) int {
 	fmt.Fprintln(tw, "PIPELINE\tTRIGGER\tENDPOINT\tINPUTS\tTIMEOUT\tATTEMPTS")
 	for _, p := range list.Pipelines {
 		var ins []string
-		for _, name := range sortedNames(p.Inputs) {
+		for _, name := range cmdutil.SortedNames(p.Inputs) {
 			in := p.Inputs[name]
 			v := in.URI
 			if v == "" {
@@ -90,7 +90,7 @@ func pipelinesList(ctx context.Context, c *cli, args []string) int {
 		if trigger == "" {
 			trigger = "manual"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", p.Name, trigger, p.Endpoint, strings.Join(ins, " "), dash(p.Timeout), p.MaxAttempts)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", p.Name, trigger, p.Endpoint, strings.Join(ins, " "), cmdutil.Dash(p.Timeout), p.MaxAttempts)
 	}
 	tw.Flush()
 	return exitOK
@@ -111,18 +111,19 @@ func (f fieldFlags) Set(s string) error {
 }
 
 func pipelinesRun(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "pipelines run", "Usage: batchd pipelines run NAME [--key K] [--field k=v ...] [--wait] [--timeout D] [--json]\n\n"+
+	fs := cmdutil.NewFlagSet(c.stderr, "pipelines run", "Usage: batchd pipelines run NAME [--key K] [--field k=v ...] [--wait] [--timeout D] [--json]\n\n"+
 		"Runs a pipeline by hand. Its templates see the fields as {{ .Fields.NAME }}.\n"+
 		"The same --key again is the same run (nothing is submitted twice).\n")
+
 	cf := addClientFlags(fs)
 	key := fs.String("key", "", "idempotency key (default: a new random one)")
 	fields := fieldFlags{}
 	fs.Var(fields, "field", "template field `NAME=VALUE`; repeatable")
 	wait := fs.Bool("wait", false, "follow the run until it ends")
 	timeout := fs.Duration("timeout", 0, "with --wait: stop waiting after this long and exit 5 (the run goes on; 0: no limit)")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	if len(pos) != 1 {
 		fmt.Fprintln(c.stderr, "batchd pipelines run: give exactly one pipeline name (see `batchd pipelines list`)")
@@ -138,12 +139,12 @@ func pipelinesRun(ctx context.Context, c *cli, args []string) int {
 			fmt.Fprintf(c.stderr, "batchd pipelines run: %v\n", err)
 			return exitUsage
 		}
-		return apiExit(c, "pipelines run", err)
+		return cmdutil.APIExit(c.stderr, "pipelines run", err)
 	}
 	if !*wait {
 		switch {
 		case *cf.asJSON:
-			printJSON(c.stdout, resp)
+			cmdutil.PrintJSON(c.stdout, resp)
 		case created:
 			fmt.Fprintf(c.stdout, "Run %s accepted. Follow it with `batchd runs show %s`.\n", resp.RunID, resp.RunID)
 		default:
@@ -154,9 +155,9 @@ func pipelinesRun(ctx context.Context, c *cli, args []string) int {
 	if !created && !*cf.asJSON {
 		fmt.Fprintf(c.stderr, "run %s exists already for this key; following it\n", resp.RunID)
 	}
-	run, err := waitRun(ctx, c, cl, resp.RunID, *timeout)
+	run, err := cmdutil.WaitRun(ctx, c.stderr, cl, resp.RunID, *timeout)
 	if err != nil {
-		if errors.Is(err, errWaitTimeout) {
+		if errors.Is(err, cmdutil.ErrWaitTimeout) {
 			fmt.Fprintf(c.stderr, "batchd pipelines run: %v (--timeout %s); run %s goes on\n", err, *timeout, resp.RunID)
 			return exitTransient
 		}
@@ -164,76 +165,12 @@ func pipelinesRun(ctx context.Context, c *cli, args []string) int {
 			fmt.Fprintf(c.stderr, "batchd pipelines run: interrupted; run %s goes on\n", resp.RunID)
 			return exitTransient
 		}
-		return apiExit(c, "pipelines run", err)
+		return cmdutil.APIExit(c.stderr, "pipelines run", err)
 	}
 	if *cf.asJSON {
-		printJSON(c.stdout, run)
+		cmdutil.PrintJSON(c.stdout, run)
 	} else {
-		printRun(c.stdout, run)
+		cmdutil.PrintRun(c.stdout, run)
 	}
-	return stateExit(run.State)
-}
-
-// stateExit is the exit code for a run that ended in s.
-func stateExit(s orchestrator.State) int {
-	switch s {
-	case orchestrator.StateCompleted:
-		return exitOK
-	case orchestrator.StateFailed, orchestrator.StateCanceled, orchestrator.StateTimedOut:
-		return exitFailed
-	case orchestrator.StateRejected, orchestrator.StateFiltered, orchestrator.StateDuplicate:
-		return exitRejected
-	}
-	return exitTransient
-}
-
-// waitRun polls the run until it is finished (or unknown, which needs an
-// operator), printing each new state on stderr.
-func waitRun(ctx context.Context, c *cli, cl *apiclient.Client, id string, timeout time.Duration) (*orchestrator.Run, error) {
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	interval := 500 * time.Millisecond
-	var last orchestrator.State
-	failures := 0
-	for {
-		r, err := cl.GetRun(ctx, id)
-		switch {
-		case err == nil:
-			failures = 0
-			if r.State != last {
-				last = r.State
-				reason := ""
-				if n := len(r.History); n > 0 {
-					reason = r.History[n-1].Reason
-				}
-				fmt.Fprintf(c.stderr, "%s  %-10s %s\n", time.Now().Format("15:04:05"), r.State, reason)
-			}
-			if r.State.Terminal() || r.State == orchestrator.StateUnknown {
-				return r, nil
-			}
-		case ctx.Err() != nil:
-		case apiclient.StatusOf(err) == http.StatusNotFound && last == "":
-			// Accepted, not yet taken by a worker: the run is not recorded yet.
-		case apiclient.StatusOf(err) == 0 || apiclient.StatusOf(err) >= 500:
-			if failures++; failures > 10 {
-				return nil, err
-			}
-		default:
-			return nil, err
-		}
-		t := time.NewTimer(interval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return nil, errWaitTimeout
-			}
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-		interval = min(interval*3/2, 10*time.Second)
-	}
+	return cmdutil.StateExit(run.State)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/orchestrator"
 )
 
@@ -21,12 +22,12 @@ Talks to a running daemon (BATCHD_URL or BATCHD_HTTP_ADDR, BATCHD_API_TOKEN).
 
 // cmdReplay is `batchd replay`.
 func cmdReplay(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "replay", replayUsage)
+	fs := cmdutil.NewFlagSet(c.stderr, "replay", replayUsage)
 	cf := addClientFlags(fs)
 	key := fs.String("key", "", "idempotency key of this replay (default: a new replay each time)")
-	ids, err := parseInterleaved(fs, args)
+	ids, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	if len(ids) == 0 {
 		fmt.Fprint(c.stderr, "batchd replay: give at least one run id\n\n"+replayUsage)
@@ -40,7 +41,7 @@ func cmdReplay(ctx context.Context, c *cli, args []string) int {
 	for _, id := range ids {
 		resp, created, err := cl.Replay(ctx, id, orchestrator.ReplayRequest{Key: *key})
 		if err != nil {
-			return apiExit(c, "replay "+id, err)
+			return cmdutil.APIExit(c.stderr, "replay "+id, err)
 		}
 		out = append(out, resp)
 		if !*cf.asJSON {
@@ -52,7 +53,7 @@ func cmdReplay(ctx context.Context, c *cli, args []string) int {
 		}
 	}
 	if *cf.asJSON {
-		printJSON(c.stdout, out)
+		cmdutil.PrintJSON(c.stdout, out)
 	}
 	return exitOK
 }

@@ -6,11 +6,13 @@ import (
 	"os"
 	"text/tabwriter"
 	"time"
+
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 )
 
 // cmdReplicas is `batchd replicas`.
 func cmdReplicas(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "replicas", `Usage: batchd replicas [--json]
+	fs := cmdutil.NewFlagSet(c.stderr, "replicas", `Usage: batchd replicas [--json]
 
 Lists the live batchd replicas sharing this daemon's NATS, from the replica
 registry: id, host, version, pipelines file (config hash), start and last
@@ -21,10 +23,11 @@ Exit codes: 0 the replicas agree on the pipelines file; 1 they do not
 (config drift); 2 usage; 3 the API token was refused; 5 the daemon could not
 be reached.
 `)
+
 	cf := addClientFlags(fs)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	if len(pos) > 0 {
 		fmt.Fprintf(c.stderr, "batchd replicas: unexpected argument %q\n", pos[0])
@@ -36,14 +39,14 @@ be reached.
 	}
 	list, err := cl.Replicas(ctx)
 	if err != nil {
-		return apiExit(c, "replicas", err)
+		return cmdutil.APIExit(c.stderr, "replicas", err)
 	}
 	drift := exitOK
 	if list.ConfigDrift {
 		drift = exitFailed
 	}
 	if *cf.asJSON {
-		printJSON(c.stdout, list)
+		cmdutil.PrintJSON(c.stdout, list)
 		return drift
 	}
 	now := time.Now()
@@ -54,7 +57,7 @@ be reached.
 		if r.Self {
 			id += " (this)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\n", id, r.Host, r.Version, dash(r.ConfigHash),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\n", id, r.Host, r.Version, cmdutil.Dash(r.ConfigHash),
 			r.Started.Local().Format(time.DateTime), now.Sub(r.Heartbeat).Round(time.Second))
 	}
 	_ = tw.Flush()

@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"text/tabwriter"
-	"time"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/apiclient"
@@ -76,7 +72,7 @@ func addClientFlags(fs *flag.FlagSet) clientFlags {
 func (f clientFlags) client(ctx context.Context, c *cli) (*apiclient.Client, int) {
 	cc, err := config.LoadClient(ctx, c.env)
 	if err != nil {
-		return nil, configExit(c, err)
+		return nil, cmdutil.ConfigExit(c.stderr, err)
 	}
 	u := cc.URL
 	if *f.url != "" {
@@ -85,73 +81,16 @@ func (f clientFlags) client(ctx context.Context, c *cli) (*apiclient.Client, int
 	return apiclient.New(u, cc.APIToken, nil), exitOK
 }
 
-// parseInterleaved parses flags that may come after positional arguments
-// (batchd runs show ID --json) and returns the positional ones.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
-func newFlagSet(c *cli, name, usage string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
-	fs.Usage = func() {
-		fmt.Fprint(c.stderr, usage)
-		fmt.Fprintln(c.stderr, "\nFlags:")
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// apiExit reports an API error and returns its exit code.
-func apiExit(c *cli, what string, err error) int {
-	fmt.Fprintf(c.stderr, "batchd %s: %v\n", what, err)
-	switch st := apiclient.StatusOf(err); {
-	case st == 0:
-		return exitTransient // not reached, or no answer
-	case st == http.StatusBadRequest:
-		return exitUsage
-	case st == http.StatusUnauthorized || st == http.StatusForbidden:
-		return exitAuth
-	case st >= 500:
-		return exitTransient
-	default:
-		return exitRejected
-	}
-}
-
-func printJSON(w io.Writer, v any) {
-	if raw, ok := v.(json.RawMessage); ok {
-		_, _ = w.Write(raw)
-		if len(raw) > 0 && raw[len(raw)-1] != '\n' {
-			fmt.Fprintln(w)
-		}
-		return
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
 func runsList(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "runs list", "Usage: batchd runs list [--pipeline P] [--state S] [--limit N] [--cursor C] [--json]\n\nLists runs, newest first. The last line names the cursor of the next page.\n")
+	fs := cmdutil.NewFlagSet(c.stderr, "runs list", "Usage: batchd runs list [--pipeline P] [--state S] [--limit N] [--cursor C] [--json]\n\nLists runs, newest first. The last line names the cursor of the next page.\n")
 	cf := addClientFlags(fs)
 	pipeline := fs.String("pipeline", "", "only runs of this pipeline")
 	state := fs.String("state", "", "only runs in this state ("+stateList()+")")
 	limit := fs.Int("limit", 50, "runs per page (1-1000)")
 	cursor := fs.String("cursor", "", "the next_cursor of the previous page")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	if len(pos) > 0 {
 		fmt.Fprintf(c.stderr, "batchd runs list: unexpected argument %q\n", pos[0])
@@ -173,14 +112,14 @@ func runsList(ctx context.Context, c *cli, args []string) int {
 	if *cf.asJSON {
 		raw, err := cl.ListRunsRaw(ctx, opts)
 		if err != nil {
-			return apiExit(c, "runs list", err)
+			return cmdutil.APIExit(c.stderr, "runs list", err)
 		}
-		printJSON(c.stdout, raw)
+		cmdutil.PrintJSON(c.stdout, raw)
 		return exitOK
 	}
 	list, err := cl.ListRuns(ctx, opts)
 	if err != nil {
-		return apiExit(c, "runs list", err)
+		return cmdutil.APIExit(c.stderr, "runs list", err)
 	}
 	if len(list.Runs) == 0 {
 		fmt.Fprintln(c.stdout, "No runs.")
@@ -193,8 +132,8 @@ func runsList(ctx context.Context, c *cli, args []string) int {
 		if r.Job != nil {
 			job = r.Job.Name
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, dash(r.Pipeline), r.State, job, r.Attempts,
-			r.Created.Local().Format("2006-01-02 15:04:05"), dash(truncate(r.Reason, 80)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, cmdutil.Dash(r.Pipeline), r.State, job, r.Attempts,
+			r.Created.Local().Format("2006-01-02 15:04:05"), cmdutil.Dash(truncate(r.Reason, 80)))
 	}
 	tw.Flush()
 	if list.NextCursor != "" {
@@ -228,11 +167,11 @@ func oneRunArg(c *cli, what string, pos []string) (string, bool) {
 }
 
 func runsShow(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "runs show", "Usage: batchd runs show ID [--json]\n\nShows one run: its event, decision, job and history.\n")
+	fs := cmdutil.NewFlagSet(c.stderr, "runs show", "Usage: batchd runs show ID [--json]\n\nShows one run: its event, decision, job and history.\n")
 	cf := addClientFlags(fs)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	id, ok := oneRunArg(c, "show", pos)
 	if !ok {
@@ -245,85 +184,17 @@ func runsShow(ctx context.Context, c *cli, args []string) int {
 	if *cf.asJSON {
 		raw, err := cl.GetRunRaw(ctx, id)
 		if err != nil {
-			return apiExit(c, "runs show", err)
+			return cmdutil.APIExit(c.stderr, "runs show", err)
 		}
-		printJSON(c.stdout, raw)
+		cmdutil.PrintJSON(c.stdout, raw)
 		return exitOK
 	}
 	r, err := cl.GetRun(ctx, id)
 	if err != nil {
-		return apiExit(c, "runs show", err)
+		return cmdutil.APIExit(c.stderr, "runs show", err)
 	}
-	printRun(c.stdout, r)
+	cmdutil.PrintRun(c.stdout, r)
 	return exitOK
-}
-
-// printRun writes a run for people.
-func printRun(w io.Writer, r *orchestrator.Run) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(tw, "%s\t%s\n", k, v)
-		}
-	}
-	row("Run:", r.ID)
-	row("Pipeline:", dash(r.Pipeline))
-	row("Key:", r.Key)
-	row("Source:", r.Source)
-	row("State:", string(r.State))
-	row("Endpoint:", r.Endpoint)
-	if r.Job != nil {
-		row("Job:", r.Job.Name+" ("+dash(string(r.Job.Status))+")")
-		row("Studio:", r.Job.StudioURL)
-	}
-	if r.Attempts > 0 {
-		row("Attempts:", fmt.Sprint(r.Attempts))
-	}
-	for _, pj := range r.PreviousJobs {
-		row("Earlier job:", pj.Name+" ("+dash(string(pj.Status))+") "+pj.Error)
-	}
-	if r.Request != nil {
-		for _, name := range sortedNames(r.Request.Inputs) {
-			in := r.Request.Inputs[name]
-			v := in.URI
-			if v == "" {
-				v = in.Value
-			}
-			row("Input "+name+":", in.Type+" "+v)
-		}
-		for _, name := range sortedNames(r.Request.Outputs) {
-			out := r.Request.Outputs[name]
-			row("Output "+name+":", out.Type+" "+out.URI)
-		}
-	}
-	if r.Decision != nil {
-		d := string(r.Decision.Verdict)
-		if r.Decision.Reason != "" {
-			d += ": " + r.Decision.Reason
-		}
-		row("Decision:", d)
-	}
-	row("Error:", r.Error)
-	if r.Duplicates > 0 {
-		row("Duplicates:", fmt.Sprintf("%d redeliveries ignored", r.Duplicates))
-	}
-	row("Created:", r.Created.Local().Format(time.RFC3339))
-	row("Updated:", r.Updated.Local().Format(time.RFC3339))
-	tw.Flush()
-	if r.Decision != nil && len(r.Decision.Checks) > 0 {
-		fmt.Fprintln(w, "\nChecks:")
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		for _, ch := range r.Decision.Checks {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", ch.Result, ch.Name, dash(ch.Subject), ch.Reason)
-		}
-		tw.Flush()
-	}
-	fmt.Fprintln(w, "\nHistory:")
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	for _, h := range r.History {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", h.At.Local().Format("2006-01-02 15:04:05.000"), h.State, h.Reason)
-	}
-	tw.Flush()
 }
 
 func runsAction(ctx context.Context, c *cli, verb string, args []string) int {
@@ -331,12 +202,12 @@ func runsAction(ctx context.Context, c *cli, verb string, args []string) int {
 		"cancel": "Usage: batchd runs cancel ID [--reason R] [--json]\n\nCancels a run: one not yet submitted ends canceled; a submitted or running\nrun's job is canceled through ARM (the endpoint needs a workspace).\n",
 		"retry":  "Usage: batchd runs retry ID [--reason R] [--json]\n\nStarts a new attempt of a finished or unknown run (a new job; the earlier\none is kept). For an unknown run, check first that its job does not exist.\n",
 	}[verb]
-	fs := newFlagSet(c, "runs "+verb, usage)
+	fs := cmdutil.NewFlagSet(c.stderr, "runs "+verb, usage)
 	cf := addClientFlags(fs)
 	reason := fs.String("reason", "", "why (recorded in the run's history)")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	id, ok := oneRunArg(c, verb, pos)
 	if !ok {
@@ -354,14 +225,14 @@ func runsAction(ctx context.Context, c *cli, verb string, args []string) int {
 		r, done, err = cl.Retry(ctx, id, *reason)
 	}
 	if err != nil {
-		return apiExit(c, "runs "+verb, err)
+		return cmdutil.APIExit(c.stderr, "runs "+verb, err)
 	}
 	return actionResult(c, *cf.asJSON, verb, r, done)
 }
 
 func actionResult(c *cli, asJSON bool, verb string, r *orchestrator.Run, done bool) int {
 	if asJSON {
-		printJSON(c.stdout, r)
+		cmdutil.PrintJSON(c.stdout, r)
 		return exitOK
 	}
 	if done {
@@ -376,17 +247,18 @@ func actionResult(c *cli, asJSON bool, verb string, r *orchestrator.Run, done bo
 }
 
 func runsResolve(ctx context.Context, c *cli, args []string) int {
-	fs := newFlagSet(c, "runs resolve", "Usage: batchd runs resolve ID --state completed|failed|canceled [--reason R] [--json]\n"+
+	fs := cmdutil.NewFlagSet(c.stderr, "runs resolve", "Usage: batchd runs resolve ID --state completed|failed|canceled [--reason R] [--json]\n"+
 		"       batchd runs resolve ID --job NAME [--reason R] [--json]\n\n"+
 		"Settles a run batchd cannot settle itself, typically one whose submission is\n"+
 		"unknown: end it in a state, or adopt the job you found and let batchd track it.\n")
+
 	cf := addClientFlags(fs)
 	state := fs.String("state", "", "the run's final state: completed, failed or canceled")
 	job := fs.String("job", "", "a job name to adopt and track instead")
 	reason := fs.String("reason", "", "why (recorded in the run's history)")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := cmdutil.ParseInterleaved(fs, args)
 	if err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	id, ok := oneRunArg(c, "resolve", pos)
 	if !ok {
@@ -408,10 +280,7 @@ func runsResolve(ctx context.Context, c *cli, args []string) int {
 	}
 	r, done, err := cl.Resolve(ctx, id, orchestrator.ResolveRequest{State: orchestrator.State(*state), Job: *job, Reason: *reason})
 	if err != nil {
-		return apiExit(c, "runs resolve", err)
+		return cmdutil.APIExit(c.stderr, "runs resolve", err)
 	}
 	return actionResult(c, *cf.asJSON, "resolve", r, done)
 }
-
-// errWaitTimeout: --wait gave up before the run ended.
-var errWaitTimeout = errors.New("timed out waiting for the run to finish")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 
+	"github.com/batchd/batchd/cmd/internal/daemon"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
@@ -88,7 +89,7 @@ func startCLIDaemon(t *testing.T) *cliDaemon {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	backfill := backfillFunc(&config.File{Triggers: config.Triggers{Cron: map[string]cron.Config{"nightly": {Schedule: "0 6 * * *"}}}})
+	backfill := daemon.BackfillFunc(&config.File{Triggers: config.Triggers{Cron: map[string]cron.Config{"nightly": {Schedule: "0 6 * * *"}}}})
 	srv := httptest.NewServer(orch.Handler(orchestrator.HandlerOptions{APIToken: cliToken, Backfill: backfill}))
 	t.Cleanup(srv.Close)
 	procWaitFor(t, 10*time.Second, "the daemon to be ready", func() bool { return orch.Ready() == nil })

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
+	"github.com/batchd/batchd/cmd/internal/daemon"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/online"
@@ -76,7 +78,7 @@ func cmdScore(ctx context.Context, c *cli, args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	usage := func(format string, a ...any) int {
 		fmt.Fprintf(c.stderr, "batchd score: "+format+"\nRun 'batchd score -h' for the flags.\n", a...)
@@ -102,7 +104,7 @@ func cmdScore(ctx context.Context, c *cli, args []string) int {
 
 	env, f, err := config.Load(ctx, c.env, *file)
 	if err != nil {
-		return configExit(c, err)
+		return cmdutil.ConfigExit(c.stderr, err)
 	}
 	ep, ok := f.Endpoints[*endpoint]
 	switch {
@@ -119,9 +121,9 @@ func cmdScore(ctx context.Context, c *cli, args []string) int {
 		fmt.Fprintf(c.stderr, "batchd: %v\n", err)
 		return exitUsage
 	}
-	client, err := newScorer(env, cred, newLogger(c.stderr, env.LogLevel, env.LogFormat), nil)
+	client, err := daemon.NewScorer(env, cred, azureTransport, cmdutil.NewLogger(c.stderr, env.LogLevel, env.LogFormat), nil)
 	if err != nil {
-		return configExit(c, err)
+		return cmdutil.ConfigExit(c.stderr, err)
 	}
 	budget := oep.Timeout
 	if *timeout > 0 {

@@ -18,6 +18,7 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
 
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/jobstest"
@@ -205,17 +206,36 @@ func procGetRunToken(base, token, id string) (*orchestrator.Run, error) {
 
 // blobEvent delivers one BlobCreated event for container in, blob name,
 // as Event Grid does, and returns the webhook's answer.
-func (d *pageDaemon) blobEvent(t *testing.T, name string) webhookAnswer {
+func (d *pageDaemon) blobEvent(t *testing.T, name string) pageWebhookAnswer {
 	t.Helper()
 	// The name goes into the URL as it is: a hostile sender need not encode it.
-	u := uploaded{Container: "in", Name: name, URL: "https://acct.blob.core.windows.net/in/" + name,
-		ETag: "0x8DC0000000000001", Size: 2048, ContentType: "text/csv", RequestID: newUUID(), At: time.Now().UTC()}
-	body := bytes.Replace(blobCreatedEvent(u), []byte("storageAccounts/devstoreaccount1"), []byte("storageAccounts/acct"), 1)
-	ans, err := postEvent(t.Context(), d.proc.url(), pageWebhookSecret, body)
+	event, err := json.Marshal([]map[string]any{{
+		"topic":     "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/acct",
+		"subject":   "/blobServices/default/containers/in/blobs/" + name,
+		"eventType": "Microsoft.Storage.BlobCreated", "eventTime": time.Now().UTC().Format(time.RFC3339Nano),
+		"id": uuid.NewString(), "dataVersion": "", "metadataVersion": "1",
+		"data": map[string]any{"api": "PutBlob", "eTag": "0x8DC0000000000001", "contentType": "text/csv",
+			"contentLength": 2048, "blobType": "BlockBlob", "url": "https://acct.blob.core.windows.net/in/" + name,
+			"sequencer": "0000000000000001000000000000000100000000000000a1"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(d.proc.url()+"/eventgrid?code="+pageWebhookSecret, "application/json", bytes.NewReader(event))
 	if err != nil {
 		t.Fatalf("deliver the event of %q: %v", name, err)
 	}
+	defer resp.Body.Close()
+	var ans pageWebhookAnswer
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&ans) != nil {
+		t.Fatalf("deliver the event of %q: %s", name, resp.Status)
+	}
 	return ans
+}
+
+// pageWebhookAnswer is the part of the webhook's answer the page test reads.
+type pageWebhookAnswer struct {
+	Filtered int `json:"filtered"`
 }
 
 // browser is a headless Chromium tab.

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/jobs"
 )
@@ -49,7 +50,7 @@ func cmdToken(ctx context.Context, c *cli, args []string) int {
 	}
 	env, err := config.LoadEnv(ctx, c.env)
 	if err != nil {
-		return configExit(c, err)
+		return cmdutil.ConfigExit(c.stderr, err)
 	}
 	var scope string
 	switch *scopeName {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 )
 
 // Stamped by `make build` (-ldflags -X main.version=... -X main.commit=...).
@@ -50,7 +52,7 @@ func cmdVersion(_ context.Context, c *cli, args []string) int {
 	fs.SetOutput(c.stderr)
 	asJSON := fs.Bool("json", false, "print as JSON")
 	if err := fs.Parse(args); err != nil {
-		return flagExit(err)
+		return cmdutil.FlagExit(err)
 	}
 	v := buildVersion()
 	if *asJSON {

@@ -1,6 +1,6 @@
 // Package azurite starts and stops the Azurite blob emulator (npm package
 // azurite, installed by `make deps` under tools/azurite) for tests and for
-// `batchd dev`.
+// `batchd-dev`.
 //
 // Azurite is always started with --loose --skipApiVersionCheck
 // --disableTelemetry: azblob sends an API version newer than Azurite accepts,

@@ -1,7 +1,7 @@
 // Package jobstest is an in-process simulator of the Azure services batchd
 // talks to: Microsoft Entra token endpoints and Azure ML batch endpoints with
 // their jobs, plus the ARM jobs API. Tests, benchmarks, the chaos soak and
-// `batchd dev` use it; it imports no testing package (the TB helper New is in
+// `batchd-dev` use it; it imports no testing package (the TB helper New is in
 // its own file) and listens on loopback only, on random ports.
 //
 // # Shape

@@ -1,7 +1,7 @@
 package jobstest
 
 // TB is the part of testing.TB that New uses. Declaring it here keeps the
-// testing package out of binaries that embed the simulator (batchd dev).
+// testing package out of binaries that embed the simulator (batchd-dev).
 type TB interface {
 	Helper()
 	Fatalf(format string, args ...any)

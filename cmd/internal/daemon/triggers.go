@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/orchestrator"
@@ -60,7 +61,7 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 	var errs []error
 
 	var routes []blob.Route
-	for _, name := range sortedNames(f.Triggers.Blob) {
+	for _, name := range cmdutil.SortedNames(f.Triggers.Blob) {
 		cfg := f.Triggers.Blob[name]
 		if cfg.Webhooks() {
 			routes = append(routes, blob.Route{Pipeline: name, Config: cfg})
@@ -97,7 +98,7 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 		set.sources = append(set.sources, source{"eventgrid webhook", wh.Run})
 	}
 
-	for _, name := range sortedNames(f.Triggers.Cron) {
+	for _, name := range cmdutil.SortedNames(f.Triggers.Cron) {
 		s, err := cron.New(cron.Options{Pipeline: name, Config: f.Triggers.Cron[name], Intake: orch, Runs: orch, KV: kv,
 			Logger: log.With("pipeline", name), Registerer: reg})
 		if err != nil {
@@ -108,7 +109,7 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 		set.schedules[name] = s.Schedule()
 	}
 
-	for _, name := range sortedNames(f.Triggers.NATS) {
+	for _, name := range cmdutil.SortedNames(f.Triggers.NATS) {
 		p := f.Pipelines[name]
 		nopts := natsmsg.Options{Pipeline: name, Config: f.Triggers.NATS[name], Conn: nc, Intake: orch,
 			// Render the pipeline's templates before accepting a message, so
@@ -152,9 +153,9 @@ func (s source) runUntilDone(ctx context.Context) error {
 	return nil
 }
 
-// backfillFunc lists a cron pipeline's slots for the backfill API, built
+// BackfillFunc lists a cron pipeline's slots for the backfill API, built
 // exactly as the live trigger builds them.
-func backfillFunc(f *config.File) orchestrator.BackfillFunc {
+func BackfillFunc(f *config.File) orchestrator.BackfillFunc {
 	return func(pipeline string, from, to time.Time, limit int) ([]orchestrator.Event, bool, error) {
 		cfg, ok := f.Triggers.Cron[pipeline]
 		if !ok {

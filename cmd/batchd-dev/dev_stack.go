@@ -21,13 +21,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
+	"github.com/batchd/batchd/cmd/internal/daemon"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/datastores/azurite"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/jobstest"
 )
 
-// Files batchd dev writes in its state directory. Without --keep exactly
+// Files batchd-dev writes in its state directory. Without --keep exactly
 // these are removed at start; nothing else in the directory is touched.
 const (
 	devLockFile     = "dev.lock"
@@ -47,7 +49,7 @@ const (
 	devEndpointName = "demo"
 )
 
-// devRun is one `batchd dev`: what it started, in start order.
+// devRun is one `batchd-dev`: what it started, in start order.
 type devRun struct {
 	c   *cli
 	o   devOptions
@@ -77,7 +79,7 @@ type devRun struct {
 	bg        sync.WaitGroup // samples and progress
 }
 
-// devState is DIR/dev.json: how `batchd dev upload|publish` reach the
+// devState is DIR/dev.json: how `batchd-dev upload|publish` reach the
 // running instance. It names the webhook secret's file, never the secret.
 type devState struct {
 	PID               int               `json:"pid"`
@@ -127,16 +129,16 @@ func (o devOptions) timings() devTimings {
 func (d *devRun) start(ctx context.Context) int {
 	dir, err := filepath.Abs(d.o.stateDir)
 	if err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: --state: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: --state: %v\n", err)
 		return exitUsage
 	}
 	d.dir = dir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: state directory: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: state directory: %v\n", err)
 		return exitUsage
 	}
 	if d.lock, err = lockDevState(dir); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: %v\n", err)
 		return exitUsage
 	}
 	if prev, err := readDevState(dir); err == nil {
@@ -144,7 +146,7 @@ func (d *devRun) start(ctx context.Context) int {
 	}
 	if !d.o.keep {
 		if err := wipeDevState(dir); err != nil {
-			fmt.Fprintf(d.c.stderr, "batchd dev: clearing %s: %v\n", dir, err)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: clearing %s: %v\n", dir, err)
 			return exitUsage
 		}
 		d.prev = nil
@@ -158,13 +160,13 @@ func (d *devRun) start(ctx context.Context) int {
 
 	d.logPath = filepath.Join(dir, devLogFile)
 	if d.logFile, err = os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: log file: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: log file: %v\n", err)
 		return exitUsage
 	}
 	// With progress lines on, the orchestrator's own line for a failed or
 	// rejected run would say the same thing twice.
 	d.tee = &logTee{file: d.logFile, terminal: d.c.stderr, skipRunLines: !d.o.quiet}
-	d.log = newLogger(d.tee, "info", "text")
+	d.log = cmdutil.NewLogger(d.tee, "info", "text")
 
 	d.say("dev", "starting Azurite (tools/azurite, data in %s)…", d.rel(filepath.Join(dir, devAzuriteDir)))
 	d.az, err = azurite.Start(ctx, azurite.Options{Dir: filepath.Join(dir, devAzuriteDir), Port: d.azuritePort,
@@ -173,7 +175,7 @@ func (d *devRun) start(ctx context.Context) int {
 		if ctx.Err() != nil {
 			return exitOK // a signal while Azurite started: nothing failed
 		}
-		fmt.Fprintf(d.c.stderr, "batchd dev: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: %v\n", err)
 		return exitFailed
 	}
 	d.sim, err = jobstest.Start(jobstest.Options{
@@ -182,7 +184,7 @@ func (d *devRun) start(ctx context.Context) int {
 		Logger:    d.log.With("component", "simulator"),
 	})
 	if err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: Azure ML simulator: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: Azure ML simulator: %v\n", err)
 		return exitFailed
 	}
 
@@ -190,35 +192,34 @@ func (d *devRun) start(ctx context.Context) int {
 		return code
 	}
 	if err := d.prepareStorage(ctx); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: Azurite: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: Azurite: %v\n", err)
 		return exitFailed
 	}
-	// The simulator's CA is trusted only by this process's Azure client
-	// (serve reads azureTransport), and the managed identity credential
-	// finds the simulator through the App Service protocol's variables,
-	// which azidentity reads from the process environment.
+	// The simulator's CA is trusted only by the daemon's Azure clients
+	// (daemon.Options.Transport), and the managed identity credential finds
+	// the simulator through the App Service protocol's variables, which
+	// azidentity reads from the process environment: this process's only.
 	if err := errors.Join(
 		os.Unsetenv("IDENTITY_SERVER_THUMBPRINT"), // would select the Service Fabric protocol
 		os.Setenv("IDENTITY_ENDPOINT", d.sim.IdentityEndpoint()),
 		os.Setenv("IDENTITY_HEADER", d.sim.IdentityHeader()),
 	); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: managed identity variables: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: managed identity variables: %v\n", err)
 		return exitFailed
 	}
-	azureTransport = d.sim.HTTPClient()
 
 	d.state.Started = time.Now().UTC()
 	sctx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
 	d.serveDone = make(chan error, 1)
-	serveCLI := &cli{stdout: io.Discard, stderr: d.tee, env: config.MapEnv(nil)}
-	go func() { d.serveDone <- serve(sctx, d.env, d.file, serveCLI) }()
+	dopts := daemon.Options{Logs: d.tee, Transport: d.sim.HTTPClient(), Version: devVersion(), Host: devHost()}
+	go func() { d.serveDone <- daemon.Serve(sctx, d.env, d.file, dopts) }()
 	if code := d.waitReady(ctx); code != exitOK || ctx.Err() != nil {
 		return code // a signal while starting: wait sees it and stops
 	}
 	d.state.PID = os.Getpid()
 	if err := writeDevState(dir, &d.state); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: %v\n", err)
 		return exitFailed
 	}
 	d.banner()
@@ -227,7 +228,7 @@ func (d *devRun) start(ctx context.Context) int {
 	go func() {
 		defer d.bg.Done()
 		if err := d.seed(sctx); err != nil && sctx.Err() == nil {
-			fmt.Fprintf(d.c.stderr, "batchd dev: samples: %v\n", err)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: samples: %v\n", err)
 		}
 	}()
 	if !d.o.quiet {
@@ -248,7 +249,7 @@ func (d *devRun) stop() {
 	}
 	if d.serveDone != nil {
 		if err := <-d.serveDone; err != nil {
-			fmt.Fprintf(d.c.stderr, "batchd dev: batchd: %v\n", err)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: batchd: %v\n", err)
 		}
 		d.serveDone = nil
 	}
@@ -270,13 +271,13 @@ func (d *devRun) stop() {
 // checkPrerequisites finds Azurite and Node.js before anything starts.
 func (d *devRun) checkPrerequisites() int {
 	if _, err := azurite.FindBin(); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: %v\n", err)
-		fmt.Fprintln(d.c.stderr, "batchd dev: `make demo` installs it (with `make deps`) and then runs batchd dev.")
+		fmt.Fprintf(d.c.stderr, "batchd-dev: %v\n", err)
+		fmt.Fprintln(d.c.stderr, "batchd-dev: `make demo` installs it (with `make deps`) and then runs batchd-dev.")
 		return exitUsage
 	}
 	if _, err := exec.LookPath("node"); err != nil {
-		fmt.Fprintln(d.c.stderr, "batchd dev: Azurite needs Node.js, and `node` is not on PATH.")
-		fmt.Fprintln(d.c.stderr, "batchd dev: install Node.js 20 or newer (Debian/Ubuntu: `sudo apt-get install -y nodejs npm`, or https://nodejs.org), then run `make demo`.")
+		fmt.Fprintln(d.c.stderr, "batchd-dev: Azurite needs Node.js, and `node` is not on PATH.")
+		fmt.Fprintln(d.c.stderr, "batchd-dev: install Node.js 20 or newer (Debian/Ubuntu: `sudo apt-get install -y nodejs npm`, or https://nodejs.org), then run `make demo`.")
 		return exitUsage
 	}
 	return exitOK
@@ -288,19 +289,19 @@ func (d *devRun) checkPrerequisites() int {
 func (d *devRun) choosePorts() int {
 	host, portText, err := net.SplitHostPort(d.o.httpAddr)
 	if err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: --http %q is not host:port\n", d.o.httpAddr)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: --http %q is not host:port\n", d.o.httpAddr)
 		return exitUsage
 	}
 	if host == "localhost" {
 		host = "127.0.0.1"
 	}
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		fmt.Fprintf(d.c.stderr, "batchd dev: --http %q: batchd dev listens on loopback only (its API has no token); use 127.0.0.1:PORT\n", d.o.httpAddr)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: --http %q: batchd-dev listens on loopback only (its API has no token); use 127.0.0.1:PORT\n", d.o.httpAddr)
 		return exitUsage
 	}
 	httpPort, err := strconv.Atoi(portText)
 	if err != nil || httpPort < 0 || httpPort > 65535 {
-		fmt.Fprintf(d.c.stderr, "batchd dev: --http %q has no valid port\n", d.o.httpAddr)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: --http %q has no valid port\n", d.o.httpAddr)
 		return exitUsage
 	}
 	want := struct{ http, nats, azurite int }{httpPort, d.o.natsPort, d.o.azuritePort}
@@ -323,12 +324,12 @@ func (d *devRun) choosePorts() int {
 			return got, true
 		}
 		if d.o.explicit[flagName] {
-			fmt.Fprintf(d.c.stderr, "batchd dev: --%s: port %d on %s is taken (%v); choose another, or 0 for a free one\n", flagName, want, host, err)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: --%s: port %d on %s is taken (%v); choose another, or 0 for a free one\n", flagName, want, host, err)
 			return 0, false
 		}
 		got, err = freePort(host, 0)
 		if err != nil {
-			fmt.Fprintf(d.c.stderr, "batchd dev: no free port on %s: %v\n", host, err)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: no free port on %s: %v\n", host, err)
 			return 0, false
 		}
 		d.say("dev", "port %d (--%s) is taken; using %d", want, flagName, got)
@@ -345,7 +346,7 @@ func (d *devRun) choosePorts() int {
 		return exitUsage
 	}
 	if d.natsPort == httpPort || d.azuritePort == httpPort || d.natsPort == d.azuritePort {
-		fmt.Fprintf(d.c.stderr, "batchd dev: the HTTP (%d), NATS (%d) and Azurite (%d) ports must differ\n", httpPort, d.natsPort, d.azuritePort)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: the HTTP (%d), NATS (%d) and Azurite (%d) ports must differ\n", httpPort, d.natsPort, d.azuritePort)
 		return exitUsage
 	}
 	d.httpAddr = net.JoinHostPort(host, strconv.Itoa(httpPort))
@@ -372,13 +373,13 @@ func (d *devRun) configure(ctx context.Context) int {
 	secretFile := filepath.Join(d.dir, devSecretFile)
 	pipelinesFile := filepath.Join(d.dir, devPipelines)
 	if err := os.WriteFile(keyFile, []byte(azurite.Key+"\n"), 0o600); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: %v\n", err)
 		return exitFailed
 	}
 	secret := make([]byte, 24)
 	_, _ = rand.Read(secret)
 	if err := os.WriteFile(secretFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: %v\n", err)
 		return exitFailed
 	}
 	d.secret = hex.EncodeToString(secret)
@@ -390,16 +391,16 @@ func (d *devRun) configure(ctx context.Context) int {
 		PollInterval: t.pollInterval, Schedule: t.cron,
 	})
 	if err := os.WriteFile(pipelinesFile, []byte(text), 0o600); err != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: %v\n", err)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: %v\n", err)
 		return exitFailed
 	}
 	env, f, err := config.Load(ctx, config.MapEnv(devEnv(d.dir, d.httpAddr, d.natsPort, d.sim.ARMEndpoint(), t, d.c.env)), "")
 	if err == nil {
-		err = serveChecks(env)
+		err = daemon.Check(env)
 	}
 	if err != nil {
-		fmt.Fprintln(d.c.stderr, "batchd dev: the generated configuration does not load (a bug in batchd dev):")
-		return configExit(d.c, err)
+		fmt.Fprintln(d.c.stderr, "batchd-dev: the generated configuration does not load (a bug in batchd-dev):")
+		return cmdutil.ConfigExit(d.c.stderr, err)
 	}
 	d.env, d.file = env, f
 	d.state = devState{
@@ -408,7 +409,7 @@ func (d *devRun) configure(ctx context.Context) int {
 		AzuriteURL: d.az.URL, AzuritePort: d.azuritePort, AccountURL: d.az.AccountURL(),
 		SimulatorURL: d.sim.URL(), PipelinesFile: pipelinesFile, WebhookSecretFile: secretFile,
 	}
-	for _, name := range sortedNames(f.Triggers.Blob) {
+	for _, name := range cmdutil.SortedNames(f.Triggers.Blob) {
 		b := f.Triggers.Blob[name]
 		d.state.BlobPipelines = append(d.state.BlobPipelines, devBlobPipeline{Pipeline: name, Account: b.Account, Container: b.Container})
 	}
@@ -458,7 +459,7 @@ func (d *devRun) lifecycle(fail bool) jobstest.Lifecycle {
 	}}
 	if fail {
 		lc.ErrorCode = "UserError"
-		lc.ErrorMessage = "simulated failure: the scoring script raised ValueError while reading the input (batchd dev fails every file whose name contains \"fail\")"
+		lc.ErrorMessage = "simulated failure: the scoring script raised ValueError while reading the input (batchd-dev fails every file whose name contains \"fail\")"
 	}
 	return lc
 }
@@ -496,16 +497,16 @@ func (d *devRun) waitReady(ctx context.Context) int {
 				err = errors.New("returned before it was ready")
 			}
 			if config.IsConfigError(err) {
-				return configExit(d.c, err)
+				return cmdutil.ConfigExit(d.c.stderr, err)
 			}
-			fmt.Fprintf(d.c.stderr, "batchd dev: batchd did not start: %v (log: %s)\n", err, d.logPath)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: batchd did not start: %v (log: %s)\n", err, d.logPath)
 			return exitFailed
 		case <-ctx.Done():
 			return exitOK // stop follows; a signal while starting is not a failure
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			fmt.Fprintf(d.c.stderr, "batchd dev: batchd not ready after 60s (log: %s)\n", d.logPath)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: batchd not ready after 60s (log: %s)\n", d.logPath)
 			return exitFailed
 		}
 	}
@@ -520,7 +521,7 @@ func lockDevState(dir string) (*os.File, error) {
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		_ = f.Close()
-		msg := "another batchd dev is running on " + dir
+		msg := "another batchd-dev is running on " + dir
 		if st, rerr := readDevState(dir); rerr == nil && st.PID > 0 {
 			msg += fmt.Sprintf(" (pid %d, %s)", st.PID, st.URL)
 		}
@@ -529,7 +530,7 @@ func lockDevState(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// devRunning reports whether a batchd dev holds the lock of dir.
+// devRunning reports whether a batchd-dev holds the lock of dir.
 func devRunning(dir string) bool {
 	f, err := os.Open(filepath.Join(dir, devLockFile))
 	if err != nil {
@@ -543,7 +544,7 @@ func devRunning(dir string) bool {
 	return false
 }
 
-// wipeDevState removes what a previous batchd dev wrote in dir, and only
+// wipeDevState removes what a previous batchd-dev wrote in dir, and only
 // that: --state may point at a directory that holds other things.
 func wipeDevState(dir string) error {
 	for _, name := range []string{devStateFile, devPipelines, devKeyFile, devSecretFile, devLogFile, devNATSDir, devAzuriteDir} {

@@ -39,23 +39,23 @@ func readmeDemoCommands(t *testing.T) []string {
 		switch {
 		case strings.HasPrefix(line, "```"):
 			inBlock = !inBlock
-		case inBlock && strings.HasPrefix(line, "./bin/batchd "):
+		case inBlock && (strings.HasPrefix(line, "./bin/batchd ") || strings.HasPrefix(line, "./bin/batchd-dev ")):
 			cmds = append(cmds, comment.ReplaceAllString(line, ""))
 		}
 	}
 	if len(cmds) == 0 {
-		t.Fatal(`the README's "Two commands" section shows no ./bin/batchd command`)
+		t.Fatal(`the README's "Two commands" section shows no ./bin/batchd or ./bin/batchd-dev command`)
 	}
 	return cmds
 }
 
-// bannerCommands returns the commands batchd dev printed under "Try, in
+// bannerCommands returns the commands batchd-dev printed under "Try, in
 // another terminal:" (comments removed).
 func bannerCommands(t *testing.T, out string) []string {
 	t.Helper()
 	i := strings.Index(out, "Try, in another terminal:\n")
 	if i < 0 {
-		t.Fatalf("batchd dev printed no commands to try:\n%s", out)
+		t.Fatalf("batchd-dev printed no commands to try:\n%s", out)
 	}
 	var cmds []string
 	for _, line := range strings.Split(out[i:], "\n")[1:] {
@@ -71,7 +71,7 @@ func bannerCommands(t *testing.T, out string) []string {
 }
 
 // devWalkthrough runs, as a new user would in a second terminal of dir,
-// every command of the README's "Two commands" section and of batchd dev's
+// every command of the README's "Two commands" section and of batchd-dev's
 // banner, verbatim but for their placeholders (FILE, ID, …), and checks
 // that each does what the text beside it says. When the README or the
 // banner changes, this follows.
@@ -104,7 +104,7 @@ func devWalkthrough(t *testing.T, dir, base, banner string) {
 			t.Fatalf("%s: %v", line, err)
 		}
 		t.Logf("$ %s\n%s(exit %d)", line, b, code)
-		if id := idRE.FindString(string(b)); id != "" && strings.Contains(line, " dev upload ") {
+		if id := idRE.FindString(string(b)); id != "" && strings.Contains(line, "batchd-dev upload ") {
 			lastID = id
 		}
 		return string(b), code
@@ -129,13 +129,13 @@ func devWalkthrough(t *testing.T, dir, base, banner string) {
 		case strings.HasPrefix(line, "export "):
 			k, v, _ := strings.Cut(strings.TrimPrefix(line, "export "), "=")
 			env = append(env, k+"="+v)
-		case strings.Contains(line, " dev upload ") && strings.Contains(line, "fail"):
+		case strings.Contains(line, "batchd-dev upload ") && strings.Contains(line, "fail"):
 			// "a name containing fail makes a job that fails"
 			ends(orchestrator.StateFailed)
-		case strings.Contains(line, " dev upload "):
+		case strings.Contains(line, "batchd-dev upload "):
 			// "a new file in incoming/ makes a run"
 			ends(orchestrator.StateCompleted)
-		case strings.Contains(line, " dev publish ") && strings.Contains(line, "elsewhere"):
+		case strings.Contains(line, "batchd-dev publish ") && strings.Contains(line, "elsewhere"):
 			// "a URI outside the pipeline's allow-list is rejected, with the reason"
 			id := ends(orchestrator.StateRejected)
 			if id == "" {
@@ -144,7 +144,7 @@ func devWalkthrough(t *testing.T, dir, base, banner string) {
 			if r, err := procGetRun(base, id); err != nil || !strings.Contains(r.Error+r.History[len(r.History)-1].Reason, "allow-list") {
 				t.Errorf("%s: the run %s is rejected without the allow-list reason (%v)", line, id, err)
 			}
-		case strings.Contains(line, " dev publish "):
+		case strings.Contains(line, "batchd-dev publish "):
 			// "a NATS message makes a run"
 			if code != 0 || !idRE.MatchString(out) {
 				fail("0 and a run id")
@@ -168,7 +168,7 @@ func devWalkthrough(t *testing.T, dir, base, banner string) {
 	}
 
 	// The README's commands use the default address unless BATCHD_URL is
-	// set, as the banner says to when batchd dev listens elsewhere.
+	// set, as the banner says to when batchd-dev listens elsewhere.
 	env = append(env, "BATCHD_URL="+base)
 	for _, line := range readmeDemoCommands(t) {
 		check(line)

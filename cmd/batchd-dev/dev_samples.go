@@ -29,6 +29,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/datastores/azurite"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/orchestrator"
@@ -47,7 +48,7 @@ type devPipelineParams struct {
 
 // devPipelinesTemplate is the sample pipelines file; <<NAME>> are filled
 // by devPipelinesYAML ({{ }} belongs to the pipelines' own templates).
-const devPipelinesTemplate = `# The sample pipelines of ` + "`batchd dev`" + `. Written at every start of batchd dev
+const devPipelinesTemplate = `# The sample pipelines of ` + "`batchd-dev`" + `. Written at every start of batchd-dev
 # (edits here are overwritten: copy the file to experiment, and check it with
 # ` + "`batchd check --config FILE`" + `).
 #
@@ -88,7 +89,7 @@ storage:
 
 pipelines:
   # A file arriving in container "incoming". Event Grid delivers BlobCreated
-  # events to /eventgrid (batchd dev posts them itself: Azurite has no Event
+  # events to /eventgrid (batchd-dev posts them itself: Azurite has no Event
   # Grid); the poller sweeps the container and catches what Event Grid
   # dropped. Both derive the run id from the blob's URL and eTag, so a file
   # is submitted once, whoever saw it first.
@@ -360,7 +361,7 @@ type natsReply struct {
 // publishRequest publishes body on subject as a request: the core NATS
 // trigger answers with the run id (or why it took no run).
 func publishRequest(ctx context.Context, natsURL, subject string, body []byte) (natsReply, error) {
-	nc, err := nats.Connect(natsURL, nats.Name("batchd dev publish"), nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(natsURL, nats.Name("batchd-dev publish"), nats.Timeout(5*time.Second))
 	if err != nil {
 		return natsReply{}, fmt.Errorf("connect to %s: %w", natsURL, err)
 	}
@@ -381,7 +382,7 @@ func publishRequest(ctx context.Context, natsURL, subject string, body []byte) (
 	return r, nil
 }
 
-// devSample is one sample file and what batchd dev does with it.
+// devSample is one sample file and what batchd-dev does with it.
 type devSample struct {
 	container, name string
 	event           bool // post its BlobCreated event
@@ -550,7 +551,7 @@ func describeDelivery(a webhookAnswer, ids map[string]string) string {
 	var parts []string
 	if a.Emitted > 0 {
 		s := "new run"
-		for _, p := range sortedNames(ids) {
+		for _, p := range cmdutil.SortedNames(ids) {
 			s += " " + ids[p]
 		}
 		parts = append(parts, s)
@@ -576,7 +577,7 @@ func describeDelivery(a webhookAnswer, ids map[string]string) string {
 func describeNATSReply(r natsReply) string {
 	switch {
 	case r.Error != "":
-		return fmt.Sprintf("→ %s: %s", dash(r.State), r.Error)
+		return fmt.Sprintf("→ %s: %s", cmdutil.Dash(r.State), r.Error)
 	case r.Duplicate:
 		return "→ run " + r.RunID + " (the same message again: the same run, no second job)"
 	default:
@@ -594,7 +595,7 @@ func (d *devRun) banner() {
 	}
 	t := d.o.timings()
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nbatchd dev: batchd serve and everything it talks to, on this machine (no Azure account).\n\n")
+	fmt.Fprintf(&b, "\nbatchd-dev: batchd serve and everything it talks to, on this machine (no Azure account).\n\n")
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "  batchd\t%s\tAPI /api/v1, /healthz, /readyz, /metrics, Event Grid webhook /eventgrid\n", st.URL)
 	fmt.Fprintf(tw, "  status page\t%s/\t\n", st.URL)
@@ -609,43 +610,65 @@ func (d *devRun) banner() {
 	msg := shellQuote(`{"uri":"` + sampleURI + `"}`)
 	fmt.Fprintf(&b, "\nTry, in another terminal:\n")
 	fmt.Fprintf(&b, "  # a new file in incoming/ makes a run; a name containing \"fail\" makes a job that fails\n")
-	fmt.Fprintf(&b, "  %s dev upload%s FILE\n", cmd, stateFlag)
-	fmt.Fprintf(&b, "  %s dev upload%s --name my-fail.csv FILE\n", cmd, stateFlag)
+	fmt.Fprintf(&b, "  %s upload%s FILE\n", cmd, stateFlag)
+	fmt.Fprintf(&b, "  %s upload%s --name my-fail.csv FILE\n", cmd, stateFlag)
 	fmt.Fprintf(&b, "  # a NATS message makes a run; a URI outside the pipeline's allow-list is rejected, with the reason\n")
-	fmt.Fprintf(&b, "  %s dev publish%s %s %s\n", cmd, stateFlag, devSampleSubj, msg)
-	fmt.Fprintf(&b, "  %s dev publish%s %s '{\"uri\":\"https://elsewhere.blob.core.windows.net/data/x.csv\"}'\n", cmd, stateFlag, devSampleSubj)
+	fmt.Fprintf(&b, "  %s publish%s %s %s\n", cmd, stateFlag, devSampleSubj, msg)
+	fmt.Fprintf(&b, "  %s publish%s %s '{\"uri\":\"https://elsewhere.blob.core.windows.net/data/x.csv\"}'\n", cmd, stateFlag, devSampleSubj)
 	fmt.Fprintf(&b, "  # the same with the nats CLI, if you have it\n")
 	fmt.Fprintf(&b, "  nats -s %s pub %s %s\n", st.NATSURL, devSampleSubj, msg)
 	fmt.Fprintf(&b, "  # the API: run the scheduled pipeline by hand, list runs, explain one\n")
 	if st.URL != "http://127.0.0.1:8080" {
 		fmt.Fprintf(&b, "  export BATCHD_URL=%s\n", st.URL)
 	}
-	fmt.Fprintf(&b, "  %s pipelines run nightly --wait\n", cmd)
-	fmt.Fprintf(&b, "  %s runs list\n", cmd)
-	fmt.Fprintf(&b, "  %s runs show ID\n", cmd)
+	batchd := batchdCommandName()
+	fmt.Fprintf(&b, "  %s pipelines run nightly --wait\n", batchd)
+	fmt.Fprintf(&b, "  %s runs list\n", batchd)
+	fmt.Fprintf(&b, "  %s runs show ID\n", batchd)
 	fmt.Fprintf(&b, "\nRuns, as they happen (Ctrl-C stops everything):\n")
 	d.out.write(b.String())
 }
 
 // devCommandName is how the user ran this binary, for copy-paste commands:
-// "batchd" when that is what PATH finds, else a path relative to the
-// working directory (./bin/batchd), else the absolute path.
+// "batchd-dev" when that is what PATH finds, else a path relative to the
+// working directory (./bin/batchd-dev), else the absolute path.
 func devCommandName() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "batchd-dev"
+	}
+	return commandName("batchd-dev", exe)
+}
+
+// batchdCommandName is how to call the batchd CLI that came with this
+// binary (make build puts both in bin/), for copy-paste commands: "batchd"
+// when there is none beside it.
+func batchdCommandName() string {
 	exe, err := os.Executable()
 	if err != nil {
 		return "batchd"
 	}
-	if p, err := exec.LookPath("batchd"); err == nil {
-		if a, err := filepath.Abs(p); err == nil && a == exe {
-			return "batchd"
+	sibling := filepath.Join(filepath.Dir(exe), "batchd")
+	if _, err := os.Stat(sibling); err != nil {
+		return "batchd"
+	}
+	return commandName("batchd", sibling)
+}
+
+// commandName is name when PATH finds path under it, else path relative
+// to the working directory, else path, quoted for a shell.
+func commandName(name, path string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		if a, err := filepath.Abs(p); err == nil && a == path {
+			return name
 		}
 	}
 	if wd, err := os.Getwd(); err == nil {
-		if r, err := filepath.Rel(wd, exe); err == nil && !strings.HasPrefix(r, "..") {
+		if r, err := filepath.Rel(wd, path); err == nil && !strings.HasPrefix(r, "..") {
 			return shellQuote("./" + r)
 		}
 	}
-	return shellQuote(exe)
+	return shellQuote(path)
 }
 
 // shellQuote quotes s for a POSIX shell when it needs it.

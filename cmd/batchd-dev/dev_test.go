@@ -22,6 +22,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/batchd/batchd/cmd/internal/daemon"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/datastores/azurite"
 	"github.com/batchd/batchd/jobs"
@@ -31,8 +32,8 @@ import (
 )
 
 // writeDevSample writes the sample pipelines file (with its key file and
-// webhook secret) into dir as batchd dev does, after edit, and loads it the
-// way batchd dev and batchd serve do.
+// webhook secret) into dir as batchd-dev does, after edit, and loads it the
+// way batchd-dev and batchd serve do.
 func loadDevSample(t *testing.T, dir string, o devOptions, edit func(string) string) (*config.Env, *config.File, error) {
 	t.Helper()
 	key := filepath.Join(dir, devKeyFile)
@@ -57,12 +58,12 @@ func loadDevSample(t *testing.T, dir string, o devOptions, edit func(string) str
 	}
 	env, f, err := config.Load(t.Context(), config.MapEnv(devEnv(dir, "127.0.0.1:8080", 4222, "https://127.0.0.1:4443", tm, nil)), "")
 	if err == nil {
-		err = serveChecks(env)
+		err = daemon.Check(env)
 	}
 	return env, f, err
 }
 
-// TestDevSamplePipelines checks that the sample pipelines file batchd dev
+// TestDevSamplePipelines checks that the sample pipelines file batchd-dev
 // writes passes the checks of `batchd check` and `batchd serve`, in both
 // paces, with one pipeline per trigger kind.
 func TestDevSamplePipelines(t *testing.T) {
@@ -327,7 +328,7 @@ func TestDevFlags(t *testing.T) {
 	}
 }
 
-// TestDevEndToEnd runs `batchd dev` as a process with free ports and the
+// TestDevEndToEnd runs `batchd-dev` as a process with free ports and the
 // hidden --fast pace: the sample runs of all three pipelines finish through
 // the simulator (one job per file although the webhook and the poller both
 // see every file), `dev upload`, `dev publish` and `pipelines run` work
@@ -335,7 +336,7 @@ func TestDevFlags(t *testing.T) {
 // left.
 func TestDevEndToEnd(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds batchd and runs batchd dev with Azurite")
+		t.Skip("builds batchd and runs batchd-dev with Azurite")
 	}
 	t.Parallel()
 	// As a user runs it: from a checkout with the binary in bin/, the
@@ -357,7 +358,7 @@ func TestDevEndToEnd(t *testing.T) {
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
 
 	var stdout, stderr lockedBuffer
-	cmd := exec.Command(bin, "dev", "--fast", "--http", httpAddr, "--nats-port", strconv.Itoa(natsPort),
+	cmd := exec.Command(bin, "--fast", "--http", httpAddr, "--nats-port", strconv.Itoa(natsPort),
 		"--azurite-port", strconv.Itoa(azPort))
 	cmd.Dir = dir
 	cmd.Env = env
@@ -374,7 +375,7 @@ func TestDevEndToEnd(t *testing.T) {
 			<-exited //nolint:errcheck // the exit status of a process we killed
 		}
 		if t.Failed() {
-			t.Logf("batchd dev stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+			t.Logf("batchd-dev stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 			if b, err := os.ReadFile(filepath.Join(state, devLogFile)); err == nil {
 				lines := strings.Split(string(b), "\n")
 				t.Logf("last lines of batchd.log:\n%s", strings.Join(lines[max(0, len(lines)-30):], "\n"))
@@ -386,7 +387,7 @@ func TestDevEndToEnd(t *testing.T) {
 		select {
 		case err := <-exited:
 			running = false
-			t.Fatalf("batchd dev exited early: %v", err)
+			t.Fatalf("batchd-dev exited early: %v", err)
 		default:
 		}
 	}
@@ -469,7 +470,7 @@ func TestDevEndToEnd(t *testing.T) {
 		t.Errorf("GET /api/v1/pipelines = %d pipelines, %v; want 3", len(pl.Pipelines), err)
 	}
 	out := stdout.String()
-	for _, s := range []string{base + "/", "nats://127.0.0.1:" + strconv.Itoa(natsPort), "./bin/batchd dev upload FILE", "./bin/batchd dev publish demo.score",
+	for _, s := range []string{base + "/", "nats://127.0.0.1:" + strconv.Itoa(natsPort), "./bin/batchd-dev upload FILE", "./bin/batchd-dev publish demo.score",
 		"pipelines run nightly --wait", "runs show ID", "export BATCHD_URL=" + base, filepath.Join(devDefaultState, devPipelines),
 		"fresh: this start cleared"} {
 		if !strings.Contains(out, s) {
@@ -484,7 +485,11 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	runCLI := func(args ...string) (string, int) {
 		t.Helper()
-		c := exec.Command(bin, args...)
+		name := bin
+		if args[0] != "upload" && args[0] != "publish" {
+			name = filepath.Join(filepath.Dir(bin), "batchd")
+		}
+		c := exec.Command(name, args...)
 		c.Env = env
 		b, err := c.CombinedOutput()
 		var ee *exec.ExitError
@@ -497,22 +502,22 @@ func TestDevEndToEnd(t *testing.T) {
 		return string(b), 0
 	}
 	idRE := regexp.MustCompile(`Run ([0-9a-f]{32})`)
-	upOut, code := runCLI("dev", "upload", "--state", state, "--wait", file)
+	upOut, code := runCLI("upload", "--state", state, "--wait", file)
 	m := idRE.FindStringSubmatch(upOut)
 	if code != exitOK || m == nil || !strings.Contains(upOut, "completed") {
-		t.Errorf("batchd dev upload --wait: exit %d, output:\n%s\nwant exit 0, a run id and completed", code, upOut)
+		t.Errorf("batchd-dev upload --wait: exit %d, output:\n%s\nwant exit 0, a run id and completed", code, upOut)
 	}
-	pubOut, code := runCLI("dev", "publish", "--state", state, "--wait", devSampleSubj,
+	pubOut, code := runCLI("publish", "--state", state, "--wait", devSampleSubj,
 		`{"uri":"http://127.0.0.1:`+strconv.Itoa(azPort)+`/devstoreaccount1/incoming/extra.csv"}`)
 	if code != exitOK || !idRE.MatchString(pubOut) || !strings.Contains(pubOut, "completed") {
-		t.Errorf("batchd dev publish --wait: exit %d, output:\n%s\nwant exit 0, a run id and completed", code, pubOut)
+		t.Errorf("batchd-dev publish --wait: exit %d, output:\n%s\nwant exit 0, a run id and completed", code, pubOut)
 	}
-	again, code := runCLI("dev", "publish", "--state", state, devSampleSubj,
+	again, code := runCLI("publish", "--state", state, devSampleSubj,
 		`{"uri":"http://127.0.0.1:`+strconv.Itoa(azPort)+`/devstoreaccount1/incoming/extra.csv"}`)
 	if code != exitOK || !strings.Contains(again, "exists already") {
 		t.Errorf("publishing the same message again: exit %d, output:\n%s\nwant exit 0 and that the run exists already", code, again)
 	}
-	rejOut, code := runCLI("dev", "publish", "--state", state, "--wait", devSampleSubj, `{"uri":"https://elsewhere.blob.core.windows.net/data/x.csv"}`)
+	rejOut, code := runCLI("publish", "--state", state, "--wait", devSampleSubj, `{"uri":"https://elsewhere.blob.core.windows.net/data/x.csv"}`)
 	if code != exitRejected || !strings.Contains(rejOut, "allow-list") {
 		t.Errorf("publishing a URI outside the allow-list: exit %d, output:\n%s\nwant exit %d and the allow-list reason", code, rejOut, exitRejected)
 	}
@@ -522,7 +527,7 @@ func TestDevEndToEnd(t *testing.T) {
 
 	devWalkthrough(t, dir, base, stdout.String())
 
-	// Shutdown: every process batchd dev started goes with it.
+	// Shutdown: every process batchd-dev started goes with it.
 	kids := devDescendants(t, cmd.Process.Pid)
 	azuriteSeen := false
 	for pid, p := range kids {
@@ -542,13 +547,13 @@ func TestDevEndToEnd(t *testing.T) {
 	case err := <-exited:
 		running = false
 		if err != nil {
-			t.Errorf("batchd dev after SIGINT: %v, want exit 0", err)
+			t.Errorf("batchd-dev after SIGINT: %v, want exit 0", err)
 		}
-		if out := stdout.String(); !strings.Contains(out, "'batchd dev --keep' resumes from it, 'batchd dev' starts afresh") {
+		if out := stdout.String(); !strings.Contains(out, "'batchd-dev --keep' resumes from it, 'batchd-dev' starts afresh") {
 			t.Errorf("the stop message does not say what happens to the state:\n%s", out[max(0, len(out)-400):])
 		}
 	case <-time.After(60 * time.Second):
-		t.Fatal("batchd dev did not exit within 60s of SIGINT")
+		t.Fatal("batchd-dev did not exit within 60s of SIGINT")
 	}
 	devWaitFor(t, 10*time.Second, "the child processes to go", func() {}, func() bool {
 		for pid, p := range kids {
@@ -568,9 +573,9 @@ func TestDevEndToEnd(t *testing.T) {
 	if strings.Contains(all, azurite.Key) {
 		t.Errorf("the Azurite account key reached the output or the log")
 	}
-	// With batchd dev gone, the subcommands say so.
-	if msg, code := runCLI("dev", "upload", "--state", state, file); code != exitUsage || !strings.Contains(msg, "no batchd dev is running") {
-		t.Errorf("dev upload with batchd dev stopped: exit %d, %q; want 2 and why", code, msg)
+	// With batchd-dev gone, the subcommands say so.
+	if msg, code := runCLI("upload", "--state", state, file); code != exitUsage || !strings.Contains(msg, "no batchd-dev is running") {
+		t.Errorf("dev upload with batchd-dev stopped: exit %d, %q; want 2 and why", code, msg)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/orchestrator"
 	"github.com/batchd/batchd/orchestrator/apiclient"
 )
@@ -121,7 +122,7 @@ func progressDetail(r orchestrator.RunSummary) string {
 	case orchestrator.StateReceived:
 		return "from " + r.Source + describeKey(r)
 	case orchestrator.StateSubmitting:
-		return "posting the job to " + dash(r.Endpoint)
+		return "posting the job to " + cmdutil.Dash(r.Endpoint)
 	case orchestrator.StateSubmitted, orchestrator.StateRunning:
 		if r.Job != nil && r.Job.Status != "" {
 			return job + " (" + string(r.Job.Status) + ")"

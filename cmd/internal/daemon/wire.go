@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -13,10 +13,10 @@ import (
 	"github.com/batchd/batchd/jobs"
 )
 
-// newStorageChecker builds the storage clients and the preflight checker the
+// NewStorageChecker builds the storage clients and the preflight checker the
 // daemon and `batchd explain` share. cred may be nil: then only accounts
 // configured under storage.accounts are reachable.
-func newStorageChecker(env *config.Env, f *config.File, cred azcore.TokenCredential, log *slog.Logger) (*datastores.Storage, *datastores.Checker) {
+func NewStorageChecker(env *config.Env, f *config.File, cred azcore.TokenCredential, log *slog.Logger) (*datastores.Storage, *datastores.Checker) {
 	st := datastores.NewStorage(datastores.StorageOptions{
 		Accounts:   f.Accounts,
 		Credential: cred,
@@ -50,10 +50,10 @@ func identityText(o jobs.CredentialOptions) string {
 	return "the daemon's Microsoft Entra credential"
 }
 
-// lazyCredential builds the real credential on first use. Commands that may
+// LazyCredential builds the real credential on first use. Commands that may
 // never need a token (explain against configured accounts, check) then do
 // not construct, or probe, a managed identity on a machine that has none.
-type lazyCredential struct {
+type LazyCredential struct {
 	opts jobs.CredentialOptions
 
 	once sync.Once
@@ -61,7 +61,14 @@ type lazyCredential struct {
 	err  error
 }
 
-func (l *lazyCredential) GetToken(ctx context.Context, o policy.TokenRequestOptions) (azcore.AccessToken, error) {
+// NewLazyCredential returns a credential that builds the one opts describe
+// on its first GetToken.
+func NewLazyCredential(opts jobs.CredentialOptions) *LazyCredential {
+	return &LazyCredential{opts: opts}
+}
+
+// GetToken builds the credential once, then asks it.
+func (l *LazyCredential) GetToken(ctx context.Context, o policy.TokenRequestOptions) (azcore.AccessToken, error) {
 	l.once.Do(func() { l.cred, l.err = jobs.NewCredential(l.opts) })
 	if l.err != nil {
 		return azcore.AccessToken{}, l.err

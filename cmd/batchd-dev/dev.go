@@ -10,11 +10,13 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/batchd/batchd/cmd/internal/cmdutil"
 )
 
-const devUsage = `Usage: batchd dev [--http ADDR] [--nats-port N] [--azurite-port N] [--state DIR] [--keep] [--quiet]
-       batchd dev upload FILE [--container C] [--name NAME] [--wait] [--state DIR]
-       batchd dev publish SUBJECT JSON [--wait] [--state DIR]
+const devUsage = `Usage: batchd-dev [--http ADDR] [--nats-port N] [--azurite-port N] [--state DIR] [--keep] [--quiet]
+       batchd-dev upload FILE [--container C] [--name NAME] [--wait] [--state DIR]
+       batchd-dev publish SUBJECT JSON [--wait] [--state DIR]
 
 Runs batchd on this machine, with no Azure account, together with everything
 it talks to: an embedded NATS server with JetStream, Azurite (the Azure
@@ -27,7 +29,7 @@ change. 'make demo' installs what is needed, builds, and runs this.
 
 The sample pipelines (DIR/pipelines.yaml):
   uploads     a file in container "incoming": Event Grid BlobCreated events
-              (batchd dev posts them to its own /eventgrid webhook, because
+              (batchd-dev posts them to its own /eventgrid webhook, because
               Azurite has no Event Grid) plus a poller that finds files whose
               event was lost. Both derive the same run id from the blob's URL
               and eTag, so a file is never submitted twice.
@@ -37,15 +39,15 @@ A file whose name contains "fail" gets a job that ends Failed, to show how a
 failure is reported. Simulated jobs are Queued for 3 s, Running for 10 s.
 
 Credentials: the managed-identity App Service protocol against the simulator
-(BATCHD_CREDENTIAL=managed-identity). batchd dev sets IDENTITY_ENDPOINT and
+(BATCHD_CREDENTIAL=managed-identity). batchd-dev sets IDENTITY_ENDPOINT and
 IDENTITY_HEADER in its own process environment, nowhere else. Every listener
 is on 127.0.0.1 and nothing leaves the machine.
 
 Ctrl-C (or SIGTERM) stops batchd (with its shutdown grace), the simulator
 and Azurite, and exits 0; a second Ctrl-C (a second or more later) stops at
-once, with exit 1. Azurite also dies when batchd dev is killed.
+once, with exit 1. Azurite also dies when batchd-dev is killed.
 
-Subcommands (they find the running batchd dev through DIR/dev.json):
+Subcommands (they find the running batchd-dev through DIR/dev.json):
   upload FILE           upload FILE to Azurite (container incoming, named
                         after the file) and post its BlobCreated event;
                         prints the run id
@@ -66,18 +68,18 @@ Flags:
   --quiet              no progress lines
 
 A default port that is taken falls back to a free one (and says so); a port
-given as a flag must be free. Without --keep, the files batchd dev writes in
+given as a flag must be free. Without --keep, the files batchd-dev writes in
 DIR are removed at start (nothing else in DIR is touched).
 
 Exit codes: 0 stopped by Ctrl-C or SIGTERM; 1 something failed while running;
 2 usage, configuration, or a missing prerequisite (Node.js, Azurite, a taken
-port, another batchd dev on DIR).
+port, another batchd-dev on DIR).
 `
 
 // devDefaultState is the default state directory (in .gitignore).
 const devDefaultState = ".batchd-dev"
 
-// devOptions are the flags of `batchd dev`.
+// devOptions are the flags of `batchd-dev`.
 type devOptions struct {
 	httpAddr    string
 	natsPort    int
@@ -93,7 +95,7 @@ type devOptions struct {
 	explicit map[string]bool
 }
 
-// cmdDev is `batchd dev`.
+// cmdDev is batchd-dev: the stack, or one of its client subcommands.
 func cmdDev(ctx context.Context, c *cli, args []string) int {
 	if len(args) > 0 {
 		switch args[0] {
@@ -123,10 +125,10 @@ func parseDevFlags(stderr io.Writer, args []string) (devOptions, int, bool) {
 	fs.BoolVar(&o.quiet, "quiet", false, "")
 	fs.BoolVar(&o.fast, "fast", false, "")
 	if err := fs.Parse(args); err != nil {
-		return o, flagExit(err), false
+		return o, cmdutil.FlagExit(err), false
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "batchd dev: unexpected argument %q (subcommands: upload, publish)\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "batchd-dev: unexpected argument %q (subcommands: upload, publish)\n", fs.Arg(0))
 		return o, exitUsage, false
 	}
 	fs.Visit(func(f *flag.Flag) { o.explicit[f.Name] = true })
@@ -135,12 +137,12 @@ func parseDevFlags(stderr io.Writer, args []string) (devOptions, int, bool) {
 		v    int
 	}{{"nats-port", o.natsPort}, {"azurite-port", o.azuritePort}} {
 		if p.v < 0 || p.v > 65535 {
-			fmt.Fprintf(stderr, "batchd dev: --%s %d is not a port (0 picks a free one)\n", p.name, p.v)
+			fmt.Fprintf(stderr, "batchd-dev: --%s %d is not a port (0 picks a free one)\n", p.name, p.v)
 			return o, exitUsage, false
 		}
 	}
 	if o.stateDir == "" {
-		fmt.Fprintln(stderr, "batchd dev: --state must not be empty")
+		fmt.Fprintln(stderr, "batchd-dev: --state must not be empty")
 		return o, exitUsage, false
 	}
 	return o, exitOK, true
@@ -161,7 +163,7 @@ func runDev(ctx context.Context, c *cli, o devOptions) int {
 	code = d.wait(ctx)
 	d.stop()
 	if code == exitOK {
-		d.say("dev", "stopped; the state stays in %s: 'batchd dev --keep' resumes from it, 'batchd dev' starts afresh", d.rel(d.dir))
+		d.say("dev", "stopped; the state stays in %s: 'batchd-dev --keep' resumes from it, 'batchd-dev' starts afresh", d.rel(d.dir))
 	}
 	return code
 }
@@ -194,7 +196,7 @@ func (d *devRun) wait(ctx context.Context) int {
 				if time.Now().Before(settle) {
 					continue
 				}
-				fmt.Fprintln(d.c.stderr, "batchd dev: second signal: stopping at once")
+				fmt.Fprintln(d.c.stderr, "batchd-dev: second signal: stopping at once")
 				if d.az != nil {
 					_ = d.az.Close()
 				}
@@ -215,9 +217,9 @@ func (d *devRun) wait(ctx context.Context) int {
 	}
 	d.bg.Wait()
 	if serveErr != nil {
-		fmt.Fprintf(d.c.stderr, "batchd dev: batchd stopped: %v\n", serveErr)
+		fmt.Fprintf(d.c.stderr, "batchd-dev: batchd stopped: %v\n", serveErr)
 		if d.logPath != "" {
-			fmt.Fprintf(d.c.stderr, "batchd dev: the log is %s\n", d.logPath)
+			fmt.Fprintf(d.c.stderr, "batchd-dev: the log is %s\n", d.logPath)
 		}
 		return exitFailed
 	}
