@@ -200,7 +200,7 @@ func (o *Orchestrator) Resolve(ctx context.Context, id string, req ResolveReques
 	if r.State == StateSubmitting {
 		return nil, fmt.Errorf("%w: run %s is being submitted right now; try again in a few seconds", ErrNotAllowed, id)
 	}
-	if req.Job != "" && o.isOnline(r) {
+	if req.Job != "" && !o.kindOf(r).adoptsJobs() {
 		return nil, fmt.Errorf("%w: run %s scored an online endpoint and has no job to adopt: resolve it to a state", ErrNotAllowed, id)
 	}
 	now := time.Now().UTC()

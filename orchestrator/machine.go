@@ -79,6 +79,18 @@ type delivery struct {
 	nudge bool
 }
 
+// step is what a step function decides on: the run as read, the revision
+// every write of the step compares against, and the message carrying it.
+// The two contexts are the loop's: ctx ends after the shutdown grace (work
+// in flight finishes with it), stop when shutdown begins (waits give up at
+// once, and no new POST starts).
+type step struct {
+	ctx, stop context.Context
+	r         *record
+	rev       uint64
+	d         *delivery
+}
+
 // drive reads the run and takes the next step, again after every
 // concurrent change, until the message can be settled.
 //
@@ -99,7 +111,7 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 			if s, done, err := o.forgottenDuplicate(ctx, d); done || err != nil {
 				return s, err
 			}
-			r = newRecord(*d.ev, time.Now().UTC())
+			r = newRecord(*d.ev, o.now())
 			rev, err = o.ledger.create(ctx, r)
 			if errors.Is(err, errExists) {
 				continue // a duplicate raced us; read it
@@ -121,7 +133,7 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 		d.first = false // decided on the first read
 
 		if d.retryGen > 0 && r.Sys.Gen < d.retryGen {
-			s, err := o.retryTransition(ctx, r, rev, d)
+			s, err := o.retryTransition(&step{ctx: ctx, stop: stop, r: r, rev: rev, d: d})
 			if errors.Is(err, errRedrive) {
 				continue
 			}
@@ -140,8 +152,8 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 				}
 			}
 			o.releaseSlot(ctx, r)
-			if again && d.carrier == carrierIntake && o.isOnline(r) {
-				o.deliverOnline(ctx, r, nil, "", false)
+			if again && d.carrier == carrierIntake {
+				o.kindOf(r).answer(ctx, r, nil, "", false)
 			}
 			return ack(), nil
 		}
@@ -154,13 +166,14 @@ func (o *Orchestrator) drive(ctx, stop context.Context, d *delivery) (settle, er
 			return ack(), nil // a stale message: the run's carrier is elsewhere
 		}
 		var s settle
+		st := &step{ctx: ctx, stop: stop, r: r, rev: rev, d: d}
 		if d.nudge && d.carrier == carrierIntake {
-			s, err = o.requests(ctx, r, rev, d)
+			s, err = o.requests(st)
 			if err == nil && s.Kind == consumer.KindNak {
 				s = ack() // the run's own intake message carries on
 			}
 		} else {
-			s, err = o.step(ctx, stop, r, rev, d)
+			s, err = o.step(st) //nolint:contextcheck // st carries the loop's two contexts (step.ctx, step.stop)
 		}
 		if errors.Is(err, errRedrive) || errors.Is(err, errConflict) {
 			continue
@@ -180,8 +193,8 @@ func (o *Orchestrator) duplicate(ctx context.Context, r *record, d *delivery) (s
 		return settle{}, err
 	}
 	o.met.events.WithLabelValues(d.ev.Source, "duplicate").Inc()
-	if m := d.ev.Message; m != nil && m.ReplyDeferred && m.Reply != "" && o.isOnline(r) {
-		o.deliverOnline(ctx, r, nil, m.Reply, true)
+	if m := d.ev.Message; m != nil && m.ReplyDeferred && m.Reply != "" {
+		o.kindOf(r).answer(ctx, r, nil, m.Reply, true)
 	}
 	if !r.State.Terminal() && r.Sys.Carrier == carrierTracker {
 		if err := o.ensureTracker(ctx, r); err != nil {
@@ -192,38 +205,37 @@ func (o *Orchestrator) duplicate(ctx context.Context, r *record, d *delivery) (s
 }
 
 // step takes the next step for a run this delivery carries.
-func (o *Orchestrator) step(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+func (o *Orchestrator) step(st *step) (settle, error) {
+	r := st.r
 	if r.Sys.Resolve != nil || r.Sys.Cancel != nil {
-		s, err := o.requests(ctx, r, rev, d)
+		s, err := o.requests(st)
 		if err != nil || s.Kind != consumer.KindNak || s.Delay != 0 {
 			return s, err
 		}
 	}
 	switch r.State {
 	case StateReceived:
-		return o.stepReceived(ctx, stop, r, rev, d)
+		return o.stepReceived(st)
 	case StateWaiting:
 		if r.Request == nil {
-			return o.stepReceived(ctx, stop, r, rev, d)
+			return o.stepReceived(st)
 		}
-		return o.admitAndSubmit(ctx, stop, r, rev, d)
+		return o.admitAndSubmit(st)
 	case StateSubmitting:
-		if o.isOnline(r) {
-			return o.stepOnlineFoundSubmitting(ctx, stop, r, rev, d)
-		}
-		return o.stepFoundSubmitting(ctx, r, rev, d)
+		return o.kindOf(r).foundSubmitting(st)
 	case StateUnknown:
-		return o.stepUnknown(ctx, stop, r, rev, d)
+		return o.stepUnknown(st)
 	case StateSubmitted, StateRunning:
-		return o.stepPoll(ctx, stop, r, rev, d)
+		return o.stepPoll(st)
 	}
 	return settle{}, consumer.Poison(fmt.Errorf("run %s: unexpected state %q", r.ID, r.State))
 }
 
 // requests carries out an operator's resolve or cancel request. It returns
 // nakAfter(0) with a nil error when there is nothing (more) to do here.
-func (o *Orchestrator) requests(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+func (o *Orchestrator) requests(st *step) (settle, error) {
+	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
+	now := o.now()
 	switch {
 	case r.Sys.Resolve != nil && r.State != StateSubmitting:
 		req := r.Sys.Resolve
@@ -255,15 +267,17 @@ func (o *Orchestrator) requests(ctx context.Context, r *record, rev uint64, d *d
 	return nakAfter(0), nil
 }
 
-// stepReceived renders the job, runs the preflight and records the
-// decision, then goes on to admission.
-func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+// stepReceived decides a run with no request yet: its pipeline's kind
+// takes it on (or, for a pipeline this replica does not know, another
+// replica may, for a while).
+func (o *Orchestrator) stepReceived(st *step) (settle, error) {
+	ctx, r, rev := st.ctx, st.r, st.rev
 	p := o.pipelines[r.Pipeline]
 	if p == nil {
 		// Some replica knew the pipeline when it accepted the event. During
 		// a rolling configuration change another one may still know it:
 		// give it the chance before deciding the pipeline is gone.
-		if age := time.Since(r.Created); age < unknownPipelineGrace {
+		if age := o.now().Sub(r.Created); age < unknownPipelineGrace {
 			o.log.Warn("event for a pipeline this replica does not know; leaving it to another replica for now",
 				"run", r.ID, "pipeline", r.Pipeline)
 			return nakAfter(backoff.Jitter(30*time.Second, 0.2)), nil
@@ -271,9 +285,13 @@ func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev ui
 		reason := fmt.Sprintf("pipeline %q is not configured", r.Pipeline)
 		return o.finish(ctx, r, rev, StateRejected, reason, reason)
 	}
-	if p.IsOnline() {
-		return o.stepOnline(ctx, stop, r, rev, d, p, "")
-	}
+	return o.kindOf(r).received(st, p)
+}
+
+// stepPreflight renders a batch run's job, runs the preflight and records
+// the decision, then goes on to admission.
+func (o *Orchestrator) stepPreflight(st *step, p *Pipeline) (settle, error) {
+	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
 	req, chk, err := p.Render(r.ID, r.Event)
 	if err != nil {
 		reason := "the event does not fit the pipeline's templates: " + err.Error()
@@ -288,7 +306,7 @@ func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev ui
 		return settle{}, fmt.Errorf("preflight of run %s interrupted: %w", r.ID, ctx.Err())
 	}
 	if dec.At.IsZero() {
-		dec.At = time.Now().UTC()
+		dec.At = o.now()
 	}
 	ep := p.Endpoint.Endpoint
 	r.Decision, r.Request, r.Endpoint, r.Sys.Endpoint = &dec, &req, p.Endpoint.Name, &ep
@@ -296,12 +314,13 @@ func (o *Orchestrator) stepReceived(ctx, stop context.Context, r *record, rev ui
 		reason := "preflight check rejected the job: " + dec.Reason
 		return o.finish(ctx, r, rev, StateRejected, reason, reason)
 	}
-	return o.admitAndSubmit(ctx, stop, r, rev, d)
+	return o.admitAndSubmit(st)
 }
 
 // admitAndSubmit takes an admission slot (or waits for one) and submits.
-func (o *Orchestrator) admitAndSubmit(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+func (o *Orchestrator) admitAndSubmit(st *step) (settle, error) {
+	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
+	now := o.now()
 	if now.Before(r.Sys.NotBefore) {
 		return o.wait(ctx, r, rev, "backoff", r.lastReasonFor(StateWaiting), r.Sys.NotBefore.Sub(now))
 	}
@@ -321,7 +340,7 @@ func (o *Orchestrator) admitAndSubmit(ctx, stop context.Context, r *record, rev 
 		}
 		return o.wait(ctx, r, rev, "max_running_jobs", reason, backoff.Delay(n, time.Second, o.opts.AdmissionRetryMax))
 	}
-	return o.submit(ctx, r, rev, d)
+	return o.submit(st)
 }
 
 // lastReasonFor is the reason of the latest history entry if it is for
@@ -338,7 +357,7 @@ func (r *record) lastReasonFor(s State) string {
 func (o *Orchestrator) wait(ctx context.Context, r *record, rev uint64, kind, reason string, delay time.Duration) (settle, error) {
 	if r.State != StateWaiting || r.Sys.WaitReason != reason {
 		o.met.admissionWaits.WithLabelValues(r.Endpoint, kind).Inc()
-		if err := r.toWaiting(reason, time.Now().UTC()); err != nil {
+		if err := r.toWaiting(reason, o.now()); err != nil {
 			return settle{}, err
 		}
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
@@ -365,8 +384,9 @@ func requestID(runID string, gen, attempt, resubmits int) string {
 // later (after SubmitDeadline, when no POST started then can still be in
 // flight) knows the POST may have happened and makes the run unknown. It
 // never POSTs again blindly.
-func (o *Orchestrator) submit(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+func (o *Orchestrator) submit(st *step) (settle, error) {
+	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
+	now := o.now()
 	attempt := len(r.PreviousJobs) + 1
 	req := *r.Request
 	req.RequestID = requestID(r.ID, r.Sys.Gen, attempt, r.Sys.Resubmits)
@@ -412,7 +432,7 @@ func ours(x *record, rid string) bool {
 var errStale = errors.New("the run moved on")
 
 func (o *Orchestrator) afterSubmit(ctx context.Context, r *record, rid string, job *jobs.Job, subErr error, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+	now := o.now()
 	ep := r.Sys.Endpoint
 	var upd func(x *record) error
 	var after func(x *record) (settle, error)
@@ -547,7 +567,7 @@ func (o *Orchestrator) handOver(ctx context.Context, r *record, d *delivery) (se
 		return ack(), nil
 	}
 	if r.State == StateSubmitted || r.State == StateRunning {
-		return nakAfter(o.pollDelay(r, time.Now())), nil
+		return nakAfter(o.pollDelay(r, o.now())), nil
 	}
 	return settle{}, errRedrive // unknown: start reconciling now
 }
@@ -586,8 +606,9 @@ func (o *Orchestrator) ensureTracker(ctx context.Context, r *record) error {
 // after its submit deadline may or may not have a job, so it becomes
 // unknown, never submitted again blindly. Before the deadline a POST may
 // still be in flight elsewhere: look again after it.
-func (o *Orchestrator) stepFoundSubmitting(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+func (o *Orchestrator) stepFoundSubmitting(st *step) (settle, error) {
+	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
+	now := o.now()
 	if now.Before(r.Sys.SubmitDeadline) {
 		return nakAfter(r.Sys.SubmitDeadline.Sub(now) + 500*time.Millisecond), nil
 	}
@@ -610,7 +631,7 @@ func (o *Orchestrator) stepFoundSubmitting(ctx context.Context, r *record, rev u
 // the same Nats-Msg-Id (dropped as a duplicate); a crash after the write
 // leaves a slot that the next delivery (or repair) frees.
 func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state State, reason, errText string) (settle, error) {
-	now := time.Now().UTC()
+	now := o.now()
 	if err := r.toFinished(state, reason, errText, now); err != nil {
 		return settle{}, err
 	}
@@ -636,20 +657,8 @@ func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state 
 	}
 	o.logRun(r)
 	o.releaseSlot(ctx, r)
-	if o.isOnline(r) {
-		o.deliverOnline(ctx, r, r.full, "", false)
-	}
+	o.kindOf(r).answer(ctx, r, r.full, "", false)
 	return ack(), nil
-}
-
-// isOnline reports whether r is a run of an online pipeline (as the run
-// was made, or as its pipeline is configured now).
-func (o *Orchestrator) isOnline(r *record) bool {
-	if r.Online != nil {
-		return true
-	}
-	p := o.pipelines[r.Pipeline]
-	return p != nil && p.IsOnline()
 }
 
 // releaseSlot gives the run's admission slot back (if it holds one).
@@ -672,12 +681,13 @@ func (o *Orchestrator) mayHoldSlot(r *record) bool {
 
 // retryTransition starts a new attempt of a finished or unknown run, on an
 // operator's retry message.
-func (o *Orchestrator) retryTransition(ctx context.Context, r *record, rev uint64, d *delivery) (settle, error) {
+func (o *Orchestrator) retryTransition(st *step) (settle, error) {
+	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
 	if !(r.State.Terminal() || r.State == StateUnknown) {
 		o.log.Info("retry ignored: the run is not finished or unknown", "run", r.ID, "state", r.State)
 		return ack(), nil
 	}
-	now := time.Now().UTC()
+	now := o.now()
 	if r.Job != nil {
 		r.PreviousJobs = append(r.PreviousJobs, *r.Job)
 		r.Job = nil
@@ -712,7 +722,7 @@ func (o *Orchestrator) logRun(r *record) {
 		o.log.Warn("run", attrs...)
 		return
 	}
-	if (r.State == StateReceived || r.State == StateSubmitting) && o.isOnline(r) {
+	if (r.State == StateReceived || r.State == StateSubmitting) && o.kindOf(r).quietSteps() {
 		// An online run takes milliseconds: its outcome is the decision
 		// worth a line at info; the steps before it are debug.
 		o.log.Debug("run", attrs...)

@@ -135,8 +135,9 @@ type onlineOutcome struct {
 
 // stepOnline takes a received (or safe-to-repeat) online run through one
 // request: render, decision, slot, submitting, Score, outcome.
-func (o *Orchestrator) stepOnline(ctx, stop context.Context, r *record, rev uint64, d *delivery, p *Pipeline, note string) (settle, error) {
-	start := time.Now().UTC()
+func (o *Orchestrator) stepOnline(st *step, p *Pipeline, note string) (settle, error) {
+	ctx, stop, r, rev, d := st.ctx, st.stop, st.r, st.rev, st.d
+	start := o.now()
 	// A request (with its wait for a slot) may outlast the consumer's
 	// AckWait: keep the message ours meanwhile, so that it is not handed
 	// to another worker mid-request.
@@ -178,7 +179,7 @@ func (o *Orchestrator) stepOnline(ctx, stop context.Context, r *record, rev uint
 		defer func() { <-sem }()
 	}
 
-	now := time.Now().UTC()
+	now := o.now()
 	attempt := r.Attempts + 1
 	rid := requestID(r.ID, r.Sys.Gen, attempt, 0)
 	call := &OnlineCall{RequestBytes: len(body), RequestID: rid, Deployment: p.Endpoint.Online.Deployment}
@@ -239,7 +240,7 @@ func keepInProgress(m jetstream.Msg, every time.Duration) (stop func()) {
 
 // afterScore records the answer (or its absence) and finishes the run.
 func (o *Orchestrator) afterScore(ctx context.Context, r *record, p *Pipeline, call *OnlineCall, resp *online.Response, serr error) (settle, error) {
-	now := time.Now().UTC()
+	now := o.now()
 	ep := p.Endpoint.Name
 	out := onlineOutcome{call: call, rid: call.RequestID}
 	answer := resp
@@ -363,7 +364,7 @@ func (o *Orchestrator) finishOnline(ctx context.Context, r *record, rev uint64, 
 // onlineUnknown parks an online run whose outcome is not known: an
 // operator decides (there is no job to reconcile). The tracker carries it.
 func (o *Orchestrator) onlineUnknown(ctx context.Context, r *record, rev uint64, reason, errText string) (settle, error) {
-	if err := r.toUnknown(errText, reason, time.Now().UTC()); err != nil {
+	if err := r.toUnknown(errText, reason, o.now()); err != nil {
 		return settle{}, err
 	}
 	if _, err := o.ledger.put(ctx, r, rev); err != nil {
@@ -381,14 +382,15 @@ func (o *Orchestrator) onlineUnknown(ctx context.Context, r *record, rev uint64,
 // in submitting after its SubmitDeadline had its request cut off. It is
 // scored again when the pipeline is safe_to_repeat; otherwise it becomes
 // unknown and the requester is told.
-func (o *Orchestrator) stepOnlineFoundSubmitting(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+func (o *Orchestrator) stepOnlineFoundSubmitting(st *step) (settle, error) {
+	ctx, r, rev := st.ctx, st.r, st.rev
+	now := o.now()
 	if now.Before(r.Sys.SubmitDeadline) {
 		return nakAfter(r.Sys.SubmitDeadline.Sub(now) + 100*time.Millisecond), nil
 	}
 	o.met.online.WithLabelValues(r.Endpoint, "interrupted").Inc()
 	if p := o.pipelines[r.Pipeline]; p != nil && p.IsOnline() && p.SafeToRepeat {
-		return o.stepOnline(ctx, stop, r, rev, d, p, fmt.Sprintf("attempt %d: batchd stopped while the previous request was in flight, and the pipeline is safe_to_repeat", r.Attempts+1))
+		return o.stepOnline(st, p, fmt.Sprintf("attempt %d: batchd stopped while the previous request was in flight, and the pipeline is safe_to_repeat", r.Attempts+1))
 	}
 	const why = "scoring outcome unknown: batchd stopped while the request was in flight"
 	reason := why + "; it was not sent again because the pipeline is not safe_to_repeat: an operator may `batchd runs retry` or `batchd runs resolve` it"

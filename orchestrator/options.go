@@ -98,6 +98,8 @@ type Options struct {
 	// without a workspace) is looked at again. Default PollMax.
 	ParkInterval time.Duration
 
+	// clock is the steps' "now" (tests stub it); nil is time.Now.
+	clock func() time.Time
 	// submitMargin is added to SubmitTimeout to get the moment after which
 	// a run found in submitting can no longer have a POST in flight, on any
 	// replica (it covers clock differences). Default 5s; tests lower it.

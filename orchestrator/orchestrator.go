@@ -49,10 +49,21 @@ type Orchestrator struct {
 
 	running atomic.Bool
 
+	// clock is Options.clock or time.Now; steps read it through now.
+	clock func() time.Time
+
 	// self is this replica's registry entry; view is what the last
 	// heartbeat saw of all (nil before the first).
 	self ReplicaInfo
 	view atomic.Pointer[replicaView]
+}
+
+// now is the steps' clock, in UTC.
+func (o *Orchestrator) now() time.Time {
+	if o.clock != nil {
+		return o.clock().UTC()
+	}
+	return time.Now().UTC()
 }
 
 // Interface guards.
@@ -100,6 +111,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		js:         opts.JS,
 		h:          h,
 		ledger:     &ledger{js: opts.JS, kv: h.ledger, retention: opts.Retention, leaderReads: opts.Replicas > 1},
+		clock:      opts.clock,
 		adm:        &admission{kv: kvstate.JetStream(h.admission)},
 		index:      newIndex(h.ledger, opts.Logger),
 		met:        newMetrics(opts.Registerer),

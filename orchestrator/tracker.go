@@ -86,8 +86,9 @@ func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bo
 }
 
 // stepPoll asks the endpoint for the job's status and records what changed.
-func (o *Orchestrator) stepPoll(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+func (o *Orchestrator) stepPoll(st *step) (settle, error) {
+	ctx, stop, r, rev, d := st.ctx, st.stop, st.r, st.rev, st.d
+	now := o.now()
 	ep := r.Sys.Endpoint
 	if r.Job == nil || ep == nil {
 		o.log.Error("run has no job to track; an operator must resolve it", "run", r.ID, "state", r.State)
@@ -184,7 +185,7 @@ func (o *Orchestrator) stepPoll(ctx, stop context.Context, r *record, rev uint64
 // jobFailed retries a failed job if the pipeline's retry policy allows
 // another attempt, and ends the run failed otherwise.
 func (o *Orchestrator) jobFailed(ctx context.Context, r *record, rev uint64, job *jobs.Job) (settle, error) {
-	now := time.Now().UTC()
+	now := o.now()
 	what := fmt.Sprintf("job %s failed", r.Job.Name)
 	if job.Error != "" {
 		what += ": " + job.Error
@@ -250,8 +251,9 @@ func (o *Orchestrator) timeout(ctx context.Context, r *record, rev uint64) (sett
 // adopts the one whose inputs match; with none found after ReconcileGrace it
 // submits once more; after that (or without a workspace) it waits for an
 // operator.
-func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uint64, d *delivery) (settle, error) {
-	now := time.Now().UTC()
+func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
+	ctx, stop, r, rev := st.ctx, st.stop, st.r, st.rev
+	now := o.now()
 	ep := r.Sys.Endpoint
 	if ep == nil || ep.Workspace == nil || r.Request == nil {
 		return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil // the carrier stays alive for operator requests
@@ -319,7 +321,7 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 		o.met.reconciles.WithLabelValues(r.Endpoint, "resubmitted").Inc()
 		r.Sys.Resubmits = 1
 		r.Sys.NotBefore, r.Sys.Transient = time.Time{}, 0
-		return o.admitAndSubmit(ctx, stop, r, rev, d)
+		return o.admitAndSubmit(st)
 	}
 	o.met.reconciles.WithLabelValues(r.Endpoint, "operator").Inc()
 	return o.park(ctx, r, rev, fmt.Sprintf("no job matching this run was found %s after it was submitted again; an operator must check the endpoint and run `batchd runs retry` or `batchd runs resolve`", o.opts.ReconcileGrace))
@@ -329,7 +331,7 @@ func (o *Orchestrator) stepUnknown(ctx, stop context.Context, r *record, rev uin
 // carrier alive so that operator requests reach it.
 func (o *Orchestrator) park(ctx context.Context, r *record, rev uint64, reason string) (settle, error) {
 	if r.Sys.WaitReason != reason {
-		if err := r.toParked(reason, time.Now().UTC()); err != nil {
+		if err := r.toParked(reason, o.now()); err != nil {
 			return settle{}, err
 		}
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
