@@ -34,9 +34,15 @@ import (
 // are in KV and the next Batcher to hold the lease picks them up.
 //
 // The run's key is the folder URL plus a hash of its files' (name, eTag)
-// pairs, so re-emitting the same batch after a crash between Emit and the
-// state update is a duplicate, and a later batch of the same folder (other
-// files) is a new run. The marker file is not one of the batch's files.
+// pairs, and a later batch of the same folder (other files) is a new run.
+// A flush first records the batch it is about to emit in the folder's
+// state (pending, with a CAS update), then emits it, then removes its
+// files. Whoever finds a pending batch (this replica after a crash between
+// the emit and the removal, or another one after the lease lapsed
+// mid-flush) emits exactly that batch again, a duplicate of the same run,
+// before anything else: files that arrived meanwhile are the next batch,
+// and the files of an emitted batch never run again. The marker file is
+// not one of the batch's files.
 
 type batchFile struct {
 	ETag string `json:"etag"`
@@ -53,6 +59,19 @@ type folderState struct {
 	Marker    bool                 `json:"marker,omitempty"`
 	First     time.Time            `json:"first"`
 	Last      time.Time            `json:"last"`
+	// Pending is the batch a flush is emitting (see the package comment):
+	// its files and marker leave the state once it is emitted.
+	Pending *pendingBatch `json:"pending,omitempty"`
+}
+
+// pendingBatch is one batch between its recording and its removal.
+type pendingBatch struct {
+	Files  map[string]batchFile `json:"files"`
+	Marker bool                 `json:"marker,omitempty"`
+	Last   time.Time            `json:"last"`
+	Why    string               `json:"why"`
+	// Key is the batch's run key: a removal clears only its own batch.
+	Key string `json:"key"`
 }
 
 func folderPrefix(pipeline string) string { return "batch." + kvstate.Token(pipeline) + ".folder." }
@@ -229,7 +248,7 @@ func (b *Batcher) flushDue(ctx context.Context) error {
 			continue
 		}
 		if why := b.due(st); why != "" {
-			if err := b.flush(ctx, key, st, why); err != nil {
+			if err := b.flush(ctx, key, st, e.Revision, why); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -240,6 +259,8 @@ func (b *Batcher) flushDue(ctx context.Context) error {
 // due says why the batch should be emitted now, or "".
 func (b *Batcher) due(st folderState) string {
 	switch {
+	case st.Pending != nil:
+		return "a batch recorded for emission was not cleared (" + st.Pending.Why + ")"
 	case st.Marker:
 		return "marker " + b.cfg.Marker + " arrived"
 	case len(st.Files) >= b.cfg.MaxFilesOrDefault():
@@ -250,21 +271,41 @@ func (b *Batcher) due(st folderState) string {
 	return ""
 }
 
-// batchEvent is the run of one folder batch.
-func (b *Batcher) batchEvent(st folderState) orchestrator.Event {
-	names := make([]string, 0, len(st.Files))
-	for n := range st.Files {
+// batchNames are the files of the folder's next batch: at most
+// max_files, in name order.
+func (b *Batcher) batchNames(files map[string]batchFile) []string {
+	names := make([]string, 0, len(files))
+	for n := range files {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	if len(names) > b.cfg.MaxFilesOrDefault() {
 		names = names[:b.cfg.MaxFilesOrDefault()]
 	}
+	return names
+}
+
+// batchKey is the run key of a batch: the folder URL and a hash of its
+// files' (name, eTag) pairs, or, for a marker alone, the marker's time.
+func (b *Batcher) batchKey(st folderState, pb *pendingBatch) string {
+	if len(pb.Files) == 0 {
+		return st.URL + "#marker@" + pb.Last.Format(time.RFC3339Nano)
+	}
+	return b.batchEvent(st, pb).Key
+}
+
+// batchEvent is the run of one folder batch.
+func (b *Batcher) batchEvent(st folderState, pb *pendingBatch) orchestrator.Event {
+	names := make([]string, 0, len(pb.Files))
+	for n := range pb.Files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
 	h := sha256.New()
 	var size int64
 	for _, n := range names {
-		fmt.Fprintf(h, "%s@%s\n", n, st.Files[n].ETag)
-		size += st.Files[n].Size
+		fmt.Fprintf(h, "%s@%s\n", n, pb.Files[n].ETag)
+		size += pb.Files[n].Size
 	}
 	source := st.Source
 	if source == "" {
@@ -274,7 +315,7 @@ func (b *Batcher) batchEvent(st folderState) orchestrator.Event {
 		Pipeline: b.pipeline,
 		Key:      st.URL + "#" + hex.EncodeToString(h.Sum(nil)[:12]),
 		Source:   source,
-		Time:     st.Last.UTC(),
+		Time:     pb.Last.UTC(),
 		Blob: &orchestrator.BlobEvent{
 			URL: st.URL, Account: st.Account, Container: st.Container, Folder: st.Folder,
 			Size: size, Files: names,
@@ -282,19 +323,35 @@ func (b *Batcher) batchEvent(st folderState) orchestrator.Event {
 	}
 }
 
-func (b *Batcher) flush(ctx context.Context, key string, st folderState, why string) error {
-	if len(st.Files) == 0 {
+func (b *Batcher) flush(ctx context.Context, key string, st folderState, rev uint64, why string) error {
+	if st.Pending == nil {
+		// Record the batch first: whoever finds it pending emits exactly it.
+		files := map[string]batchFile{}
+		for _, n := range b.batchNames(st.Files) {
+			files[n] = st.Files[n]
+		}
+		st.Pending = &pendingBatch{Files: files, Marker: st.Marker, Last: st.Last, Why: why}
+		st.Pending.Key = b.batchKey(st, st.Pending)
+		v, _ := json.Marshal(st)
+		if _, err := b.store.Update(ctx, key, v, rev); errors.Is(err, kvstate.ErrConflict) {
+			return nil // the folder changed: the next tick decides again
+		} else if err != nil {
+			return fmt.Errorf("record batch %s: %w", st.URL, err)
+		}
+	}
+	pb := st.Pending
+	if len(pb.Files) == 0 {
 		// A marker with no files: nothing to run; record it and clear.
-		ev := orchestrator.Event{Pipeline: b.pipeline, Key: st.URL + "#marker@" + st.Last.Format(time.RFC3339Nano),
-			Source: st.Source, Time: st.Last.UTC(),
+		ev := orchestrator.Event{Pipeline: b.pipeline, Key: b.batchKey(st, pb),
+			Source: st.Source, Time: pb.Last.UTC(),
 			Blob: &orchestrator.BlobEvent{URL: st.URL, Account: st.Account, Container: st.Container, Folder: st.Folder}}
 		if _, err := b.intake.Record(ctx, ev, orchestrator.StateFiltered, "marker "+b.cfg.Marker+" arrived in a folder with no new files"); err != nil {
 			return err
 		}
 		b.m.Inc("batch", b.pipeline, trigmetrics.Filtered)
-		return b.remove(ctx, key, st, nil)
+		return b.remove(ctx, key, pb)
 	}
-	ev := b.batchEvent(st)
+	ev := b.batchEvent(st, pb)
 	rc, err := b.intake.Emit(ctx, ev)
 	switch {
 	case err == nil:
@@ -313,12 +370,13 @@ func (b *Batcher) flush(ctx context.Context, key string, st folderState, why str
 		b.m.Inc("batch", b.pipeline, trigmetrics.Failed)
 		return fmt.Errorf("emit batch %s: %w", st.URL, err)
 	}
-	return b.remove(ctx, key, st, ev.Blob.Files)
+	return b.remove(ctx, key, pb)
 }
 
-// remove takes the emitted files (and the marker seen in st) out of the
-// folder's state; files added meanwhile stay for the next batch.
-func (b *Batcher) remove(ctx context.Context, key string, emitted folderState, names []string) error {
+// remove takes the emitted batch (its files, and the marker if it had
+// it) out of the folder's state; files added meanwhile, and new versions of
+// the batch's files, stay for the next batch.
+func (b *Batcher) remove(ctx context.Context, key string, pb *pendingBatch) error {
 	for range 8 {
 		e, err := b.store.Get(ctx, key)
 		if errors.Is(err, kvstate.ErrNotFound) {
@@ -331,15 +389,18 @@ func (b *Batcher) remove(ctx context.Context, key string, emitted folderState, n
 		if err := json.Unmarshal(e.Value, &cur); err != nil {
 			return err
 		}
-		for _, n := range names {
-			if f, ok := cur.Files[n]; ok && f.ETag == emitted.Files[n].ETag {
+		for n, f := range pb.Files {
+			if c, ok := cur.Files[n]; ok && c.ETag == f.ETag {
 				delete(cur.Files, n)
 			}
 		}
-		if emitted.Marker {
+		if pb.Marker {
 			cur.Marker = false
 		}
-		if len(cur.Files) == 0 && !cur.Marker {
+		if cur.Pending != nil && cur.Pending.Key == pb.Key {
+			cur.Pending = nil
+		}
+		if len(cur.Files) == 0 && cur.Pending == nil && !cur.Marker {
 			err = b.store.Delete(ctx, key, e.Revision)
 		} else {
 			v, _ := json.Marshal(cur)

@@ -2,6 +2,7 @@ package blob
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -148,6 +149,53 @@ func TestBatchDurableAcrossRestartAndFailures(t *testing.T) {
 		}
 		if s.Failed != 1 {
 			t.Errorf("failed emits = %d, want 1 (then retried)", s.Failed)
+		}
+	})
+}
+
+// crashAfterEmit is an intake whose Emits go through and then fail, as if
+// the process died right after the emit, before the folder's state was
+// updated; then arrive adds a file to the folder in that window.
+type crashAfterEmit struct {
+	*triggertest.Intake
+	crash  bool
+	arrive func()
+}
+
+func (c *crashAfterEmit) Emit(ctx context.Context, ev orchestrator.Event) (orchestrator.Receipt, error) {
+	rc, err := c.Intake.Emit(ctx, ev)
+	if err != nil || !c.crash {
+		return rc, err
+	}
+	c.crash = false
+	c.arrive()
+	return orchestrator.Receipt{}, errors.New("the process died after the emit")
+}
+
+// The files of an emitted batch never run again: not after a crash between
+// the emit and the update of the folder's state, even when more files
+// arrived in the folder meanwhile (they are the next batch, alone).
+func TestBatchFilesOfAnEmittedBatchNeverRunAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := kvstate.NewMemory()
+		cfg := batchCfg(BatchConfig{Quiet: time.Minute})
+		intake := &crashAfterEmit{Intake: triggertest.NewIntake(), crash: true}
+		intake.arrive = func() { add(t, store, cfg, "in/r/2.csv", "0x2") }
+		add(t, store, cfg, "in/r/1.csv", "0x1")
+		stop := runBatcher(t, intake, store, cfg, "a")
+		time.Sleep(90 * time.Second) // 1.csv is quiet: emitted, then the "crash"
+		synctest.Wait()
+		stop()
+		stop = runBatcher(t, intake, store, cfg, "b") // the next replica
+		time.Sleep(5 * time.Minute)
+		synctest.Wait()
+		stop()
+		s := intake.Snapshot()
+		if diff := cmp.Diff([][]string{{"in/r/1.csv"}, {"in/r/2.csv"}}, filesOf(s)); diff != "" {
+			t.Errorf("batches (-want +got):\n%s", diff)
+		}
+		if keys, _ := store.Keys(context.Background(), folderPrefix("score")); len(keys) != 0 {
+			t.Errorf("folder state left behind: %v", keys)
 		}
 	})
 }
