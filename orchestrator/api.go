@@ -108,7 +108,8 @@ type ReplayResponse struct {
 }
 
 // BackfillRequest is the body of POST /api/v1/pipelines/{name}/backfill:
-// the schedule's slots in (from, to].
+// a cron pipeline's schedule slots in (from, to], or a blob pipeline's
+// blobs last modified in (from, to].
 type BackfillRequest struct {
 	From   time.Time `json:"from"`
 	To     time.Time `json:"to"`
@@ -116,10 +117,13 @@ type BackfillRequest struct {
 	DryRun bool      `json:"dry_run,omitempty"`
 }
 
-// BackfillSlot is one slot of a backfill and the run it is.
+// BackfillSlot is one slot (or blob) of a backfill and the run it is.
 type BackfillSlot struct {
-	Time  time.Time `json:"time"`
-	RunID string    `json:"run_id"`
+	// Time is the slot's time, or the blob's last modification.
+	Time time.Time `json:"time"`
+	// Blob is the blob's URL, for a blob pipeline.
+	Blob  string `json:"blob,omitempty"`
+	RunID string `json:"run_id"`
 	// Duplicate: the slot already had a run; nothing new was submitted.
 	Duplicate bool  `json:"duplicate,omitempty"`
 	State     State `json:"state,omitempty"`
@@ -132,10 +136,10 @@ type BackfillResponse struct {
 	DryRun bool           `json:"dry_run,omitempty"`
 }
 
-// BackfillFunc lists the events of a pipeline's schedule slots in (from,
-// to]; the daemon builds it from the cron trigger (the orchestrator does not
-// know schedules). It returns ErrInvalid-wrapped errors for bad requests.
-type BackfillFunc func(pipeline string, from, to time.Time, limit int) (evs []Event, more bool, err error)
+// BackfillFunc lists the events of a pipeline's schedule slots (cron) or
+// blobs (blob) in (from, to]; the daemon builds it from the triggers (the
+// orchestrator does not know them).
+type BackfillFunc func(ctx context.Context, pipeline string, from, to time.Time, limit int) (evs []Event, more bool, err error)
 
 // HandlerOptions configure Handler.
 type HandlerOptions struct {
@@ -514,8 +518,8 @@ func (a *api) backfill(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, fmt.Errorf("%w: %q (configured: %s)", ErrUnknownPipeline, name, strings.Join(sortedKeys(a.o.pipelines), ", ")))
 		return
 	}
-	if a.backfillFn == nil || p.Trigger != "cron" {
-		a.fail(w, r, fmt.Errorf("%w: pipeline %s has no cron trigger; backfill fills schedule slots", ErrInvalid, name))
+	if a.backfillFn == nil || p.Trigger != "cron" && p.Trigger != "blob" {
+		a.fail(w, r, fmt.Errorf("%w: pipeline %s has no cron or blob trigger; backfill fills schedule slots and runs past blobs", ErrInvalid, name))
 		return
 	}
 	var req BackfillRequest
@@ -526,7 +530,7 @@ func (a *api) backfill(w http.ResponseWriter, r *http.Request) {
 	if req.Limit == 0 {
 		req.Limit = 100
 	}
-	evs, more, err := a.backfillFn(name, req.From, req.To, req.Limit)
+	evs, more, err := a.backfillFn(r.Context(), name, req.From, req.To, req.Limit)
 	if err != nil {
 		a.fail(w, r, fmt.Errorf("%w: %v", ErrInvalid, err)) //nolint:errorlint // the sentinel classifies; the cause is text, so that it cannot classify instead
 		return
@@ -535,6 +539,9 @@ func (a *api) backfill(w http.ResponseWriter, r *http.Request) {
 	resp := BackfillResponse{Slots: []BackfillSlot{}, More: more, DryRun: req.DryRun}
 	for _, ev := range evs {
 		slot := BackfillSlot{Time: ev.Time, RunID: RunID(ev.Pipeline, ev.Key)}
+		if ev.Blob != nil {
+			slot.Blob = ev.Blob.URL
+		}
 		if run, err := a.o.Get(ctx, slot.RunID); err == nil {
 			slot.Duplicate, slot.State = true, run.State
 		} else if !errors.Is(err, ErrRunNotFound) {

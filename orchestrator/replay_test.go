@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"testing"
@@ -65,7 +66,7 @@ func TestBackfillAPI(t *testing.T) {
 
 	day := func(d int) time.Time { return time.Date(2026, 11, d, 6, 0, 0, 0, time.UTC) }
 	var asked []string
-	backfill := func(pipeline string, from, to time.Time, limit int) ([]Event, bool, error) {
+	backfill := func(_ context.Context, pipeline string, from, to time.Time, limit int) ([]Event, bool, error) {
 		asked = append(asked, fmt.Sprintf("%s %s %s %d", pipeline, from.Format("01-02"), to.Format("01-02"), limit))
 		var evs []Event
 		for d := from.Day() + 1; d <= to.Day() && len(evs) < limit; d++ {

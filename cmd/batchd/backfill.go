@@ -12,12 +12,18 @@ import (
 
 const backfillUsage = `Usage: batchd backfill PIPELINE --from TIME --to TIME [--limit N] [--dry-run] [--json]
 
-Fills the schedule slots of a cron pipeline in (--from, --to]: every slot
-becomes the same run the schedule would have made (same key, same template
-data), so a slot that already ran is reported and not submitted again. Use it
-after an outage longer than catch_up_window, or to run a new pipeline over
-past days. Times are RFC 3339 (2026-11-01T00:00:00Z) or dates (2026-11-01,
-midnight UTC). --dry-run lists the slots without submitting.
+Runs a pipeline's past in (--from, --to]:
+  cron  every schedule slot becomes the same run the schedule would have
+        made (same key, same template data). Use it after an outage longer
+        than catch_up_window, or to run a new pipeline over past days.
+  blob  every blob last modified in the range that the pipeline's filters
+        accept becomes the run its Event Grid event or the poller would have
+        made (same key: URL and eTag). Use it for blobs the poller left as
+        history (older than its first sweep), or whose events never came.
+        Not for folder-batch pipelines.
+A slot or blob that already ran is reported and not submitted again. Times
+are RFC 3339 (2026-11-01T00:00:00Z) or dates (2026-11-01, midnight UTC).
+--dry-run lists what would run without submitting.
 
 Talks to a running daemon (BATCHD_URL or BATCHD_HTTP_ADDR, BATCHD_API_TOKEN).
 `
@@ -66,8 +72,13 @@ func cmdBackfill(ctx context.Context, c *cli, args []string) int {
 		cmdutil.PrintJSON(c.stdout, resp)
 		return exitOK
 	}
+	blobs := len(resp.Slots) > 0 && resp.Slots[0].Blob != ""
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tRUN\tRESULT")
+	if blobs {
+		fmt.Fprintln(tw, "MODIFIED\tRUN\tRESULT\tBLOB")
+	} else {
+		fmt.Fprintln(tw, "SLOT\tRUN\tRESULT")
+	}
 	var added, existing int
 	for _, s := range resp.Slots {
 		result := "submitted"
@@ -81,16 +92,24 @@ func cmdBackfill(ctx context.Context, c *cli, args []string) int {
 		default:
 			added++
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Time.UTC().Format(time.RFC3339), s.RunID, result)
+		if blobs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Time.UTC().Format(time.RFC3339), s.RunID, result, s.Blob)
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Time.UTC().Format(time.RFC3339), s.RunID, result)
+		}
 	}
-	tw.Flush()
+	_ = tw.Flush()
 	verb := "submitted"
 	if resp.DryRun {
 		verb = "would submit"
 	}
-	fmt.Fprintf(c.stdout, "\n%d slot(s): %s %d, %d already had a run.\n", len(resp.Slots), verb, added, existing)
+	what := "slot(s)"
+	if blobs {
+		what = "blob(s)"
+	}
+	fmt.Fprintf(c.stdout, "\n%d %s: %s %d, %d already had a run.\n", len(resp.Slots), what, verb, added, existing)
 	if resp.More {
-		fmt.Fprintf(c.stdout, "The range has more slots than --limit %d: run again from the last slot shown.\n", *limit)
+		fmt.Fprintf(c.stdout, "The range has more than --limit %d: run again with --from one second before the last time shown (what already ran is not submitted twice).\n", *limit)
 	}
 	return exitOK
 }

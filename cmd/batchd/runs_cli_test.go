@@ -89,7 +89,7 @@ func startCLIDaemon(t *testing.T) *cliDaemon {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	backfill := daemon.BackfillFunc(&config.File{Triggers: config.Triggers{Cron: map[string]cron.Config{"nightly": {Schedule: "0 6 * * *"}}}})
+	backfill := daemon.BackfillFunc(&config.File{Triggers: config.Triggers{Cron: map[string]cron.Config{"nightly": {Schedule: "0 6 * * *"}}}}, nil)
 	srv := httptest.NewServer(orch.Handler(orchestrator.HandlerOptions{APIToken: cliToken, Backfill: backfill}))
 	t.Cleanup(srv.Close)
 	procWaitFor(t, 10*time.Second, "the daemon to be ready", func() bool { return orch.Ready() == nil })

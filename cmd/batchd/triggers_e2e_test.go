@@ -22,7 +22,8 @@ import (
 // Azurite, the embedded NATS and the Azure ML simulator:
 //   - a blob's BlobCreated event delivered twice makes exactly one job;
 //   - 100 blobs found by the poller (no events) make 100 jobs;
-//   - after a restart, a full sweep and a third delivery make none.
+//   - after a restart, a full sweep and a third delivery make none;
+//   - batchd backfill runs the blobs whose events never came, once.
 func TestBlobTriggersEndToEnd(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -161,6 +162,35 @@ pipelines:
 	if len(after) != 101 || sim.JobCount() != 101 {
 		t.Errorf("after the restart: %d runs and %d simulator jobs, want 101 and 101", len(after), sim.JobCount())
 	}
+
+	// Blobs whose events never came (the events pipeline has no poller)
+	// run through batchd backfill, once: the blob already run by its event
+	// is reported, not submitted again.
+	for _, name := range []string{"in/b.csv", "in/c.csv", "other/d.csv"} {
+		if _, err := client.UploadBuffer(ctx, "events", name, []byte("x,y\n3,4\n"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cliEnv := map[string]string{"BATCHD_URL": proc.url()}
+	from, to := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	code, out, errOut := runCLI(t, cliEnv, "backfill", "events", "--from", from, "--to", to)
+	if code != exitOK || !strings.Contains(out, "3 blob(s): submitted 2, 1 already had a run.") ||
+		!strings.Contains(out, "events/in/b.csv") || !strings.Contains(out, "already completed") || strings.Contains(out, "other/d.csv") {
+		t.Fatalf("batchd backfill events: exit %d\n%s%s\nwant b.csv and c.csv submitted, a.csv already completed, other/ outside the prefix", code, out, errOut)
+	}
+	runs = procWaitFinished(t, proc.url, 103, time.Minute)
+	if code, out, _ = runCLI(t, cliEnv, "backfill", "events", "--from", from, "--to", to); code != exitOK || !strings.Contains(out, "3 blob(s): submitted 0, 3 already had a run.") {
+		t.Errorf("batchd backfill events again: exit %d\n%s\nwant all 3 already run", code, out)
+	}
+	if sim.JobCount() != 103 {
+		t.Errorf("after the backfills: %d simulator jobs, want 103", sim.JobCount())
+	}
+	for _, r := range runs {
+		if r.Pipeline == "events" && strings.Contains(r.Key, "/in/b.csv@") && r.Source != "backfill" {
+			t.Errorf("the backfilled run of b.csv has source %q, want backfill", r.Source)
+		}
+	}
+
 	var logs bytes.Buffer
 	if b, err := os.ReadFile(proc.log); err == nil {
 		logs.Write(b)

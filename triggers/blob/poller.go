@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -55,6 +56,15 @@ type PollerOptions struct {
 // listing are deleted at the end of a complete sweep, so the state is
 // bounded by the container's size.
 //
+// The first sweep of a pipeline records its horizon (poll.<pipeline>.horizon):
+// the start of that sweep, or, for a pipeline that swept before horizons
+// were recorded, the start of its last recorded sweep. A blob last
+// modified more than HorizonSlack before the horizon, with no seen record
+// for its eTag, is history: it is remembered as such, counted (outcome
+// "history") and not run, so that adding a poller to a container with a
+// past (a new pipeline, eventgrid switched to both, a lost triggers
+// bucket) does not submit that past again. `batchd backfill` runs it.
+//
 // Only the replica holding the lease poll.<pipeline>.lease sweeps. A
 // sweep renews the lease after every page; a replica that dies stops
 // renewing, and another takes over after LeaseTTL.
@@ -71,12 +81,19 @@ type Poller struct {
 	seen     seenStore
 	lease    *kvstate.Lease
 	interval time.Duration
-	log      *slog.Logger
-	m        *trigmetrics.Metrics
+	// slack is HorizonSlack (tests lower it).
+	slack time.Duration
+	log   *slog.Logger
+	m     *trigmetrics.Metrics
 	// sweeps and lastSweep tell an operator the poller is alive.
 	sweeps    *prometheus.CounterVec
 	lastSweep *prometheus.GaugeVec
 }
+
+// HorizonSlack is how long before the poller's horizon a blob may have been
+// last modified and still run. It covers Last-Modified's one-second
+// resolution and the clock difference between batchd and the storage service.
+const HorizonSlack = time.Minute
 
 // minPollInterval is a floor under poll_interval (Validate asks for 1s;
 // tests in this package go below it).
@@ -85,6 +102,8 @@ var minPollInterval = time.Second
 // SweepStats counts one sweep's outcomes.
 type SweepStats struct {
 	Listed, Skipped, Emitted, Duplicate, Batched, Filtered, Rejected, Failed, Forgotten int
+	// History: blobs older than the horizon, remembered and not run.
+	History int
 }
 
 // NewPoller checks the options and returns the pipeline's poller. It
@@ -125,6 +144,7 @@ func NewPoller(o PollerOptions) (*Poller, error) {
 		seen:     seenStore{kv: store},
 		lease:    kvstate.NewLease(store, "poll."+kvstate.Token(o.Pipeline)+".lease", o.Holder, o.LeaseTTL),
 		interval: max(o.Config.PollIntervalOrDefault(), minPollInterval),
+		slack:    HorizonSlack,
 		log:      log.With("trigger", "poll", "pipeline", o.Pipeline), m: trigmetrics.New(o.Registerer),
 		sweeps: trigmetrics.Register(o.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "batchd_trigger_poll_sweeps_total",
@@ -189,66 +209,50 @@ func (p *Poller) sweep(ctx context.Context, leased bool) (SweepStats, error) {
 	if err != nil {
 		return st, err
 	}
-	client, err := p.storage.Client(p.cfg.Account)
+	horizon, err := p.horizon(ctx, started)
 	if err != nil {
 		return st, err
 	}
-	endpoint := p.storage.Endpoint(p.cfg.Account)
+	cutoff := horizon.Truncate(time.Second).Add(-p.slack)
 	listed := map[string]bool{}
-	opts := &azblob.ListBlobsFlatOptions{}
-	if p.cfg.Prefix != "" {
-		opts.Prefix = &p.cfg.Prefix
-	}
-	pager := client.NewListBlobsFlatPager(p.cfg.Container, opts)
 	var failed []error
-	for pager.More() {
-		page, err := pager.NextPage(ctx)
-		if err != nil {
-			return st, fmt.Errorf("list %s/%s: %w", p.cfg.Account, p.cfg.Container, err)
-		}
-		for _, item := range page.Segment.BlobItems {
-			if item.Name == nil || item.Properties == nil || item.Properties.ETag == nil {
-				continue
-			}
-			st.Listed++
-			ref, err := ParseURL(endpoint + strings.TrimPrefix(escapePath("/"+p.cfg.Container+"/"+*item.Name), "/"))
-			if err != nil {
-				p.log.Warn("unparsable blob name", "name", *item.Name, "err", err)
-				continue
-			}
-			key := seenKey(p.pipeline, ref.URL)
-			listed[key] = true
-			etag := UnquoteETag(string(*item.Properties.ETag))
-			if e, ok := records[key]; ok {
-				var rec seenRec
-				if json.Unmarshal(e.Value, &rec) == nil && rec.ETag == etag {
-					st.Skipped++
-					continue
-				}
-			}
-			var size int64
-			if item.Properties.ContentLength != nil {
-				size = *item.Properties.ContentLength
-			}
-			t := started
-			if item.Properties.LastModified != nil {
-				t = item.Properties.LastModified.UTC()
-			}
-			if err := p.handle(ctx, &st, ref, etag, size, t); err != nil {
-				st.Failed++
-				failed = append(failed, err)
-				if ctx.Err() != nil {
-					return st, ctx.Err()
-				}
+	err = listBlobs(ctx, p.storage, p.cfg, p.log, func(ref Ref, etag string, size int64, modified time.Time) error {
+		st.Listed++
+		key := seenKey(p.pipeline, ref.URL)
+		listed[key] = true
+		if e, ok := records[key]; ok {
+			var rec seenRec
+			if json.Unmarshal(e.Value, &rec) == nil && rec.ETag == etag {
+				st.Skipped++
+				return nil
 			}
 		}
+		t := started
+		if !modified.IsZero() {
+			t = modified
+		}
+		if t.Before(cutoff) {
+			p.history(ctx, &st, ref, etag, t)
+			return nil
+		}
+		if err := p.handle(ctx, &st, ref, etag, size, t); err != nil {
+			st.Failed++
+			failed = append(failed, err)
+			return ctx.Err()
+		}
+		return nil
+	}, func() error {
 		// Keep the lease through long listings.
 		if !leased {
-			continue
+			return nil
 		}
-		if held, err := p.lease.Acquire(ctx); leased && err == nil && !held {
-			return st, errors.New("lost the sweep lease")
+		if held, err := p.lease.Acquire(ctx); err == nil && !held {
+			return errors.New("lost the sweep lease")
 		}
+		return nil
+	})
+	if err != nil {
+		return st, err
 	}
 	// Forget blobs that are gone (records written during this sweep stay).
 	for key, e := range records {
@@ -263,12 +267,81 @@ func (p *Poller) sweep(ctx context.Context, leased bool) (SweepStats, error) {
 			st.Forgotten++
 		}
 	}
-	cursor, _ := json.Marshal(map[string]any{"swept": started, "listed": st.Listed, "emitted": st.Emitted})
+	if st.History > 0 {
+		p.log.Info("blobs older than the poller's horizon are not run; batchd backfill runs them",
+			"history", st.History, "horizon", horizon, "slack", p.slack)
+	}
+	cursor, _ := json.Marshal(pollCursor{Swept: started, Listed: st.Listed, Emitted: st.Emitted})
 	p.putCursor(ctx, cursor)
 	if len(failed) > 0 {
 		return st, fmt.Errorf("%d blobs not taken: %w", len(failed), errors.Join(failed[:min(len(failed), 3)]...))
 	}
 	return st, nil
+}
+
+// pollCursor is poll.<pipeline>.cursor: the last sweep that listed the
+// whole container, for operators and for the horizon of a poller that
+// swept before horizons were recorded.
+type pollCursor struct {
+	Swept   time.Time `json:"swept"`
+	Listed  int       `json:"listed"`
+	Emitted int       `json:"emitted"`
+}
+
+// pollHorizon is poll.<pipeline>.horizon.
+type pollHorizon struct {
+	Since time.Time `json:"since"`
+	// From says where Since came from: "first sweep" or "last sweep".
+	From string `json:"from"`
+}
+
+func (p *Poller) horizonKey() string { return "poll." + kvstate.Token(p.pipeline) + ".horizon" }
+
+// horizon reads the pipeline's horizon, recording it on the first sweep:
+// the last recorded sweep's start if there is one (blobs modified since
+// may not have been handled), else this sweep's start. Replicas racing
+// to record it agree on the first write.
+func (p *Poller) horizon(ctx context.Context, started time.Time) (time.Time, error) {
+	key := p.horizonKey()
+	for range 3 {
+		e, err := p.store.Get(ctx, key)
+		if err == nil {
+			var h pollHorizon
+			if err := json.Unmarshal(e.Value, &h); err != nil || h.Since.IsZero() {
+				return time.Time{}, fmt.Errorf("poller horizon %s is unreadable (%q): delete it to record a new one", key, e.Value)
+			}
+			return h.Since, nil
+		}
+		if !errors.Is(err, kvstate.ErrNotFound) {
+			return time.Time{}, fmt.Errorf("poller horizon: %w", err)
+		}
+		h := pollHorizon{Since: started, From: "first sweep"}
+		if c, err := p.store.Get(ctx, "poll."+kvstate.Token(p.pipeline)+".cursor"); err == nil {
+			var cur pollCursor
+			if json.Unmarshal(c.Value, &cur) == nil && !cur.Swept.IsZero() && cur.Swept.Before(started) {
+				h = pollHorizon{Since: cur.Swept, From: "last sweep"}
+			}
+		}
+		v, _ := json.Marshal(h)
+		if _, err := p.store.Create(ctx, key, v, 0); err == nil {
+			p.log.Info("poller horizon recorded: blobs last modified before it are history, not run", "horizon", h.Since, "from", h.From)
+			return h.Since, nil
+		} else if !errors.Is(err, kvstate.ErrExists) {
+			return time.Time{}, fmt.Errorf("record poller horizon: %w", err)
+		}
+	}
+	return time.Time{}, errors.New("poller horizon: could not read or record it")
+}
+
+// history remembers a blob older than the horizon without running it.
+func (p *Poller) history(ctx context.Context, st *SweepStats, ref Ref, etag string, t time.Time) {
+	st.History++
+	p.m.Inc("poll", p.pipeline, trigmetrics.History)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := p.seen.advance(actx, p.pipeline, ref.URL, seenRec{ETag: etag, Modified: t, At: time.Now().UTC(), History: true}); err != nil {
+		p.log.Warn("remember blob", "url", ref.URL, "err", err)
+	}
 }
 
 func (p *Poller) putCursor(ctx context.Context, v []byte) {
@@ -282,9 +355,7 @@ func (p *Poller) putCursor(ctx context.Context, v []byte) {
 
 func (p *Poller) handle(ctx context.Context, st *SweepStats, ref Ref, etag string, size int64, t time.Time) error {
 	p.m.Inc("poll", p.pipeline, trigmetrics.Received)
-	be := orchestrator.BlobEvent{URL: ref.URL, Account: ref.Account, Container: ref.Container, Name: ref.Name,
-		Folder: ref.Folder(), ETag: etag, Size: size}
-	ev := orchestrator.Event{Pipeline: p.pipeline, Key: Key(ref, etag), Source: orchestrator.SourcePoll, Time: t, Blob: &be}
+	ev := versionEvent(p.pipeline, orchestrator.SourcePoll, ref, etag, size, t)
 	rec := seenRec{ETag: etag, Modified: t, At: time.Now().UTC()}
 	ok, why := p.cfg.match(blobFacts{ref: ref, size: size, hasSize: true})
 	switch {
@@ -358,4 +429,104 @@ func (p *Poller) mark(ctx context.Context, ref Ref, runID string) {
 	if _, err := bc.SetTags(ctx, tags, nil); err != nil {
 		p.log.Warn("mark blob with tag", "url", ref.URL, "tag", p.cfg.MarkTag, "err", err)
 	}
+}
+
+// listBlobs lists the pipeline's container under its prefix and calls fn
+// for every blob, and page after every page of the listing; an error of
+// either stops the listing and is returned.
+func listBlobs(ctx context.Context, storage *datastores.Storage, cfg Config, log *slog.Logger,
+	fn func(ref Ref, etag string, size int64, modified time.Time) error, page func() error) error {
+	client, err := storage.Client(cfg.Account)
+	if err != nil {
+		return err
+	}
+	endpoint := storage.Endpoint(cfg.Account)
+	opts := &azblob.ListBlobsFlatOptions{}
+	if cfg.Prefix != "" {
+		opts.Prefix = &cfg.Prefix
+	}
+	pager := client.NewListBlobsFlatPager(cfg.Container, opts)
+	for pager.More() {
+		resp, err := pager.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("list %s/%s: %w", cfg.Account, cfg.Container, err)
+		}
+		for _, item := range resp.Segment.BlobItems {
+			if item.Name == nil || item.Properties == nil || item.Properties.ETag == nil {
+				continue
+			}
+			ref, err := ParseURL(endpoint + strings.TrimPrefix(escapePath("/"+cfg.Container+"/"+*item.Name), "/"))
+			if err != nil {
+				log.Warn("unparsable blob name", "name", *item.Name, "err", err)
+				continue
+			}
+			var size int64
+			if item.Properties.ContentLength != nil {
+				size = *item.Properties.ContentLength
+			}
+			var modified time.Time
+			if item.Properties.LastModified != nil {
+				modified = item.Properties.LastModified.UTC()
+			}
+			if err := fn(ref, UnquoteETag(string(*item.Properties.ETag)), size, modified); err != nil {
+				return err
+			}
+		}
+		if page != nil {
+			if err := page(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// versionEvent is the event of one blob version: the same key (canonical URL
+// and eTag) whichever trigger or command makes it.
+func versionEvent(pipeline, source string, ref Ref, etag string, size int64, t time.Time) orchestrator.Event {
+	be := orchestrator.BlobEvent{URL: ref.URL, Account: ref.Account, Container: ref.Container, Name: ref.Name,
+		Folder: ref.Folder(), ETag: etag, Size: size}
+	return orchestrator.Event{Pipeline: pipeline, Key: Key(ref, etag), Source: source, Time: t, Blob: &be}
+}
+
+// ErrBackfillBatch means the pipeline batches folders: backfill runs blobs.
+var ErrBackfillBatch = errors.New("the pipeline batches folders; backfill runs single blobs")
+
+// Backfill lists the blobs of a blob pipeline last modified in (from, to]
+// that its filters accept, oldest first, as the events the poller would
+// emit for them (source backfill). The keys are the triggers' own, so a
+// blob version that already ran is the same run. It is how blobs the
+// poller left as history (older than its horizon) run. more says the range
+// held more than limit.
+func Backfill(ctx context.Context, storage *datastores.Storage, pipeline string, cfg Config, from, to time.Time, limit int) ([]orchestrator.Event, bool, error) {
+	if cfg.Batch != nil {
+		return nil, false, fmt.Errorf("pipeline %s: %w", pipeline, ErrBackfillBatch)
+	}
+	if !to.After(from) {
+		return nil, false, fmt.Errorf("--to %s is not after --from %s", to.Format(time.RFC3339), from.Format(time.RFC3339))
+	}
+	var evs []orchestrator.Event
+	err := listBlobs(ctx, storage, cfg, slog.New(slog.DiscardHandler), func(ref Ref, etag string, size int64, modified time.Time) error {
+		if !modified.After(from) || modified.After(to) {
+			return nil
+		}
+		if ok, _ := cfg.match(blobFacts{ref: ref, size: size, hasSize: true}); !ok {
+			return nil
+		}
+		evs = append(evs, versionEvent(pipeline, orchestrator.SourceBackfill, ref, etag, size, modified))
+		return nil
+	}, func() error { return ctx.Err() })
+	if err != nil {
+		return nil, false, err
+	}
+	slices.SortStableFunc(evs, func(a, b orchestrator.Event) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Blob.URL, b.Blob.URL)
+	})
+	if len(evs) > limit {
+		return evs[:limit], true, nil
+	}
+	return evs, false, nil
 }

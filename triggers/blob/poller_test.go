@@ -2,6 +2,7 @@ package blob
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -204,5 +205,78 @@ func TestPollerEmitFailureRetriedNextSweep(t *testing.T) {
 	st, err := p.Sweep(context.Background())
 	if err != nil || st.Emitted != 1 {
 		t.Errorf("second sweep = %+v, %v; want the blob emitted", st, err)
+	}
+}
+
+// waitPast polls until the wall clock is in the second after t: Azure
+// Storage's Last-Modified has one-second resolution.
+func waitPast(t *testing.T, at time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !time.Now().Truncate(time.Second).After(at) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the clock did not pass %v", at)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A poller added to a container with a past (a new pipeline, eventgrid
+// switched to both, a lost triggers bucket) does not run that past: its
+// first sweep records a horizon, and blobs last modified before it are
+// remembered as history. What comes later runs, once, across restarts.
+func TestPollerFirstSweepStartsAtAHorizon(t *testing.T) {
+	e := newPollEnv(t)
+	e.upload(t, "in/old-1.csv", "a\n1\n")
+	e.upload(t, "in/old-2.csv", "a\n2\n")
+	waitPast(t, time.Now())
+	ctx := context.Background()
+	p := e.poller(t, pollConfig(), "a")
+	p.slack = 0 // the test's blobs are seconds old, not minutes
+
+	st, err := p.Sweep(ctx)
+	if err != nil || st.History != 2 || st.Emitted != 0 {
+		t.Fatalf("first sweep = %+v, %v; want the 2 old blobs history, nothing emitted", st, err)
+	}
+	if n := len(e.intake.Snapshot().Accepted); n != 0 {
+		t.Fatalf("%d events emitted for blobs older than the horizon", n)
+	}
+	e1, err := e.kv.Get(ctx, p.horizonKey())
+	if err != nil {
+		t.Fatalf("no horizon recorded: %v", err)
+	}
+	var h pollHorizon
+	if err := json.Unmarshal(e1.Value(), &h); err != nil || h.From != "first sweep" {
+		t.Fatalf("horizon %s, %v; want one from the first sweep", e1.Value(), err)
+	}
+
+	// After the horizon: a new blob, and a new version of an old one.
+	waitPast(t, h.Since)
+	e.upload(t, "in/new.csv", "a\n3\n")
+	e.upload(t, "in/old-1.csv", "a\n1\nv2\n")
+	st, err = e.poller(t, pollConfig(), "b").Sweep(ctx) // another replica, or a restart
+	if err != nil || st.Emitted != 2 || st.History != 0 || st.Skipped != 1 {
+		t.Fatalf("sweep after the horizon = %+v, %v; want 2 emitted (new, old-1 v2), old-2 skipped", st, err)
+	}
+
+	// A poller that swept before horizons existed: its last sweep is the
+	// horizon, so what arrived while it was stopped (for the upgrade) runs.
+	if err := e.kv.Delete(ctx, p.horizonKey()); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := json.Marshal(pollCursor{Swept: h.Since.Add(-time.Hour)})
+	if _, err := e.kv.Put(ctx, "poll.score.cursor", cur); err != nil {
+		t.Fatal(err)
+	}
+	e.upload(t, "in/while-down.csv", "a\n4\n")
+	st, err = e.poller(t, pollConfig(), "c").Sweep(ctx)
+	if err != nil || st.Emitted != 1 {
+		t.Fatalf("sweep of an upgraded poller = %+v, %v; want the blob uploaded while it was down emitted", st, err)
+	}
+	if e2, err := e.kv.Get(ctx, p.horizonKey()); err != nil || !strings.Contains(string(e2.Value()), `"last sweep"`) {
+		t.Errorf("horizon of an upgraded poller: %v; want it taken from the last sweep", err)
+	}
+	if n := len(e.intake.Snapshot().Accepted); n != 3 {
+		t.Errorf("%d events emitted in all, want 3 (new, old-1 v2, while-down)", n)
 	}
 }

@@ -21,6 +21,9 @@ type seenRec struct {
 	// Filtered: this version was recorded filtered (the poller records a
 	// non-matching blob once, not on every sweep).
 	Filtered bool `json:"filtered,omitempty"`
+	// History: the poller found this version last modified before its
+	// horizon and did not run it (batchd backfill may have, since).
+	History bool `json:"history,omitempty"`
 	// Modified is when this version was written: the listing's Last-Modified
 	// (poller) or the event's time (webhook). It orders a late event against
 	// a version the poller handled, which has no sequencer.
@@ -77,7 +80,7 @@ func (s seenStore) advance(ctx context.Context, pipeline, url string, rec seenRe
 		if rev != 0 && rec.Seq != "" && cur.Seq != "" && seqNewer(cur.Seq, rec.Seq) {
 			return nil
 		}
-		if rev != 0 && cur.ETag == rec.ETag && cur.Seq == rec.Seq && cur.Filtered == rec.Filtered {
+		if rev != 0 && cur.ETag == rec.ETag && cur.Seq == rec.Seq && cur.Filtered == rec.Filtered && cur.History == rec.History {
 			return nil
 		}
 		switch {

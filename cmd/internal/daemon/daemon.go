@@ -20,6 +20,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/batchd/batchd/cmd/internal/cmdutil"
 	"github.com/batchd/batchd/config"
+	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/online"
 	"github.com/batchd/batchd/orchestrator"
@@ -138,7 +139,7 @@ func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) erro
 		return err
 	}
 	srv := &http.Server{
-		Handler:           serveMux(orch, f, trig, page, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), env, log),
+		Handler:           serveMux(orch, f, storage, trig, page, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), env, log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       env.HTTPReadTimeout,
 		WriteTimeout:      env.HTTPWriteTimeout,
@@ -206,9 +207,9 @@ func newRegistry() (reg *prometheus.Registry, countToken func(scope string)) {
 
 // serveMux routes batchd's HTTP paths: the orchestrator's API and probes,
 // the Event Grid webhook, and the status page for everything else.
-func serveMux(orch *orchestrator.Orchestrator, f *config.File, trig *triggerSet, page, metrics http.Handler, env *config.Env, log *slog.Logger) *http.ServeMux {
+func serveMux(orch *orchestrator.Orchestrator, f *config.File, storage *datastores.Storage, trig *triggerSet, page, metrics http.Handler, env *config.Env, log *slog.Logger) *http.ServeMux {
 	api := orch.Handler(orchestrator.HandlerOptions{APIToken: env.APIToken, Logger: log.With("component", "api"),
-		Backfill: BackfillFunc(f)})
+		Backfill: BackfillFunc(f, storage)})
 	// The API and the page are what a web page could abuse; the probes,
 	// metrics and the webhook carry no operator's authority.
 	guard := orchestrator.BrowserGuard{Hosts: env.HTTPHosts, CheckHost: env.APIToken == "" || len(env.HTTPHosts) > 0}

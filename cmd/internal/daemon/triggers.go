@@ -153,14 +153,16 @@ func (s source) runUntilDone(ctx context.Context) error {
 	return nil
 }
 
-// BackfillFunc lists a cron pipeline's slots for the backfill API, built
-// exactly as the live trigger builds them.
-func BackfillFunc(f *config.File) orchestrator.BackfillFunc {
-	return func(pipeline string, from, to time.Time, limit int) ([]orchestrator.Event, bool, error) {
-		cfg, ok := f.Triggers.Cron[pipeline]
-		if !ok {
-			return nil, false, fmt.Errorf("pipeline %s has no cron trigger", pipeline)
+// BackfillFunc lists a cron pipeline's slots, or a blob pipeline's blobs,
+// for the backfill API, built exactly as the live triggers build them.
+func BackfillFunc(f *config.File, st *datastores.Storage) orchestrator.BackfillFunc {
+	return func(ctx context.Context, pipeline string, from, to time.Time, limit int) ([]orchestrator.Event, bool, error) {
+		if cfg, ok := f.Triggers.Cron[pipeline]; ok {
+			return cron.Backfill(pipeline, cfg, from, to, limit)
 		}
-		return cron.Backfill(pipeline, cfg, from, to, limit)
+		if cfg, ok := f.Triggers.Blob[pipeline]; ok && st != nil {
+			return blob.Backfill(ctx, st, pipeline, cfg, from, to, limit)
+		}
+		return nil, false, fmt.Errorf("pipeline %s has no cron or blob trigger", pipeline)
 	}
 }

@@ -24,6 +24,9 @@ const (
 	Failed = "failed"
 	// Skipped: a cron slot not fired (catch-up or overlap policy).
 	Skipped = "skipped"
+	// History: a blob the poller found last modified before its horizon
+	// (the pipeline's first sweep): not run; batchd backfill runs it.
+	History = "history"
 )
 
 // Metrics are the shared trigger counters.
@@ -36,7 +39,7 @@ type Metrics struct {
 func New(reg prometheus.Registerer) *Metrics {
 	ev := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_trigger_events_total",
-		Help: "Events seen by triggers, by trigger kind, pipeline and outcome (received, emitted, filtered, rejected, duplicate, batched, failed, skipped).",
+		Help: "Events seen by triggers, by trigger kind, pipeline and outcome (received, emitted, filtered, rejected, duplicate, batched, failed, skipped, history).",
 	}, []string{"trigger", "pipeline", "outcome"})
 	return &Metrics{Events: Register(reg, ev)}
 }
