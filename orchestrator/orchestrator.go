@@ -56,6 +56,9 @@ type Orchestrator struct {
 	// heartbeat saw of all (nil before the first).
 	self ReplicaInfo
 	view atomic.Pointer[replicaView]
+	// registryIDs are the entries of the last whole registry read (the
+	// registry loop's alone).
+	registryIDs []string
 }
 
 // now is the steps' clock, in UTC.

@@ -117,25 +117,43 @@ func (o *Orchestrator) heartbeat(ctx context.Context) error {
 		return err
 	}
 	_, perr := o.h.replicas.Put(ctx, self.ID, b)
-	entries, lerr := o.readReplicas(ctx)
+	entries, lerr := o.readReplicas(ctx, o.registryIDs)
 	if lerr != nil {
 		// A partial read would drop replicas from the view and lift
 		// their caps: keep the last view until a whole read.
 		return errors.Join(perr, lerr)
 	}
+	o.registryIDs = o.registryIDs[:0]
+	for _, e := range entries {
+		o.registryIDs = append(o.registryIDs, e.ID)
+	}
 	o.setView(self, entries, time.Now())
 	return perr
 }
 
-// readReplicas reads every registry entry.
-func (o *Orchestrator) readReplicas(ctx context.Context) ([]ReplicaInfo, error) {
+// readReplicas reads every registry entry. A key listing can end early
+// without an error (nats.go's lister closes its channel when its watcher
+// does), which would drop a replica from the view and lift its cap; so an
+// entry of the last read (known) that the listing lacks is read directly,
+// and only a deleted or expired entry leaves the view.
+func (o *Orchestrator) readReplicas(ctx context.Context, known []string) ([]ReplicaInfo, error) {
 	keys, err := o.h.replicas.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list replicas: %w", err)
 	}
+	listed := map[string]bool{}
+	for k := range keys.Keys() {
+		listed[k] = true
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list replicas: %w", err)
+	}
+	for _, id := range known {
+		listed[id] = true
+	}
 	var out []ReplicaInfo
 	var errs []error
-	for k := range keys.Keys() {
+	for _, k := range slices.Sorted(maps.Keys(listed)) {
 		e, err := o.h.replicas.Get(ctx, k)
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {

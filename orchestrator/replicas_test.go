@@ -1,10 +1,13 @@
 package orchestrator
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -105,5 +108,69 @@ func TestReplicaViewDropsStaleHeartbeats(t *testing.T) {
 		if got := h.o.liveReplicas(); got != tc.want {
 			t.Errorf("%s: live = %d, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+// dropKeyLister is a registry bucket whose key listing ends before one
+// key, as nats.go's lister does when its watcher stops early: no error,
+// just fewer keys.
+type dropKeyLister struct {
+	jetstream.KeyValue
+	drop string
+}
+
+func (d dropKeyLister) ListKeys(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyLister, error) {
+	kl, err := d.KeyValue.ListKeys(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	out := &sliceLister{ch: make(chan string, 16)}
+	for k := range kl.Keys() {
+		if k != d.drop {
+			out.ch <- k
+		}
+	}
+	close(out.ch)
+	return out, nil
+}
+
+type sliceLister struct{ ch chan string }
+
+func (s *sliceLister) Keys() <-chan string { return s.ch }
+func (s *sliceLister) Stop() error         { return nil }
+
+// A registry listing that silently misses a replica's key does not lift
+// that replica's max_running_jobs; a deleted entry (a clean stop) does.
+func TestReplicaCapSurvivesAShortKeyListing(t *testing.T) {
+	t.Parallel()
+	rig := newStepRig(t, testPipeline(t, "score", nil)) // no cap in this replica's file
+	o, ctx := rig.o, t.Context()
+	other, _ := json.Marshal(ReplicaInfo{ID: "other", Host: "h2", Heartbeat: time.Now().UTC(), ConfigHash: "x",
+		MaxRunningJobs: map[string]int{"ep-score": 2}})
+	if _, err := o.h.replicas.Put(ctx, "other", other); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := o.capFor("ep-score"); got != 2 {
+		t.Fatalf("cap after a whole read = %d, want 2 (the other replica's)", got)
+	}
+	real := o.h.replicas
+	o.h.replicas = dropKeyLister{KeyValue: real, drop: "other"}
+	if err := o.heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := o.capFor("ep-score"); got != 2 {
+		t.Errorf("cap after a listing that missed the other replica = %d, want still 2", got)
+	}
+	if err := real.Delete(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := o.capFor("ep-score"); got != 0 {
+		t.Errorf("cap after the other replica's entry was deleted = %d, want 0 (this replica's file)", got)
 	}
 }
