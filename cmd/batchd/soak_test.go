@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -101,6 +102,10 @@ type soak struct {
 	accepted map[string]map[string]string
 	// webhook deliveries answered 200, duplicate deliveries among them.
 	hookOK, hookDup atomic.Int64
+	// reuploads counts second versions of a blob whose event was accepted.
+	reuploads atomic.Int64
+	// lastBlob is the index of the last blob uploaded and accepted (-1: none).
+	lastBlob atomic.Int64
 	// NATS publishes acknowledged, and redeliveries past the duplicate window.
 	pubOK, pubDup atomic.Int64
 	// messages acknowledged that carried a SAS signature.
@@ -112,6 +117,7 @@ type soak struct {
 func newSoak(t *testing.T) *soak {
 	dir := t.TempDir()
 	s := &soak{t: t, dir: dir, accepted: map[string]map[string]string{}}
+	s.lastBlob.Store(-1)
 	s.sim = jobstest.New(t, jobstest.Options{
 		Lifecycle:     procQuickLifecycle(),
 		ClientSecrets: map[string]string{soakClientID: soakClientSecret},
@@ -179,6 +185,9 @@ func (s *soak) writePipelines() string {
   sim:
     uri: %[1]s
     workspace: {subscription: %[2]s, resource_group: %[3]s, name: %[4]s}
+  other:
+    uri: %[8]s
+    workspace: {subscription: %[2]s, resource_group: %[3]s, name: %[4]s}
 storage:
   accounts:
     devstoreaccount1: {blob_endpoint: "%[5]s", auth: shared_key, key_file: "%[6]s"}
@@ -203,10 +212,10 @@ pipelines:
     inputs:
       data: {type: UriFile, uri: "{{ .Message.Data.uri }}"}
   manual:
-    endpoint: sim
+    endpoint: other
     inputs:
       data: {type: UriFile, uri: "{{ .Fields.uri }}"}
-`, s.sim.ScoringURI("soak"), ws.Subscription, ws.ResourceGroup, ws.Name, s.az.AccountURL(), keyFile, soakStream)
+`, s.sim.ScoringURI("soak"), ws.Subscription, ws.ResourceGroup, ws.Name, s.az.AccountURL(), keyFile, soakStream, s.sim.ScoringURI("soak-other"))
 	if s.clustered {
 		text = strings.Replace(text, "    workspace: {", fmt.Sprintf("    max_running_jobs: %d\n    workspace: {", soakMaxRunning), 1)
 	}
@@ -435,40 +444,54 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // feedBlobs uploads a blob every 400 ms and posts its BlobCreated event,
-// every fourth one twice. The poller sweeps the same container, so every
-// uploaded blob is an accepted event whether or not its delivery got a
-// 200 before a kill.
+// every fourth one twice. Every eighth blob is uploaded again once its
+// first event is in (a new version: same URL, new eTag, so two runs and two
+// jobs on one input URI, which a reconciliation matching by URI alone
+// would confuse). The poller sweeps the same container, so every uploaded
+// version is an accepted event whether or not its delivery got a 200
+// before a kill.
 func (s *soak) feedBlobs(ctx context.Context) error {
 	client := azuritetest.Client(s.t, s.az)
 	return every(ctx, 400*time.Millisecond, func(i int) error {
 		name := fmt.Sprintf("in/%05d.csv", i)
-		up, err := client.UploadBuffer(context.WithoutCancel(ctx), "soak", name, []byte("x,y\n1,2\n"), nil)
-		if err != nil {
-			return fmt.Errorf("upload %s: %w", name, err)
+		versions := 1
+		if i%8 == 3 {
+			versions = 2
 		}
-		url := s.az.AccountURL() + "soak/" + name
-		event := fmt.Sprintf(`[{"topic":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
+		for v := range versions {
+			body := fmt.Sprintf("x,y\n1,%d\n", v)
+			up, err := client.UploadBuffer(context.WithoutCancel(ctx), "soak", name, []byte(body), nil)
+			if err != nil {
+				return fmt.Errorf("upload %s: %w", name, err)
+			}
+			url := s.az.AccountURL() + "soak/" + name
+			event := fmt.Sprintf(`[{"topic":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
 "subject":"/blobServices/default/containers/soak/blobs/%s","eventType":"Microsoft.Storage.BlobCreated",
-"eventTime":%q,"id":"soak-%d","dataVersion":"","metadataVersion":"1",
-"data":{"api":"PutBlob","eTag":%q,"contentType":"text/csv","contentLength":8,"blobType":"BlockBlob",
-"url":%q,"sequencer":"%048d"}}]`, name, time.Now().UTC().Format(time.RFC3339Nano), i, string(*up.ETag), url, i+1)
-		deliveries := 1
-		if i%4 == 0 {
-			deliveries = 2
-		}
-		for k := range deliveries {
-			if err := s.post(ctx, "/eventgrid?code="+soakWebhook, event); err != nil {
-				return err
+"eventTime":%q,"id":"soak-%d-%d","dataVersion":"","metadataVersion":"1",
+"data":{"api":"PutBlob","eTag":%q,"contentType":"text/csv","contentLength":%d,"blobType":"BlockBlob",
+"url":%q,"sequencer":"%048d"}}]`, name, time.Now().UTC().Format(time.RFC3339Nano), i, v, string(*up.ETag), len(body), url, (i+1)*10+v)
+			deliveries := 1
+			if i%4 == 0 {
+				deliveries = 2
 			}
-			if k == 0 {
-				// Accepted only once Event Grid would have its 200: a
-				// delivery that never got one promised nothing.
-				s.accept("blobs", url+"@"+strings.Trim(string(*up.ETag), `"`), url)
+			for k := range deliveries {
+				if err := s.post(ctx, "/eventgrid?code="+soakWebhook, event); err != nil {
+					return err
+				}
+				if k == 0 {
+					// Accepted only once Event Grid would have its 200: a
+					// delivery that never got one promised nothing.
+					s.accept("blobs", url+"@"+strings.Trim(string(*up.ETag), `"`), url)
+				}
+				s.hookOK.Add(1)
+				if k > 0 {
+					s.hookDup.Add(1)
+				}
 			}
-			s.hookOK.Add(1)
-			if k > 0 {
-				s.hookDup.Add(1)
+			if v > 0 {
+				s.reuploads.Add(1)
 			}
+			s.lastBlob.Store(int64(i))
 		}
 		return nil
 	})
@@ -547,6 +570,11 @@ func (s *soak) feedManual(ctx context.Context) error {
 	return every(ctx, 500*time.Millisecond, func(i int) error {
 		key := fmt.Sprintf("manual-%05d", i)
 		uri := procInputURI(key)
+		if b := s.lastBlob.Load(); i%5 == 0 && b >= 0 {
+			// The same input as a run of the blobs pipeline (an uploaded
+			// blob), on another endpoint: neither may adopt the other's job.
+			uri = s.az.AccountURL() + fmt.Sprintf("soak/in/%05d.csv", b)
+		}
 		if err := s.post(ctx, "/api/v1/pipelines/manual/runs", fmt.Sprintf(`{"key":%q,"fields":{"uri":%q}}`, key, uri)); err != nil {
 			return err
 		}
@@ -602,9 +630,22 @@ func (s *soak) check() {
 		if err != nil || full.Request == nil {
 			t.Fatalf("run %s: %v", r.ID, err)
 		}
+		// The run's job: on its input and endpoint, created after the run,
+		// tracked by no other run (inputs are not unique in the soak).
+		tracked := map[string]bool{}
+		for _, o := range runs {
+			if o.Job != nil && o.ID != r.ID {
+				tracked[o.Job.Name] = true
+			}
+		}
+		endpoint := "soak"
+		if r.Pipeline == "manual" {
+			endpoint = "soak-other"
+		}
 		var found []string
 		for _, j := range s.sim.Jobs() {
-			if j.Inputs["data"].URI == full.Request.Inputs["data"].URI {
+			if j.Inputs["data"].URI == full.Request.Inputs["data"].URI && j.Endpoint == endpoint &&
+				!j.CreatedAt.Before(full.Created) && !tracked[j.Name] {
 				found = append(found, j.Name)
 			}
 		}
@@ -663,6 +704,17 @@ func (s *soak) check() {
 		}
 		return b.String()
 	}
+	// Inputs are not unique (re-uploaded blobs): an input has as many jobs
+	// as accepted events name it, each tracked by one run.
+	wantJobs := map[string]int{}
+	for _, keys := range s.accepted {
+		for _, uri := range keys {
+			if uri != "" {
+				wantJobs[uri]++
+			}
+		}
+	}
+	owner := map[string]string{} // job name -> run id
 	checkRun := func(pipeline, key, uri string) {
 		r, ok := byKey[pipeline][key]
 		switch {
@@ -682,12 +734,18 @@ func (s *soak) check() {
 		}
 		got := jobsByURI[uri]
 		switch {
-		case len(got) > 1:
-			t.Errorf("duplicate: %s event %s made %d jobs %v:%s", pipeline, key, len(got), got, history(r))
+		case len(got) > wantJobs[uri]:
+			t.Errorf("duplicate: %d events on input %s made %d jobs %v (this one, %s %s:%s)", wantJobs[uri], uri, len(got), got, pipeline, key, history(r))
 		case len(got) == 0 && r.State == orchestrator.StateCompleted:
 			t.Errorf("%s run %s completed without a job in the simulator", pipeline, key)
-		case len(got) == 1 && (r.Job == nil || r.Job.Name != got[0]):
-			t.Errorf("%s run %s tracks job %v, want %s", pipeline, key, r.Job, got[0])
+		case r.Job == nil || !slices.Contains(got, r.Job.Name):
+			t.Errorf("%s run %s tracks job %v, none of the jobs on its input %v:%s", pipeline, key, r.Job, got, history(r))
+		case owner[r.Job.Name] != "":
+			wrong++
+			t.Errorf("%s run %s tracks job %s, which run %s tracks too: a reconciliation adopted another run's job:%s",
+				pipeline, key, r.Job.Name, owner[r.Job.Name], history(r))
+		default:
+			owner[r.Job.Name] = r.ID
 		}
 	}
 	events := 0
@@ -707,23 +765,25 @@ func (s *soak) check() {
 		for at := cronSlots[0]; at <= cronSlots[len(cronSlots)-1]; at += step {
 			key := "slot:" + time.Unix(at, 0).UTC().Format(time.RFC3339Nano)
 			events++
-			checkRun("ticks", key, fmt.Sprintf("azureml://locations/westeurope/workspaces/sim/data/tick-%d/versions/1", at))
+			uri := fmt.Sprintf("azureml://locations/westeurope/workspaces/sim/data/tick-%d/versions/1", at)
+			wantJobs[uri]++
+			checkRun("ticks", key, uri)
 		}
 	}
-	// Every input names one event: a second job for any input, accepted or
-	// not, is a duplicate submission.
-	for _, names := range jobsByURI {
-		duplicate += len(names) - 1
+	// An input has one job per accepted event that names it: any more,
+	// accepted or not, is a duplicate submission.
+	for uri, names := range jobsByURI {
+		duplicate += max(0, len(names)-max(1, wantJobs[uri]))
 	}
 	if len(notFinished) > 0 {
 		t.Errorf("%d runs not finished: %v", len(notFinished), notFinished[:min(10, len(notFinished))])
 	}
 	c := s.sim.Counts()
 	fmt.Printf("soak: lost=%d duplicate=%d wrong_outcome=%d events=%d runs=%d jobs=%d states=%v "+
-		"operator_actions=%d webhook_200=%d (dup %d) nats_acked=%d (redelivered %d) cron_slots=%d kills=%d nats_restarts=%d unexpected_exits=%d "+
+		"operator_actions=%d webhook_200=%d (dup %d, reuploads %d) nats_acked=%d (redelivered %d) cron_slots=%d kills=%d nats_restarts=%d unexpected_exits=%d "+
 		"posts=%d status_reads=%d arm_lists=%d token_requests=%d\n",
 		lost, duplicate, wrong, events, len(runs), s.sim.JobCount(), states, operated,
-		s.hookOK.Load(), s.hookDup.Load(), s.pubOK.Load(), s.pubDup.Load(), len(cronSlots),
+		s.hookOK.Load(), s.hookDup.Load(), s.reuploads.Load(), s.pubOK.Load(), s.pubDup.Load(), len(cronSlots),
 		s.kills, s.natsRestarts, s.selfExits,
 		c[jobstest.RouteCreate], c[jobstest.RouteGet]+c[jobstest.RouteARMGet], c[jobstest.RouteARMList], c[jobstest.RouteToken])
 	if lost > 0 || duplicate > 0 || wrong > 0 {

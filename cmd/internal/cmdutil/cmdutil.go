@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"text/tabwriter"
@@ -240,14 +241,7 @@ func Dash(s string) string {
 }
 
 // SortedNames are the keys of m in order.
-func SortedNames[V any](m map[string]V) []string {
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	return names
-}
+func SortedNames[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 // FlagExit maps a flag parsing error to an exit code: -h is success.
 func FlagExit(err error) int {
