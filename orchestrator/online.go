@@ -427,6 +427,15 @@ func (o *Orchestrator) deliverOnline(ctx context.Context, r *record, full []byte
 		via = "results"
 		m.Header.Set(jetstream.MsgIDHeader, r.ID+"."+strconv.Itoa(r.Sys.Gen)+".result")
 	}
+	if via != "results" {
+		c, err := o.replyConn(r.Pipeline)
+		if err != nil {
+			o.log.Warn("online outcome not delivered", "run", r.ID, "via", via, "subject", m.Subject, "err", err)
+			o.met.onlineDeliveries.WithLabelValues(r.Pipeline, via, "error").Inc()
+			return
+		}
+		nc = c
+	}
 	m.Header.Set(HeaderRunID, r.ID)
 	m.Header.Set(HeaderPipeline, r.Pipeline)
 	m.Header.Set(HeaderState, string(r.State))
@@ -453,6 +462,29 @@ func (o *Orchestrator) deliverOnline(ctx context.Context, r *record, full []byte
 		o.log.Warn("online outcome not delivered", "run", r.ID, "via", via, "subject", m.Subject, "err", err)
 	}
 	o.met.onlineDeliveries.WithLabelValues(r.Pipeline, via, result).Inc()
+}
+
+// ReplyConns gives the connection a pipeline's NATS trigger receives
+// requests on (natsmsg.ReplyConns implements it).
+type ReplyConns interface {
+	ReplyConn(pipeline string) (*nats.Conn, bool)
+}
+
+// errNoReplyConn: this replica does not run the pipeline's NATS trigger,
+// so it has no connection to the server the requester is on.
+var errNoReplyConn = errors.New("no connection of the pipeline's NATS trigger on this replica (a reply goes out where its request came in)")
+
+// replyConn is where a reply to a request of pipeline goes out: the
+// connection its trigger received the request on, or, without
+// Options.ReplyConns, the daemon's own.
+func (o *Orchestrator) replyConn(pipeline string) (*nats.Conn, error) {
+	if o.opts.ReplyConns == nil {
+		return o.js.Conn(), nil
+	}
+	if nc, ok := o.opts.ReplyConns.ReplyConn(pipeline); ok {
+		return nc, nil
+	}
+	return nil, fmt.Errorf("pipeline %s: %w", pipeline, errNoReplyConn)
 }
 
 // onlineBody is the body of a reply or results message: the endpoint's
@@ -506,7 +538,7 @@ func settled(r *record) bool { return r.State.Terminal() || r.State == StateUnkn
 // flight is waited for, up to its deadline; the answer then says it is
 // still in flight. A completed run whose response was not kept in full is
 // answered with an error saying so.
-func (o *Orchestrator) AnswerDuplicate(ctx context.Context, runID, reply string) error {
+func (o *Orchestrator) AnswerDuplicate(ctx context.Context, pipeline, runID, reply string) error {
 	if reply == "" {
 		return nil
 	}
@@ -536,7 +568,11 @@ func (o *Orchestrator) AnswerDuplicate(ctx context.Context, runID, reply string)
 			m.Header.Set(HeaderState, string(StateReceived))
 			m.Header.Set(HeaderDuplicate, "true")
 			m.Data = b
-			return o.js.Conn().PublishMsg(m)
+			nc, err := o.replyConn(pipeline)
+			if err != nil {
+				return err
+			}
+			return nc.PublishMsg(m)
 		}
 		if err := backoff.Sleep(ctx, wait); err != nil {
 			return err

@@ -196,7 +196,7 @@ func TestOnlineReplyGoesToTheRequester(t *testing.T) {
 	if err != nil || !rc2.Duplicate {
 		t.Fatalf("second Emit = %+v, %v; want a duplicate", rc2, err)
 	}
-	if err := h.o.AnswerDuplicate(t.Context(), rc2.RunID, inbox2); err != nil {
+	if err := h.o.AnswerDuplicate(t.Context(), ev.Pipeline, rc2.RunID, inbox2); err != nil {
 		t.Fatal(err)
 	}
 	d := next(t, replies2, "duplicate's reply")

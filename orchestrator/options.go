@@ -98,6 +98,11 @@ type Options struct {
 	// without a workspace) is looked at again. Default PollMax.
 	ParkInterval time.Duration
 
+	// ReplyConns gives the connection a pipeline's NATS trigger receives
+	// requests on: an online run's deferred reply (and a duplicate's) goes
+	// out there. Nil: the daemon's own connection (JS's).
+	ReplyConns ReplyConns
+
 	// clock is the steps' "now" (tests stub it); nil is time.Now.
 	clock func() time.Time
 	// submitMargin is added to SubmitTimeout to get the moment after which

@@ -22,6 +22,7 @@ import (
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/broker"
 )
 
 // onlineDaemon is `batchd serve` in-process, wired to the simulator's
@@ -32,11 +33,22 @@ type onlineDaemon struct {
 	sim  *jobstest.Sim
 	nc   *nats.Conn
 	base string
-	logs *serveLogBuffer
-	stop func()
+	// ownNATS is the daemon's own (embedded) NATS, which the client may
+	// not be on.
+	ownNATS string
+	logs    *serveLogBuffer
+	stop    func()
 }
 
 func startOnlineDaemon(tb testing.TB, ep jobstest.OnlineOptions, extraEnv map[string]string) *onlineDaemon {
+	tb.Helper()
+	return startOnlineDaemonOn(tb, ep, extraEnv, "")
+}
+
+// startOnlineDaemonOn is startOnlineDaemon with the trigger on the NATS
+// server at triggerURL (the trigger's url:), where the test's client then
+// sends its requests; "" is the daemon's own NATS.
+func startOnlineDaemonOn(tb testing.TB, ep jobstest.OnlineOptions, extraEnv map[string]string, triggerURL string) *onlineDaemon {
 	tb.Helper()
 	sim := jobstest.New(tb, jobstest.Options{RecordBodies: true})
 	if err := sim.AddOnlineEndpoint("ep", ep); err != nil {
@@ -55,10 +67,10 @@ pipelines:
   classify:
     endpoint: ep
     trigger:
-      nats: {subject: classify.requests, queue: batchd}
+      nats: {subject: classify.requests, queue: batchd%s}
     request: '{{ .Message.Body }}'
     timeout: 20s
-`, sim.OnlineScoringURI("ep"))
+`, sim.OnlineScoringURI("ep"), map[bool]string{true: `, url: "` + triggerURL + `"`}[triggerURL != ""])
 	if err := os.WriteFile(pf, []byte(yaml), 0o644); err != nil {
 		tb.Fatal(err)
 	}
@@ -112,7 +124,12 @@ pipelines:
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	nc, err := nats.Connect("nats://"+natsAddr, nats.Name("online-e2e"))
+	clientURL := "nats://" + natsAddr
+	if triggerURL != "" {
+		clientURL = triggerURL
+	}
+	d.ownNATS = "nats://" + natsAddr
+	nc, err := nats.Connect(clientURL, nats.Name("online-e2e"))
 	if err != nil {
 		tb.Fatalf("connect to the daemon's NATS: %v\n%s", err, logs.String())
 	}
@@ -224,6 +241,46 @@ func TestOnlineRequestReplyEndToEnd(t *testing.T) {
 		if strings.Contains(d.logs.String(), tok[strings.LastIndex(tok, ".")+1:]) {
 			t.Errorf("a token reached the log")
 		}
+	}
+}
+
+// A trigger on another NATS server (url:) gets its deferred replies there,
+// duplicates' too, on the connection the requests came in on: never on the
+// daemon's own NATS, where the requester is not.
+func TestOnlineDeferredReplyGoesOutWhereTheRequestCameIn(t *testing.T) {
+	other, err := broker.Start(t.Context(), broker.Options{StoreDir: t.TempDir(), Listen: procFreeAddr(t), ClientName: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	d := startOnlineDaemonOn(t, jobstest.OnlineOptions{}, nil, other.ClientURL())
+	own, err := nats.Connect(d.ownNATS, nats.Name("spy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	// The requester's replies arrive under its connection's response
+	// prefix; on the daemon's own NATS nothing may arrive there.
+	inbox := d.nc.NewRespInbox()
+	spy, err := own.SubscribeSync(inbox[:strings.LastIndex(inbox, ".")] + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := own.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"", "true"} { // the request, then its duplicate
+		m, err := d.request(t.Context(), "other-server-1", `{"i":1}`, 20*time.Second)
+		if err != nil {
+			t.Fatalf("request on the trigger's server (duplicate %q): %v\n%s", want, err, d.logs.String())
+		}
+		if m.Header.Get(orchestrator.HeaderState) != "completed" || m.Header.Get(orchestrator.HeaderDuplicate) != want {
+			t.Errorf("reply %q, state %q, duplicate %q; want completed, duplicate %q", m.Data, m.Header.Get(orchestrator.HeaderState),
+				m.Header.Get(orchestrator.HeaderDuplicate), want)
+		}
+	}
+	if m, err := spy.NextMsg(200 * time.Millisecond); err == nil {
+		t.Errorf("a reply went out on the daemon's own NATS (subject %s): the requester is not there", m.Subject)
 	}
 }
 

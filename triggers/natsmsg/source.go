@@ -100,8 +100,11 @@ type Options struct {
 	// daemon replies with that run's outcome. It may wait for the run to
 	// finish. Without it the source answers {"run_id", "duplicate": true}.
 	OnDuplicate func(ctx context.Context, runID, reply string) error
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer
+	// ReplyConns, when set, learns this trigger's connection while it runs,
+	// so that deferred replies go out where the request came in.
+	ReplyConns *ReplyConns
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Source is one pipeline's NATS trigger.
@@ -148,6 +151,7 @@ func New(o Options) (*Source, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	o.ReplyConns.declare(o.Pipeline, o.Config.URL != "")
 	return &Source{o: o, log: log.With("trigger", "nats", "pipeline", o.Pipeline), m: trigmetrics.New(o.Registerer)}, nil
 }
 
@@ -167,6 +171,8 @@ func (s *Source) Run(ctx context.Context) error {
 		defer c.Close()
 		nc = c
 	}
+	s.o.ReplyConns.set(s.o.Pipeline, nc)
+	defer s.o.ReplyConns.set(s.o.Pipeline, nil)
 	if s.o.Config.Stream != "" {
 		return s.runJetStream(ctx, nc)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/batchd/batchd/orchestrator/broker"
 	"github.com/batchd/batchd/orchestrator/statuspage"
 	"github.com/batchd/batchd/triggers"
+	"github.com/batchd/batchd/triggers/natsmsg"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -107,8 +108,12 @@ func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) erro
 		return err
 	}
 
+	// Deferred online replies go out on the connection their request came
+	// in on: the triggers register theirs here as they run.
+	replies := natsmsg.NewReplyConns(b.Conn)
 	orch, err := orchestrator.New(ctx, orchestrator.Options{
-		JS: b.JS, Conn: b.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker, Scorer: scorer,
+		ReplyConns: replies,
+		JS:         b.JS, Conn: b.Conn, Pipelines: f.Pipelines, Submitter: client, Checker: checker, Scorer: scorer,
 		Logger: log.With("component", "orchestrator"), Registerer: reg,
 		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,
 		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
@@ -125,7 +130,7 @@ func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) erro
 	if err != nil {
 		return err
 	}
-	trig, err := buildTriggers(env, f, orch, triggersKV, reg, storage, b.Conn, log.With("component", "triggers"))
+	trig, err := buildTriggers(env, f, orch, triggersKV, reg, storage, b.Conn, replies, log.With("component", "triggers"))
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func (s *triggerSet) nextFires(pipeline string, n int) []time.Time {
 
 // buildTriggers constructs the triggers. It starts nothing.
 func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestrator, kv jetstream.KeyValue, reg prometheus.Registerer,
-	st *datastores.Storage, nc *nats.Conn, log *slog.Logger) (*triggerSet, error) {
+	st *datastores.Storage, nc *nats.Conn, replies *natsmsg.ReplyConns, log *slog.Logger) (*triggerSet, error) {
 	set := &triggerSet{schedules: map[string]*cron.Schedule{}}
 	var errs []error
 
@@ -111,7 +111,7 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 
 	for _, name := range cmdutil.SortedNames(f.Triggers.NATS) {
 		p := f.Pipelines[name]
-		nopts := natsmsg.Options{Pipeline: name, Config: f.Triggers.NATS[name], Conn: nc, Intake: orch,
+		nopts := natsmsg.Options{Pipeline: name, Config: f.Triggers.NATS[name], Conn: nc, Intake: orch, ReplyConns: replies,
 			// Render the pipeline's templates before accepting a message, so
 			// one that lacks a field they read is rejected (and, on
 			// JetStream, terminated) at once with the reason.
@@ -124,7 +124,9 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 			// A core NATS request to an online pipeline is answered with the
 			// scoring response by the run (docs/ONLINE.md).
 			nopts.DeferReply = true
-			nopts.OnDuplicate = orch.AnswerDuplicate
+			nopts.OnDuplicate = func(ctx context.Context, runID, reply string) error {
+				return orch.AnswerDuplicate(ctx, name, runID, reply)
+			}
 			nopts.Concurrency = 32
 		}
 		s, err := natsmsg.New(nopts)
