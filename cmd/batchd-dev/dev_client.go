@@ -153,7 +153,7 @@ func devPublish(ctx context.Context, c *cli, args []string) int {
 		return exitUsage
 	}
 	published := time.Now()
-	r, err := publishRequest(ctx, st.NATSURL, pos[0], []byte(pos[1]))
+	r, err := publishRequest(ctx, st.NATSURL, st.NATSTokenFile, pos[0], []byte(pos[1]))
 	if err != nil {
 		fmt.Fprintf(c.stderr, "batchd-dev publish: %v\n", err)
 		return exitTransient

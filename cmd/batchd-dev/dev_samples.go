@@ -360,8 +360,12 @@ type natsReply struct {
 
 // publishRequest publishes body on subject as a request: the core NATS
 // trigger answers with the run id (or why it took no run).
-func publishRequest(ctx context.Context, natsURL, subject string, body []byte) (natsReply, error) {
-	nc, err := nats.Connect(natsURL, nats.Name("batchd-dev publish"), nats.Timeout(5*time.Second))
+func publishRequest(ctx context.Context, natsURL, tokenFile, subject string, body []byte) (natsReply, error) {
+	token, err := readSecretFile(tokenFile)
+	if err != nil {
+		return natsReply{}, fmt.Errorf("the NATS listener's token: %w", err)
+	}
+	nc, err := nats.Connect(natsURL, nats.Name("batchd-dev publish"), nats.Timeout(5*time.Second), nats.Token(token))
 	if err != nil {
 		return natsReply{}, fmt.Errorf("connect to %s: %w", natsURL, err)
 	}
@@ -501,7 +505,7 @@ func (d *devRun) seed(ctx context.Context) error {
 		return nil
 	}
 	body, _ := json.Marshal(map[string]string{"uri": sample2})
-	r, err := publishRequest(ctx, d.state.NATSURL, devSampleSubj, body)
+	r, err := publishRequest(ctx, d.state.NATSURL, d.state.NATSTokenFile, devSampleSubj, body)
 	if err != nil {
 		return err
 	}
@@ -616,7 +620,8 @@ func (d *devRun) banner() {
 	fmt.Fprintf(&b, "  %s publish%s %s %s\n", cmd, stateFlag, devSampleSubj, msg)
 	fmt.Fprintf(&b, "  %s publish%s %s '{\"uri\":\"https://elsewhere.blob.core.windows.net/data/x.csv\"}'\n", cmd, stateFlag, devSampleSubj)
 	fmt.Fprintf(&b, "  # the same with the nats CLI, if you have it\n")
-	fmt.Fprintf(&b, "  nats -s %s pub %s %s\n", st.NATSURL, devSampleSubj, msg)
+	natsURL := strings.Replace(st.NATSURL, "nats://", `nats://$(cat `+shellQuote(d.rel(st.NATSTokenFile))+`)@`, 1)
+	fmt.Fprintf(&b, "  nats -s \"%s\" pub %s %s\n", natsURL, devSampleSubj, msg)
 	fmt.Fprintf(&b, "  # the API: run the scheduled pipeline by hand, list runs, explain one\n")
 	if st.URL != "http://127.0.0.1:8080" {
 		fmt.Fprintf(&b, "  export BATCHD_URL=%s\n", st.URL)

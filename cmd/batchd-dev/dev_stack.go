@@ -87,6 +87,7 @@ type devState struct {
 	HTTPAddr          string            `json:"http_addr"`
 	NATSURL           string            `json:"nats_url"`
 	NATSPort          int               `json:"nats_port"`
+	NATSTokenFile     string            `json:"nats_token_file"`
 	AzuriteURL        string            `json:"azurite_url"`
 	AzuritePort       int               `json:"azurite_port"`
 	AccountURL        string            `json:"account_url"`
@@ -406,7 +407,8 @@ func (d *devRun) configure(ctx context.Context) int {
 	d.state = devState{
 		URL: "http://" + d.httpAddr, HTTPAddr: d.httpAddr,
 		NATSURL: "nats://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(d.natsPort)), NATSPort: d.natsPort,
-		AzuriteURL: d.az.URL, AzuritePort: d.azuritePort, AccountURL: d.az.AccountURL(),
+		NATSTokenFile: daemon.ListenTokenFile(d.dir),
+		AzuriteURL:    d.az.URL, AzuritePort: d.azuritePort, AccountURL: d.az.AccountURL(),
 		SimulatorURL: d.sim.URL(), PipelinesFile: pipelinesFile, WebhookSecretFile: secretFile,
 	}
 	for _, name := range cmdutil.SortedNames(f.Triggers.Blob) {
@@ -547,7 +549,7 @@ func devRunning(dir string) bool {
 // wipeDevState removes what a previous batchd-dev wrote in dir, and only
 // that: --state may point at a directory that holds other things.
 func wipeDevState(dir string) error {
-	for _, name := range []string{devStateFile, devPipelines, devKeyFile, devSecretFile, devLogFile, devNATSDir, devAzuriteDir} {
+	for _, name := range []string{devStateFile, devPipelines, devKeyFile, devSecretFile, devLogFile, devNATSDir, devAzuriteDir, filepath.Base(daemon.ListenTokenFile(dir))} {
 		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
 			return err
 		}

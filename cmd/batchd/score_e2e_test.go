@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/batchd/batchd/cmd/internal/daemon"
 	"github.com/batchd/batchd/config"
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
@@ -35,9 +36,10 @@ type onlineDaemon struct {
 	base string
 	// ownNATS is the daemon's own (embedded) NATS, which the client may
 	// not be on.
-	ownNATS string
-	logs    *serveLogBuffer
-	stop    func()
+	ownNATS, ownToken string
+	stateDir          string
+	logs              *serveLogBuffer
+	stop              func()
 }
 
 func startOnlineDaemon(tb testing.TB, ep jobstest.OnlineOptions, extraEnv map[string]string) *onlineDaemon {
@@ -124,12 +126,17 @@ pipelines:
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	clientURL := "nats://" + natsAddr
-	if triggerURL != "" {
-		clientURL = triggerURL
+	// The daemon's listener takes only clients with its token.
+	token, err := os.ReadFile(daemon.ListenTokenFile(env["BATCHD_STATE_DIR"]))
+	if err != nil {
+		tb.Fatalf("the NATS listener's token: %v", err)
 	}
-	d.ownNATS = "nats://" + natsAddr
-	nc, err := nats.Connect(clientURL, nats.Name("online-e2e"))
+	d.ownNATS, d.ownToken, d.stateDir = "nats://"+natsAddr, strings.TrimSpace(string(token)), env["BATCHD_STATE_DIR"]
+	clientURL, clientOpts := d.ownNATS, []nats.Option{nats.Name("online-e2e"), nats.Token(d.ownToken)}
+	if triggerURL != "" {
+		clientURL, clientOpts = triggerURL, clientOpts[:1]
+	}
+	nc, err := nats.Connect(clientURL, clientOpts...)
 	if err != nil {
 		tb.Fatalf("connect to the daemon's NATS: %v\n%s", err, logs.String())
 	}
@@ -244,6 +251,30 @@ func TestOnlineRequestReplyEndToEnd(t *testing.T) {
 	}
 }
 
+// The embedded NATS listener (BATCHD_NATS_LISTEN) takes no client without
+// the token batchd made in its state directory (mode 0600): another local
+// user cannot write the ledger through it.
+func TestNATSListenerRequiresTheToken(t *testing.T) {
+	d := startOnlineDaemon(t, jobstest.OnlineOptions{}, nil)
+	for name, opts := range map[string][]nats.Option{
+		"no token":    nil,
+		"wrong token": {nats.Token(strings.Repeat("0", 64))},
+	} {
+		if nc, err := nats.Connect(d.ownNATS, opts...); err == nil {
+			nc.Close()
+			t.Errorf("%s: connected to the daemon's NATS listener", name)
+		} else if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+			t.Errorf("%s: %v, want an authorization error", name, err)
+		}
+	}
+	if fi, err := os.Stat(daemon.ListenTokenFile(d.stateDir)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("token file: %v; want it, mode 0600", err)
+	}
+	if strings.Contains(d.logs.String(), d.ownToken) {
+		t.Error("the listener's token reached the log")
+	}
+}
+
 // A trigger on another NATS server (url:) gets its deferred replies there,
 // duplicates' too, on the connection the requests came in on: never on the
 // daemon's own NATS, where the requester is not.
@@ -254,7 +285,7 @@ func TestOnlineDeferredReplyGoesOutWhereTheRequestCameIn(t *testing.T) {
 	}
 	t.Cleanup(other.Close)
 	d := startOnlineDaemonOn(t, jobstest.OnlineOptions{}, nil, other.ClientURL())
-	own, err := nats.Connect(d.ownNATS, nats.Name("spy"))
+	own, err := nats.Connect(d.ownNATS, nats.Name("spy"), nats.Token(d.ownToken))
 	if err != nil {
 		t.Fatal(err)
 	}

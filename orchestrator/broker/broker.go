@@ -8,11 +8,16 @@ package broker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -30,6 +35,13 @@ type Options struct {
 	// Listen, for the embedded server only, is a loopback host:port to accept
 	// clients on (port 0 picks a free one). Empty means no listener.
 	Listen string
+	// ListenTokenFile, with Listen, holds the token every client of the
+	// embedded server must present (the in-process connection too), so
+	// that another local user cannot write the ledger through the
+	// listener. Start creates it (random, mode 0600) when it is missing.
+	// Empty means no authentication: tests only; batchd serve always sets
+	// it.
+	ListenTokenFile string
 	// CredsFile, NKeyFile and the TLS files authenticate to an external
 	// cluster; they are passed to nats.go as they are.
 	CredsFile  string
@@ -88,12 +100,19 @@ func Start(ctx context.Context, opts Options) (*Broker, error) {
 	}
 	url := opts.URL
 	if url == "" {
-		srv, err := startEmbedded(opts, log)
+		token, err := listenToken(opts)
+		if err != nil {
+			return nil, err
+		}
+		srv, err := startEmbedded(opts, token, log)
 		if err != nil {
 			return nil, err
 		}
 		b.srv = srv
 		connOpts = append(connOpts, nats.InProcessServer(srv))
+		if token != "" {
+			connOpts = append(connOpts, nats.Token(token))
+		}
 	} else {
 		if opts.CredsFile != "" {
 			connOpts = append(connOpts, nats.UserCredentials(opts.CredsFile))
@@ -182,7 +201,41 @@ func (b *Broker) shutdownServer() {
 	}
 }
 
-func startEmbedded(opts Options, log *slog.Logger) (*server.Server, error) {
+// listenToken reads (or creates) the listener's token; "" without one.
+func listenToken(opts Options) (string, error) {
+	if opts.Listen == "" || opts.ListenTokenFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(opts.ListenTokenFile)
+	if err == nil {
+		if tok := strings.TrimSpace(string(b)); len(tok) >= 32 {
+			return tok, nil
+		}
+		return "", fmt.Errorf("embedded nats: %s holds no token of at least 32 characters: delete it to have a new one made", opts.ListenTokenFile)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("embedded nats: listener token: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(raw)
+	f, err := os.OpenFile(opts.ListenTokenFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("embedded nats: create the listener token: %w", err)
+	}
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		_ = f.Close()
+		return "", fmt.Errorf("embedded nats: write the listener token: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("embedded nats: write the listener token: %w", err)
+	}
+	return tok, nil
+}
+
+func startEmbedded(opts Options, token string, log *slog.Logger) (*server.Server, error) {
 	if opts.StoreDir == "" {
 		return nil, errors.New("embedded nats: a state directory is required")
 	}
@@ -200,9 +253,12 @@ func startEmbedded(opts Options, log *slog.Logger) (*server.Server, error) {
 		// minutes, so a host crash could lose what Event Grid already got
 		// a 200 for.
 		SyncAlways: !opts.NoSync,
-		// The in-process connection needs no auth; a listener is loopback only.
-		Host: "127.0.0.1",
-		Port: server.RANDOM_PORT,
+		// Without a listener only the in-process connection reaches the
+		// server; a listener is loopback only and, in batchd serve, needs
+		// the token.
+		Authorization: token,
+		Host:          "127.0.0.1",
+		Port:          server.RANDOM_PORT,
 	}
 	if opts.Listen != "" {
 		host, port, err := net.SplitHostPort(opts.Listen)

@@ -45,6 +45,10 @@ func Check(env *config.Env) error {
 	return nil
 }
 
+// ListenTokenFile is where the embedded NATS server's listener token is
+// (BATCHD_NATS_LISTEN): clients of the listener present it.
+func ListenTokenFile(stateDir string) string { return filepath.Join(stateDir, "nats-listen.token") }
+
 // Options are what the caller of Serve provides besides the configuration.
 type Options struct {
 	// Logs receives the daemon's log (slog, in env's level and format).
@@ -79,6 +83,9 @@ func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) erro
 	}
 	if env.NATS.URL == "" {
 		bopts.StoreDir = filepath.Join(env.StateDir, "nats")
+		if env.NATS.Listen != "" {
+			bopts.ListenTokenFile = ListenTokenFile(env.StateDir)
+		}
 		if err := os.MkdirAll(bopts.StoreDir, 0o750); err != nil {
 			return &config.Error{Problems: []error{&config.FieldError{Path: "BATCHD_STATE_DIR", Msg: err.Error()}}}
 		}
@@ -255,7 +262,7 @@ func natsDescription(env *config.Env, b *broker.Broker) string {
 			d += " (every write synced before its ack)"
 		}
 		if u := b.ClientURL(); u != "" {
-			d += ", listening on " + u
+			d += ", listening on " + u + " (clients present the token in " + ListenTokenFile(env.StateDir) + ")"
 		}
 		return d
 	}
