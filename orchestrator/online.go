@@ -162,7 +162,7 @@ func (o *Orchestrator) stepOnline(st *step, p *Pipeline, note string) (settle, e
 		case sem <- struct{}{}:
 		default:
 			o.met.admissionWaits.WithLabelValues(p.Endpoint.Name, "max_concurrent_requests").Inc()
-			t := time.NewTimer(time.Until(deadline))
+			t := time.NewTimer(deadline.Sub(o.now()))
 			select {
 			case sem <- struct{}{}:
 				t.Stop()

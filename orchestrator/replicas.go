@@ -153,7 +153,7 @@ func (o *Orchestrator) readReplicas(ctx context.Context, known []string) ([]Repl
 	}
 	var out []ReplicaInfo
 	var errs []error
-	for _, k := range slices.Sorted(maps.Keys(listed)) {
+	for k := range listed {
 		e, err := o.h.replicas.Get(ctx, k)
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {

@@ -297,6 +297,8 @@ type pollHorizon struct {
 
 func (p *Poller) horizonKey() string { return "poll." + kvstate.Token(p.pipeline) + ".horizon" }
 
+func (p *Poller) cursorKey() string { return "poll." + kvstate.Token(p.pipeline) + ".cursor" }
+
 // horizon reads the pipeline's horizon, recording it on the first sweep:
 // the last recorded sweep's start if there is one (blobs modified since
 // may not have been handled), else this sweep's start. Replicas racing
@@ -316,7 +318,7 @@ func (p *Poller) horizon(ctx context.Context, started time.Time) (time.Time, err
 			return time.Time{}, fmt.Errorf("poller horizon: %w", err)
 		}
 		h := pollHorizon{Since: started, From: "first sweep"}
-		if c, err := p.store.Get(ctx, "poll."+kvstate.Token(p.pipeline)+".cursor"); err == nil {
+		if c, err := p.store.Get(ctx, p.cursorKey()); err == nil {
 			var cur pollCursor
 			if json.Unmarshal(c.Value, &cur) == nil && !cur.Swept.IsZero() && cur.Swept.Before(started) {
 				h = pollHorizon{Since: cur.Swept, From: "last sweep"}
@@ -345,7 +347,7 @@ func (p *Poller) history(ctx context.Context, st *SweepStats, ref Ref, etag stri
 }
 
 func (p *Poller) putCursor(ctx context.Context, v []byte) {
-	key := "poll." + kvstate.Token(p.pipeline) + ".cursor"
+	key := p.cursorKey()
 	if e, err := p.store.Get(ctx, key); err == nil {
 		_, _ = p.store.Update(ctx, key, v, e.Revision)
 		return

@@ -458,8 +458,8 @@ func (w *Webhook) handleEvent(ctx context.Context, ev Event, c *counts) error {
 	if d.ContentLength != nil {
 		facts.size, facts.hasSize = *d.ContentLength, true
 	}
-	be := orchestrator.BlobEvent{URL: ref.URL, Account: ref.Account, Container: ref.Container, Name: ref.Name,
-		Folder: ref.Folder(), ETag: etag, Size: facts.size, API: d.API, Sequencer: d.Sequencer}
+	base := versionEvent("", orchestrator.SourceEventGrid, ref, etag, facts.size, t)
+	base.Blob.API, base.Blob.Sequencer = d.API, d.Sequencer
 	var why []string
 	matched := 0
 	for _, rt := range w.routes {
@@ -469,8 +469,8 @@ func (w *Webhook) handleEvent(ctx context.Context, ev Event, c *counts) error {
 			continue
 		}
 		matched++
-		blob := be
-		oev := orchestrator.Event{Pipeline: rt.Pipeline, Key: Key(ref, etag), Source: orchestrator.SourceEventGrid, Time: t, Blob: &blob}
+		oev, blob := base, *base.Blob
+		oev.Pipeline, oev.Blob = rt.Pipeline, &blob
 		if err := w.handleBlob(ctx, rt, oev, facts, c); err != nil {
 			return err
 		}
@@ -483,8 +483,7 @@ func (w *Webhook) handleEvent(ctx context.Context, ev Event, c *counts) error {
 		if len(reason) > 2000 {
 			reason = reason[:2000] + "…"
 		}
-		ev := orchestrator.Event{Key: Key(ref, etag), Source: orchestrator.SourceEventGrid, Time: t, Blob: &be}
-		return w.record(ctx, "", ev, orchestrator.StateFiltered, reason, c)
+		return w.record(ctx, "", base, orchestrator.StateFiltered, reason, c)
 	}
 	return nil
 }
