@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -606,4 +607,67 @@ func duplicates(s []string) []string {
 		seen[x] = true
 	}
 	return dup
+}
+
+// The Event Grid subscription script's workspace form subscribes the
+// workspace's two job event types and nothing else, with the secret only
+// in a file az reads. az is a stand-in that records its arguments.
+func TestDeployEventGridSubscriptionWorkspaceForm(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	fakeAz := `#!/usr/bin/env bash
+printf '%s\n' "$*" >>"` + calls + `"
+case "$1 $2 $3" in
+  "account show "*) echo 00000000-0000-0000-0000-000000000001 ;;
+  "provider show "*) echo Registered ;;
+  "resource show "*) echo /subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/ml-rg/providers/Microsoft.MachineLearningServices/workspaces/ml-ws ;;
+  "eventgrid event-subscription show") [[ -f "` + dir + `/created" ]] || exit 3 ;;
+  "eventgrid event-subscription create")
+    for a in "$@"; do [[ $a == @* ]] && cp "${a#@}" "` + dir + `/endpoint"; done
+    touch "` + dir + `/created" ;;
+esac
+`
+	if err := os.WriteFile(filepath.Join(dir, "az"), []byte(fakeAz), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	secret := "0123456789abcdef0123456789abcdef"
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "../deploy/azure/create-eventgrid-subscription.sh", "--workspace", "ml-ws",
+		"--resource-group", "ml-rg", "--host", "batchd.example.com", "--secret-file", filepath.Join(dir, "secret"))
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("script: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(calls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var create string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "eventgrid event-subscription create") {
+			create = line
+		}
+	}
+	for _, want := range []string{
+		"--name batchd-jobs-ml-ws",
+		"--source-resource-id /subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/ml-rg/providers/Microsoft.MachineLearningServices/workspaces/ml-ws",
+		"--included-event-types Microsoft.MachineLearningServices.RunStatusChanged Microsoft.MachineLearningServices.RunCompleted",
+	} {
+		if !strings.Contains(create, want) {
+			t.Errorf("az eventgrid event-subscription create %q lacks %q", create, want)
+		}
+	}
+	if strings.Contains(create, "data.api") || strings.Contains(create, "BlobCreated") {
+		t.Errorf("the workspace subscription carries blob filters: %s", create)
+	}
+	if strings.Contains(string(b), secret) || strings.Contains(string(out), secret) {
+		t.Error("the webhook secret reached az's arguments or the script's output")
+	}
+	if ep, _ := os.ReadFile(filepath.Join(dir, "endpoint")); strings.TrimSpace(string(ep)) != "https://batchd.example.com/eventgrid?code="+secret {
+		t.Errorf("endpoint file %q", ep)
+	}
 }

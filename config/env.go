@@ -68,6 +68,9 @@ type rawEnv struct {
 	PollMax        string `env:"BATCHD_POLL_MAX, default=5m"`
 	PollBudget     string `env:"BATCHD_POLL_BUDGET, default=20"`
 	ReconcileGrace string `env:"BATCHD_RECONCILE_GRACE, default=10m"`
+	// Pushed completion (Azure ML workspace events on /eventgrid).
+	JobEventsSafetyPoll string `env:"BATCHD_JOB_EVENTS_SAFETY_POLL, default=10m"`
+	JobEventsSilence    string `env:"BATCHD_JOB_EVENTS_SILENCE, default=30m"`
 
 	// The standard Azure SDK variables, read here and passed on explicitly.
 	AzureClientID       string `env:"AZURE_CLIENT_ID"`
@@ -128,6 +131,11 @@ type Env struct {
 	PollMax        time.Duration
 	PollBudget     float64 // status requests per second per endpoint host
 	ReconcileGrace time.Duration
+	// JobEventsSafetyPoll is the status request interval of a job whose
+	// workspace delivers job events; JobEventsSilence how long without an
+	// event before its jobs are polled at the full rate again.
+	JobEventsSafetyPoll time.Duration
+	JobEventsSilence    time.Duration
 }
 
 // WebhookEntra configures Entra-protected Event Grid delivery.
@@ -298,6 +306,8 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 	e.PollMin = duration(p, "BATCHD_POLL_MIN", raw.PollMin, 100*time.Millisecond)
 	e.PollMax = duration(p, "BATCHD_POLL_MAX", raw.PollMax, 100*time.Millisecond)
 	e.ReconcileGrace = duration(p, "BATCHD_RECONCILE_GRACE", raw.ReconcileGrace, time.Second)
+	e.JobEventsSafetyPoll = duration(p, "BATCHD_JOB_EVENTS_SAFETY_POLL", raw.JobEventsSafetyPoll, 100*time.Millisecond)
+	e.JobEventsSilence = duration(p, "BATCHD_JOB_EVENTS_SILENCE", raw.JobEventsSilence, time.Second)
 	if e.PollMin > 0 && e.PollMax > 0 && e.PollMax < e.PollMin {
 		p.add("BATCHD_POLL_MAX", "%s is less than BATCHD_POLL_MIN (%s)", e.PollMax, e.PollMin)
 	}

@@ -153,4 +153,6 @@ func TestEnvDefaultsAreTheOrchestrators(t *testing.T) {
 	dur("BATCHD_POLL_MIN", orchestrator.DefaultPollMin)
 	dur("BATCHD_POLL_MAX", orchestrator.DefaultPollMax)
 	dur("BATCHD_RECONCILE_GRACE", orchestrator.DefaultReconcileGrace)
+	dur("BATCHD_JOB_EVENTS_SAFETY_POLL", orchestrator.DefaultEventSafetyPoll)
+	dur("BATCHD_JOB_EVENTS_SILENCE", orchestrator.DefaultEventSilence)
 }

@@ -68,6 +68,12 @@
 // staying the carrier); past the pipeline's timeout cancel the job (ARM)
 // and finish timed_out.
 //
+// Pushed completion (jobevents.go): an Azure ML workspace event about a job
+// (JobChanged, from the webhook) only nudges the run's tracker message, so
+// the next look — one status request, the same step as a poll — happens
+// now; the event itself writes nothing to the run. While a workspace sends
+// events, its jobs' routine looks wait the safety interval.
+//
 // Finish (any terminal state): publish the completion message (Nats-Msg-Id =
 // run id, generation, state), then write the terminal record, then give the
 // slot back, then ack. Crash after the message: the run is found unfinished

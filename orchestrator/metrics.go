@@ -18,6 +18,7 @@ type metrics struct {
 	finished       *prometheus.CounterVec   // pipeline, state
 	jobDuration    *prometheus.HistogramVec // pipeline, state
 	polls          *prometheus.CounterVec   // endpoint, result
+	jobEvents      *prometheus.CounterVec   // type, outcome
 	admissionWaits *prometheus.CounterVec   // endpoint, reason
 	reconciles     *prometheus.CounterVec   // endpoint, result
 	orphansRevived prometheus.Counter
@@ -56,6 +57,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "batchd_poll_requests_total",
 		Help: "Job status and list requests, by endpoint and result (ok, error).",
 	}, []string{"endpoint", "result"})
+	m.jobEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_job_events_total",
+		Help: "Azure ML workspace job events taken on /eventgrid, by type (run_status_changed, run_completed) and outcome: checked (one status request follows), progress, finished (the run had ended), stale (the run moved to another job), not_ours.",
+	}, []string{"type", "outcome"})
 	m.admissionWaits = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_admission_waits_total",
 		Help: "Runs that had to wait for endpoint admission, by endpoint and reason (max_running_jobs, paused, backoff).",
@@ -94,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Intake or tracker messages taken out of the way, by consumer (intake, tracker) and cause: panic (a step panicked), error (a step failed 5 times with an error retrying cannot fix). Their runs end failed (or rejected) with the reason; alert on any.",
 	}, []string{"consumer", "cause"})
 	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration,
-		m.polls, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries, m.poisoned)
+		m.polls, m.jobEvents, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries, m.poisoned)
 	return m
 }
 

@@ -52,6 +52,14 @@ type Options struct {
 	// PollBudget is the number of status (and list) requests per second one
 	// replica sends to one endpoint host. Default 20.
 	PollBudget float64
+	// EventSafetyPoll is the interval of a job's routine status requests
+	// while its workspace delivers Azure ML job events (JobChanged): they
+	// only catch what a lost event missed. Default 10m.
+	EventSafetyPoll time.Duration
+	// EventSilence is how long a workspace may deliver no job event before
+	// its jobs are polled at the full rate again (and, while jobs are
+	// tracked, batchd_job_events_silent says so). Default 30m.
+	EventSilence time.Duration
 	// ReconcileGrace is how long after an ambiguous submission reconciliation
 	// keeps looking for the job before it submits once more. Default 10m.
 	ReconcileGrace time.Duration
@@ -115,14 +123,16 @@ type Options struct {
 // BATCHD_* defaults are these (a test in config keeps them equal); Options
 // left zero get them too.
 const (
-	DefaultWorkers        = 8
-	DefaultRetention      = 168 * time.Hour
-	DefaultShutdownGrace  = 60 * time.Second
-	DefaultSubmitTimeout  = 60 * time.Second
-	DefaultPollMin        = 10 * time.Second
-	DefaultPollMax        = 5 * time.Minute
-	DefaultPollBudget     = 20
-	DefaultReconcileGrace = 10 * time.Minute
+	DefaultWorkers         = 8
+	DefaultRetention       = 168 * time.Hour
+	DefaultShutdownGrace   = 60 * time.Second
+	DefaultSubmitTimeout   = 60 * time.Second
+	DefaultPollMin         = 10 * time.Second
+	DefaultPollMax         = 5 * time.Minute
+	DefaultPollBudget      = 20
+	DefaultReconcileGrace  = 10 * time.Minute
+	DefaultEventSafetyPoll = 10 * time.Minute
+	DefaultEventSilence    = 30 * time.Minute
 )
 
 // DefaultRetry is a pipeline's retry policy when it sets none: one
@@ -157,6 +167,8 @@ func (o *Options) setDefaults() {
 		o.PollBudget = DefaultPollBudget
 	}
 	def(&o.ReconcileGrace, DefaultReconcileGrace)
+	def(&o.EventSafetyPoll, DefaultEventSafetyPoll)
+	def(&o.EventSilence, DefaultEventSilence)
 	def(&o.ReconcileSkew, 10*time.Second)
 	if o.Replicas <= 0 {
 		o.Replicas = 1

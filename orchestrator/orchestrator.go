@@ -33,6 +33,7 @@ type Orchestrator struct {
 	ledger    *ledger
 	adm       *admission
 	index     *index
+	wsEvents  *wsEvents
 	met       *metrics
 	log       *slog.Logger
 	sub       Submitter
@@ -151,6 +152,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		}
 	}
 	o.met.registerLive(o)
+	o.wsEvents = newWSEvents(h.admission, o.log, opts.EventSilence, o.pipelines, o.index.tracked, o.met.reg)
 	return o, nil
 }
 
@@ -187,6 +189,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	component("admission repair", o.repairLoop)
 	component("orphan scan", o.orphanLoop)
 	component("replica registry", o.registryLoop)
+	component("job events", func(ctx context.Context) error { return o.wsEvents.run(ctx, o.now) })
 	return g.Wait()
 }
 

@@ -54,6 +54,11 @@ func (o *Orchestrator) pollDelay(r *record, now time.Time) time.Duration {
 		floor := time.Duration(float64(o.index.tracked()) * budgetHeadroom / o.opts.PollBudget * float64(time.Second))
 		d = max(d, floor)
 	}
+	// While the workspace delivers job events, routine polls only catch
+	// what a lost event missed.
+	if ep := r.Sys.Endpoint; ep != nil && o.wsEvents.flowing(ep.Workspace, now) {
+		d = max(d, o.opts.EventSafetyPoll)
+	}
 	d = backoff.Jitter(d, 0.1)
 	if !r.Sys.Deadline.IsZero() {
 		if until := r.Sys.Deadline.Sub(now) + 100*time.Millisecond; until < d {
@@ -94,13 +99,25 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 		o.log.Error("run has no job to track; an operator must resolve it", "run", r.ID, "state", r.State)
 		return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil
 	}
-	if !d.nudge && r.Sys.Cancel == nil {
-		if age := now.Sub(r.Job.SubmittedAt); age < o.opts.PollMin {
-			return nakAfter(o.opts.PollMin - age), nil
-		}
-	}
 	if !r.Sys.Deadline.IsZero() && !now.Before(r.Sys.Deadline) {
 		return o.timeout(ctx, r, rev)
+	}
+	// The first look waits PollMin, or the safety interval while the
+	// workspace's events will announce the job's changes. A nudge (an
+	// event, an operator) looks now.
+	events := o.wsEvents.flowing(ep.Workspace, now)
+	if !d.nudge && r.Sys.Cancel == nil {
+		first := o.opts.PollMin
+		if events {
+			first = max(first, o.opts.EventSafetyPoll)
+		}
+		if age := now.Sub(r.Job.SubmittedAt); age < first {
+			wait := first - age
+			if !r.Sys.Deadline.IsZero() {
+				wait = min(wait, r.Sys.Deadline.Sub(now)+100*time.Millisecond)
+			}
+			return nakAfter(wait), nil
+		}
 	}
 	if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
 		return s, nil
@@ -127,6 +144,9 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 		return nakAfter(o.pollDelay(r, now)), nil
 	}
 	o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
+	if events && !d.nudge && r.Sys.Cancel == nil && job.Status.Terminal() {
+		o.wsEvents.missedEvent(ep.Workspace)
+	}
 	r.Job.Status = job.Status
 	if job.StudioURL != "" {
 		r.Job.StudioURL = job.StudioURL

@@ -605,7 +605,7 @@ func (d *devRun) banner() {
 	fmt.Fprintf(tw, "  status page\t%s/\t\n", st.URL)
 	fmt.Fprintf(tw, "  NATS\t%s\tembedded, JetStream data in %s\n", st.NATSURL, d.rel(filepath.Join(d.dir, devNATSDir)))
 	fmt.Fprintf(tw, "  Azurite\t%s\tpid %d, data in %s\n", st.AccountURL, d.az.Pid(), d.rel(filepath.Join(d.dir, devAzuriteDir)))
-	fmt.Fprintf(tw, "  Azure ML\t%s\tsimulator of the batch endpoint, Entra and ARM; its CA is trusted only in this process\n", d.sim.ScoringURI(devEndpointName))
+	fmt.Fprintf(tw, "  Azure ML\t%s\tsimulator of the batch endpoint, Entra and ARM; its workspace sends job events to /eventgrid (pushed completion); its CA is trusted only in this process\n", d.sim.ScoringURI(devEndpointName))
 	fmt.Fprintf(tw, "  pipelines\t%s\tuploads (blob, container incoming), nightly (cron %s), on-message (NATS %s)\n", d.rel(st.PipelinesFile), t.cron, devSampleSubj)
 	fmt.Fprintf(tw, "  state\t%s\t%s\n", d.rel(d.dir), map[bool]string{true: "resumed from the previous run (--keep)", false: "fresh: this start cleared the previous run's; start with --keep to resume from it"}[d.o.keep])
 	fmt.Fprintf(tw, "  log\t%s\twarnings and errors are also printed here\n", d.rel(d.logPath))

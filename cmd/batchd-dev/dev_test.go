@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -525,6 +526,18 @@ func TestDevEndToEnd(t *testing.T) {
 		t.Errorf("batchd pipelines run nightly --wait: exit %d, output:\n%s", code, runOut)
 	}
 
+	// The simulated workspace's job events reached batchd (pushed
+	// completion), as the banner says.
+	if resp, err := http.Get(base + "/metrics"); err != nil {
+		t.Errorf("GET /metrics: %v", err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !regexp.MustCompile(`batchd_job_events_total\{outcome="checked",type="run_status_changed"\} [1-9]`).Match(b) {
+			t.Errorf("/metrics shows no job event that batchd checked:\n%s", grepLines(string(b), "batchd_job_events"))
+		}
+	}
+
 	devWalkthrough(t, dir, base, stdout.String())
 
 	// Shutdown: every process batchd-dev started goes with it.
@@ -713,4 +726,15 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

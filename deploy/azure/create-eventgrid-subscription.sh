@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # create-eventgrid-subscription.sh: an Event Grid subscription that delivers
-# a storage account's BlobCreated events to batchd's webhook. Idempotent: an
-# existing subscription is left alone unless --update is given.
+# a storage account's BlobCreated events (or, with --workspace, an Azure ML
+# workspace's job events, for pushed completion) to batchd's webhook.
+# Idempotent: an existing subscription is left alone unless --update is given.
 #
 # The webhook secret never appears on a command line, in output or in logs:
 # it is read from a file (or the environment), written into a private
@@ -13,6 +14,8 @@ usage() {
   cat <<'EOF'
 Usage: create-eventgrid-subscription.sh --storage-account ACCOUNT --container C
          --host HOST --secret-file FILE [options]
+       create-eventgrid-subscription.sh --workspace WS --resource-group RG
+         --host HOST --secret-file FILE [options]
 
 Subscribes https://HOST/eventgrid?code=<secret> to Microsoft.Storage.BlobCreated
 events of ACCOUNT, filtered to:
@@ -20,6 +23,13 @@ events of ACCOUNT, filtered to:
   subject ends with   SUFFIX (when given)
   data.api in         PutBlob PutBlockList CopyBlob FlushWithClose
                       (fully written blobs only)
+With --workspace, subscribes the same URL to the Azure ML workspace WS's
+Microsoft.MachineLearningServices.RunStatusChanged and RunCompleted events
+(pushed completion: batchd checks a job's status as soon as it changes, and
+polls the jobs of a workspace that sends events only at a slow safety
+interval). Only jobs of endpoints whose `workspace:` names WS are affected.
+Creating the subscription needs contributor (or owner) rights on WS.
+
 Creating the subscription makes Event Grid send a validation request to the
 URL, so batchd must already be running and reachable over HTTPS there with a
 publicly trusted certificate (docs/DEPLOY.md).
@@ -33,22 +43,29 @@ Required:
                           /etc/batchd/webhook-secret); or set
                           BATCHD_WEBHOOK_SECRET in the environment
 
+Workspace form:
+  --workspace WS          the Azure ML workspace whose job events batchd gets
+  --resource-group RG     the workspace's resource group (required)
+
 Options:
   --prefix P              blob name prefix inside the container (default: all)
   --suffix S              blob name suffix, e.g. .csv
-  --name NAME             subscription name (default batchd-C)
+  --name NAME             subscription name (default batchd-C, or
+                          batchd-jobs-WS with --workspace)
   --path PATH             webhook path (default /eventgrid)
   --api "A B ..."         accepted data.api values
                           (default "PutBlob PutBlockList CopyBlob FlushWithClose")
   --max-delivery-attempts N   1-30 (default 30)
   --event-ttl MINUTES     1-1440 (default 1440)
   --deadletter-container D    dead-letter undeliverable events to container D
-                          of the same account (created when missing). Without
+                          of the same account (created when missing; with
+                          --workspace give --storage-account too). Without
                           it, Event Grid drops events it cannot deliver.
   --deadletter-endpoint ID    or any container's resource id
   --schema S              eventgrid (default) or cloudevents
   --update                re-apply these settings to an existing subscription
   --resource-group RG     the account's resource group (default: looked up)
+                          or the workspace's
   --subscription ID       default: the az CLI's current subscription
   -h, --help              this help
 
@@ -79,6 +96,7 @@ dl_container=""
 dl_endpoint=""
 schema=eventgrid
 update=no
+workspace=""
 rg=""
 sub=${SUBSCRIPTION:-}
 
@@ -99,6 +117,7 @@ while [[ $# -gt 0 ]]; do
     --deadletter-endpoint) dl_endpoint=${2?--deadletter-endpoint needs a value}; shift 2 ;;
     --schema) schema=${2?--schema needs a value}; shift 2 ;;
     --update) update=yes; shift ;;
+    --workspace) workspace=${2?--workspace needs a value}; shift 2 ;;
     --resource-group) rg=${2?--resource-group needs a value}; shift 2 ;;
     --subscription) sub=${2?--subscription needs a value}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -106,10 +125,17 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-[[ -n $account ]] || die "--storage-account is required (--help)"
-[[ -n $container ]] || die "--container is required (--help)"
+if [[ -n $workspace ]]; then
+  [[ -n $rg ]] || die "--workspace needs --resource-group (--help)"
+  [[ -z $container && -z $prefix && -z $suffix ]] || die "--workspace takes no --container, --prefix or --suffix"
+  [[ $workspace =~ ^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$ ]] || die "--workspace $workspace: not a workspace name"
+  [[ -z $dl_container || -n $account ]] || die "--deadletter-container with --workspace needs --storage-account for it"
+else
+  [[ -n $account ]] || die "--storage-account is required (--help)"
+  [[ -n $container ]] || die "--container is required (--help)"
+  [[ $container =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] || die "--container $container: not a container name"
+fi
 [[ -n $host ]] || die "--host is required (--help)"
-[[ $container =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] || die "--container $container: not a container name"
 [[ $host =~ ^[A-Za-z0-9.-]+(:[0-9]+)?$ ]] || die "--host $host: a host name (and port), no scheme or path"
 [[ $path == /* && $path != *[?#[:space:]]* ]] || die "--path must start with / and hold no query"
 in_range() { [[ $1 =~ ^[0-9]{1,5}$ ]] && (($1 >= $2 && $1 <= $3)); }
@@ -125,7 +151,8 @@ esac
 read -r -a api_list <<<"$apis"
 [[ ${#api_list[@]} -gt 0 ]] || die "--api needs at least one value"
 if [[ -z $name ]]; then
-  name="batchd-$container"
+  if [[ -n $workspace ]]; then name="batchd-jobs-$workspace"; else name="batchd-$container"; fi
+  name=${name//_/-}
   name=${name:0:64}
 fi
 [[ $name =~ ^[A-Za-z0-9-]{3,64}$ ]] || die "--name: 3-64 letters, digits and hyphens"
@@ -149,10 +176,20 @@ if [[ -z $sub ]]; then
 fi
 azs=(--subscription "$sub")
 
-account_query=(-n "$account")
-if [[ -n $rg ]]; then account_query+=(-g "$rg"); fi
-account_id=$(az storage account show "${azs[@]}" "${account_query[@]}" --query id -o tsv) ||
-  die "storage account $account not found"
+account_id=""
+if [[ -n $account ]]; then
+  account_query=(-n "$account")
+  if [[ -n $rg && -z $workspace ]]; then account_query+=(-g "$rg"); fi
+  account_id=$(az storage account show "${azs[@]}" "${account_query[@]}" --query id -o tsv) ||
+    die "storage account $account not found"
+fi
+# The resource whose events are subscribed: the account, or the workspace.
+source_id=$account_id
+if [[ -n $workspace ]]; then
+  source_id=$(az resource show "${azs[@]}" -g "$rg" -n "$workspace" \
+    --resource-type Microsoft.MachineLearningServices/workspaces --query id -o tsv) ||
+    die "workspace $workspace not found in resource group $rg"
+fi
 
 state=$(az provider show "${azs[@]}" -n Microsoft.EventGrid --query registrationState -o tsv)
 if [[ $state != Registered ]]; then
@@ -171,7 +208,7 @@ if [[ -n $dl_container ]]; then
 fi
 
 exists=no
-if az eventgrid event-subscription show "${azs[@]}" --name "$name" --source-resource-id "$account_id" -o none 2>/dev/null; then
+if az eventgrid event-subscription show "${azs[@]}" --name "$name" --source-resource-id "$source_id" -o none 2>/dev/null; then
   exists=yes
 fi
 if [[ $exists == yes && $update == no ]]; then
@@ -183,15 +220,22 @@ else
   printf 'https://%s%s?code=%s\n' "$host" "$path" "$secret" >"$endpoint_file"
 
   args=(
-    "${azs[@]}" --name "$name" --source-resource-id "$account_id"
+    "${azs[@]}" --name "$name" --source-resource-id "$source_id"
     --endpoint-type webhook --endpoint "@$endpoint_file"
     --event-delivery-schema "$schema_arg"
-    --included-event-types Microsoft.Storage.BlobCreated
-    --subject-begins-with "/blobServices/default/containers/$container/blobs/$prefix"
-    --advanced-filter data.api StringIn "${api_list[@]}"
     --max-delivery-attempts "$max_attempts" --event-ttl "$ttl"
     -o none
   )
+  if [[ -n $workspace ]]; then
+    # Job events only; every job of the workspace (batchd ignores the jobs
+    # it did not submit, and counts them).
+    args+=(--included-event-types Microsoft.MachineLearningServices.RunStatusChanged
+      Microsoft.MachineLearningServices.RunCompleted)
+  else
+    args+=(--included-event-types Microsoft.Storage.BlobCreated
+      --subject-begins-with "/blobServices/default/containers/$container/blobs/$prefix"
+      --advanced-filter data.api StringIn "${api_list[@]}")
+  fi
   if [[ -n $suffix ]]; then args+=(--subject-ends-with "$suffix"); fi
   if [[ -n $dl_endpoint ]]; then args+=(--deadletter-endpoint "$dl_endpoint"); fi
   if [[ $exists == yes ]]; then
@@ -205,7 +249,7 @@ else
 fi
 
 # The base URL Event Grid reports carries no query string, hence no secret.
-az eventgrid event-subscription show "${azs[@]}" --name "$name" --source-resource-id "$account_id" \
+az eventgrid event-subscription show "${azs[@]}" --name "$name" --source-resource-id "$source_id" \
   --query "{name:name, state:provisioningState, endpoint:destination.endpointBaseUrl, subjectBeginsWith:filter.subjectBeginsWith, subjectEndsWith:filter.subjectEndsWith, maxDeliveryAttempts:retryPolicy.maxDeliveryAttempts, eventTtlMinutes:retryPolicy.eventTimeToLiveInMinutes, deadLetter:deadLetterDestination.resourceId}" \
   -o table
 if [[ -z $dl_endpoint ]]; then

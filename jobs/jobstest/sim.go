@@ -198,6 +198,7 @@ type Sim struct {
 	faults        [numRoutes][]Fault
 	rates         [numRoutes]faultRate
 	rng           *mrand.Rand
+	events        *emitter // EmitEvents; nil until then
 	tokenReqs     []TokenRequest
 	issued        []string
 }

@@ -10,6 +10,10 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/eventgrid/azsystemevents"
+
+	"github.com/batchd/batchd/orchestrator"
 )
 
 // Event types the webhook knows.
@@ -289,4 +293,81 @@ func (e Event) BlobData() (Data, error) {
 		return d, fmt.Errorf("data is not blob event data: %s", jsonErr(err))
 	}
 	return d, nil
+}
+
+// maxJobName bounds data.runId: Azure ML job names are at most 255
+// characters.
+const maxJobName = 255
+
+// JobEvent decodes an Azure ML workspace event (RunStatusChanged,
+// RunCompleted) into what the orchestrator takes. The topic must be a
+// workspace's ARM id and the subject experiments/<id>/runs/<runId>, naming
+// the same run as data.runId; an error says what is wrong.
+func (e Event) JobEvent() (orchestrator.JobEvent, error) {
+	je := orchestrator.JobEvent{ID: e.ID, Type: e.Type, Workspace: e.Topic, Time: e.Time}
+	if !isWorkspaceID(e.Topic) {
+		return je, fmt.Errorf("topic %q is not an Azure ML workspace (/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.MachineLearningServices/workspaces/<name>)", clip(e.Topic, 300))
+	}
+	if len(e.Data) == 0 {
+		return je, errors.New("no data")
+	}
+	var runID, status *string
+	switch e.Type {
+	case orchestrator.TypeRunStatusChanged:
+		var d azsystemevents.MachineLearningServicesRunStatusChangedEventData
+		if err := json.Unmarshal(e.Data, &d); err != nil {
+			return je, fmt.Errorf("data is not RunStatusChanged data: %s", jsonErr(err))
+		}
+		runID, status = d.RunID, d.RunStatus
+		if status == nil || *status == "" {
+			return je, errors.New("data.runStatus is missing")
+		}
+	case orchestrator.TypeRunCompleted:
+		var d azsystemevents.MachineLearningServicesRunCompletedEventData
+		if err := json.Unmarshal(e.Data, &d); err != nil {
+			return je, fmt.Errorf("data is not RunCompleted data: %s", jsonErr(err))
+		}
+		completed := "Completed"
+		runID, status = d.RunID, &completed
+	default:
+		return je, fmt.Errorf("event type %s is not an Azure ML run event", e.Type)
+	}
+	subjRun := ""
+	if parts := strings.Split(strings.TrimPrefix(e.Subject, "/"), "/"); len(parts) == 4 && parts[0] == "experiments" && parts[2] == "runs" {
+		subjRun = parts[3]
+	} else if e.Subject != "" {
+		return je, fmt.Errorf("subject %q is not experiments/<id>/runs/<runId>", clip(e.Subject, 300))
+	}
+	switch {
+	case runID == nil || *runID == "":
+		if subjRun == "" {
+			return je, errors.New("data.runId is missing")
+		}
+		je.Job = subjRun
+	case subjRun != "" && subjRun != *runID:
+		return je, fmt.Errorf("subject names run %q, data.runId %q", clip(subjRun, 300), clip(*runID, 300))
+	default:
+		je.Job = *runID
+	}
+	if len(je.Job) > maxJobName || strings.ContainsFunc(je.Job, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return je, fmt.Errorf("run id %q is not a job name", clip(je.Job, 300))
+	}
+	je.Status = *status
+	return je, nil
+}
+
+// isWorkspaceID reports whether id is the ARM id of an Azure ML workspace.
+func isWorkspaceID(id string) bool {
+	p := strings.Split(id, "/")
+	return len(p) == 9 && p[0] == "" && strings.EqualFold(p[1], "subscriptions") && p[2] != "" &&
+		strings.EqualFold(p[3], "resourceGroups") && p[4] != "" && strings.EqualFold(p[5], "providers") &&
+		strings.EqualFold(p[6], "Microsoft.MachineLearningServices") && strings.EqualFold(p[7], "workspaces") && p[8] != ""
+}
+
+// clip shortens s to n bytes for an error message.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

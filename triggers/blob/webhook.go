@@ -35,6 +35,13 @@ const MaxEventsPerDelivery = 5000
 // DefaultMaxDeliveries is the default cap on deliveries handled at once.
 const DefaultMaxDeliveries = 64
 
+// JobEvents takes Azure ML workspace job events: a hint that a job's
+// status changed (orchestrator.Orchestrator.JobChanged). An error means the
+// event was not taken; Event Grid delivers it again.
+type JobEvents interface {
+	JobChanged(ctx context.Context, ev orchestrator.JobEvent) (string, error)
+}
+
 // Route is one pipeline the webhook feeds: a pipeline with a blob trigger
 // whose source is eventgrid or both.
 type Route struct {
@@ -55,6 +62,9 @@ type WebhookOptions struct {
 	// are answered 413.
 	MaxBodyBytes int64
 	Intake       orchestrator.Intake
+	// Jobs takes Azure ML workspace job events (RunStatusChanged,
+	// RunCompleted): the orchestrator. Nil: they are recorded as filtered.
+	Jobs JobEvents
 	// KV is the triggers' state bucket (per-blob sequencers).
 	KV jetstream.KeyValue
 	// SeenTTL is how long a blob's newest sequencer is remembered for
@@ -101,6 +111,7 @@ type Webhook struct {
 	timeout    time.Duration
 	conc       int
 	intake     orchestrator.Intake
+	jobs       JobEvents
 	store      kvstate.Store
 	log        *slog.Logger
 	m          *trigmetrics.Metrics
@@ -131,7 +142,7 @@ func NewWebhook(o WebhookOptions) (*Webhook, error) {
 		o.SeenTTL = 7 * 24 * time.Hour
 	}
 	w := &Webhook{
-		maxBody: o.MaxBodyBytes, timeout: o.Timeout, conc: o.Concurrency, intake: o.Intake, store: store,
+		maxBody: o.MaxBodyBytes, timeout: o.Timeout, conc: o.Concurrency, intake: o.Intake, jobs: o.Jobs, store: store,
 		log: o.Logger, m: trigmetrics.New(o.Registerer),
 		sampleFiltered: sampler{every: 10 * time.Second}, sampleNoSecret: sampler{every: time.Minute},
 		sampleAuth: sampler{every: 10 * time.Second},
@@ -201,13 +212,16 @@ func (w *Webhook) Run(ctx context.Context) error {
 
 // webhookResult is the JSON answer to a delivery.
 type webhookResult struct {
-	Received  int    `json:"received"`
-	Emitted   int    `json:"emitted"`
-	Batched   int    `json:"batched,omitempty"`
-	Duplicate int    `json:"duplicate"`
-	Filtered  int    `json:"filtered"`
-	Rejected  int    `json:"rejected"`
-	Error     string `json:"error,omitempty"`
+	Received  int `json:"received"`
+	Emitted   int `json:"emitted"`
+	Batched   int `json:"batched,omitempty"`
+	Duplicate int `json:"duplicate"`
+	Filtered  int `json:"filtered"`
+	Rejected  int `json:"rejected"`
+	// Jobs counts the Azure ML job events taken (each a hint to check the
+	// job's status now).
+	Jobs  int    `json:"jobs,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 func (w *Webhook) reply(rw http.ResponseWriter, code int, body any) {
@@ -388,6 +402,8 @@ func (c *counts) add(outcome string) {
 		c.r.Filtered++
 	case trigmetrics.Rejected:
 		c.r.Rejected++
+	case outcomeJob:
+		c.r.Jobs++
 	}
 }
 
@@ -435,8 +451,11 @@ func (w *Webhook) handleEvent(ctx context.Context, ev Event, c *counts) error {
 	if ev.Problem != "" {
 		return w.record(ctx, "", bare, orchestrator.StateRejected, ev.Problem, c)
 	}
+	if ev.Type == orchestrator.TypeRunStatusChanged || ev.Type == orchestrator.TypeRunCompleted {
+		return w.handleJobEvent(ctx, ev, bare, c)
+	}
 	if ev.Type != TypeBlobCreated {
-		return w.record(ctx, "", bare, orchestrator.StateFiltered, fmt.Sprintf("event type %s is not handled (only %s)", ev.Type, TypeBlobCreated), c)
+		return w.record(ctx, "", bare, orchestrator.StateFiltered, fmt.Sprintf("event type %s is not handled (only %s, %s and %s)", ev.Type, TypeBlobCreated, orchestrator.TypeRunStatusChanged, orchestrator.TypeRunCompleted), c)
 	}
 	d, err := ev.BlobData()
 	if err != nil {
@@ -485,6 +504,28 @@ func (w *Webhook) handleEvent(ctx context.Context, ev Event, c *counts) error {
 		}
 		return w.record(ctx, "", base, orchestrator.StateFiltered, reason, c)
 	}
+	return nil
+}
+
+// outcomeJob counts a job event taken (webhookResult.Jobs).
+const outcomeJob = "job"
+
+// handleJobEvent hands an Azure ML job event to the orchestrator. A
+// malformed one is recorded rejected with the reason, like any bad event;
+// one about a job no run owns is counted (batchd_job_events_total) and
+// answered 200: a workspace reports every job, not only batchd's.
+func (w *Webhook) handleJobEvent(ctx context.Context, ev Event, bare orchestrator.Event, c *counts) error {
+	if w.jobs == nil {
+		return w.record(ctx, "", bare, orchestrator.StateFiltered, fmt.Sprintf("event type %s is not taken here", ev.Type), c)
+	}
+	je, err := ev.JobEvent()
+	if err != nil {
+		return w.record(ctx, "", bare, orchestrator.StateRejected, fmt.Sprintf("event %s: %v", ev.ID, err), c)
+	}
+	if _, err := w.jobs.JobChanged(ctx, je); err != nil {
+		return fmt.Errorf("job event %s: %w", ev.ID, err)
+	}
+	c.add(outcomeJob)
 	return nil
 }
 

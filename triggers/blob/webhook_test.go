@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -649,5 +651,124 @@ func TestWebhookOlderThanThePollersVersion(t *testing.T) {
 	}
 	if len(s.Records) != 1 || s.Records[0].State != orchestrator.StateFiltered || !strings.Contains(s.Records[0].Reason, "superseded") {
 		t.Errorf("records %+v, want the old event recorded superseded", s.Records)
+	}
+}
+
+// jobSink records the job events the webhook hands over.
+type jobSink struct {
+	mu     sync.Mutex
+	events []orchestrator.JobEvent
+	err    error
+}
+
+func (s *jobSink) JobChanged(_ context.Context, ev orchestrator.JobEvent) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return "", s.err
+	}
+	s.events = append(s.events, ev)
+	return orchestrator.JobEventChecked, nil
+}
+
+func (s *jobSink) got() []orchestrator.JobEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]orchestrator.JobEvent(nil), s.events...)
+}
+
+const amlTopic = "/subscriptions/00000000-0000-0000-0000-00000000cafe/resourceGroups/batchd-sim/providers/Microsoft.MachineLearningServices/workspaces/sim"
+
+func amlEvent(id, typ, run, status string) map[string]any {
+	data := map[string]any{"experimentId": "0fa9dfaa-cba3-4fa7-b590-23e48548f5c1", "experimentName": "score-batch",
+		"runId": run, "runType": "azureml.PipelineRun", "runTags": map[string]any{}, "runProperties": map[string]any{"azureml.runsource": "azureml.PipelineRun"}}
+	if status != "" {
+		data["runStatus"] = status
+	}
+	return map[string]any{"topic": amlTopic, "subject": "experiments/0fa9dfaa-cba3-4fa7-b590-23e48548f5c1/runs/" + run,
+		"eventType": typ, "eventTime": "2026-12-05T10:00:00.123Z", "id": id, "data": data, "dataVersion": "2", "metadataVersion": "1"}
+}
+
+// Azure ML job events in both schemas reach the orchestrator as hints; no
+// run is created or recorded for them.
+func TestWebhookHandsJobEventsToTheOrchestrator(t *testing.T) {
+	sink := &jobSink{}
+	e := newHookEnv(t, func(o *WebhookOptions) { o.Jobs = sink })
+	grid := []any{
+		amlEvent("e1", orchestrator.TypeRunStatusChanged, "batchjob-7f3a", "Running"),
+		amlEvent("e2", orchestrator.TypeRunCompleted, "batchjob-7f3a", ""),
+	}
+	code, body := e.post(mustJSON(t, grid), nil)
+	if code != 200 || !strings.Contains(body, `"jobs":2`) {
+		t.Fatalf("Event Grid schema: %d %s; want 200 with jobs 2", code, body)
+	}
+	ce := map[string]any{"specversion": "1.0", "id": "e3", "type": orchestrator.TypeRunStatusChanged, "source": amlTopic,
+		"subject": "experiments/x/runs/batchjob-7f3a", "time": "2026-12-05T10:00:01Z",
+		"data": map[string]any{"runId": "batchjob-7f3a", "runStatus": "failed", "experimentId": "x", "experimentName": "y"}}
+	if code, body := e.post(mustJSON(t, ce), map[string]string{"Content-Type": "application/cloudevents+json"}); code != 200 {
+		t.Fatalf("CloudEvents schema: %d %s", code, body)
+	}
+	want := []orchestrator.JobEvent{
+		{ID: "e1", Type: orchestrator.TypeRunStatusChanged, Workspace: amlTopic, Job: "batchjob-7f3a", Status: "Running"},
+		{ID: "e2", Type: orchestrator.TypeRunCompleted, Workspace: amlTopic, Job: "batchjob-7f3a", Status: "Completed"},
+		{ID: "e3", Type: orchestrator.TypeRunStatusChanged, Workspace: amlTopic, Job: "batchjob-7f3a", Status: "failed"},
+	}
+	got := sink.got()
+	slices.SortFunc(got, func(a, b orchestrator.JobEvent) int { return strings.Compare(a.ID, b.ID) })
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(orchestrator.JobEvent{}, "Time")); diff != "" {
+		t.Errorf("job events (-want +got):\n%s", diff)
+	}
+	if s := e.intake.Snapshot(); len(s.Accepted) != 0 || len(s.Records) != 0 {
+		t.Errorf("the intake got %d runs and %d records for job events, want none", len(s.Accepted), len(s.Records))
+	}
+}
+
+// A malformed job event is recorded rejected with the reason and never
+// reaches the orchestrator.
+func TestWebhookRejectsMalformedJobEvents(t *testing.T) {
+	sink := &jobSink{}
+	e := newHookEnv(t, func(o *WebhookOptions) { o.Jobs = sink })
+	storageTopic := amlEvent("bad-topic", orchestrator.TypeRunCompleted, "j1", "")
+	storageTopic["topic"] = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/mystorage"
+	mismatch := amlEvent("bad-subject", orchestrator.TypeRunCompleted, "j1", "")
+	mismatch["subject"] = "experiments/x/runs/j2"
+	noStatus := amlEvent("no-status", orchestrator.TypeRunStatusChanged, "j1", "")
+	control := amlEvent("control", orchestrator.TypeRunCompleted, "j1\nforged log line", "")
+	control["subject"] = ""
+	noRun := amlEvent("no-run", orchestrator.TypeRunCompleted, "", "")
+	noRun["subject"] = ""
+	code, body := e.post(mustJSON(t, []any{storageTopic, mismatch, noStatus, control, noRun}), nil)
+	if code != 200 {
+		t.Fatalf("status %d (%s), want 200: every event has a recorded outcome", code, body)
+	}
+	if got := sink.got(); len(got) != 0 {
+		t.Errorf("the orchestrator got %+v", got)
+	}
+	want := map[string]string{
+		"eventgrid:bad-topic":   "is not an Azure ML workspace",
+		"eventgrid:bad-subject": `subject names run "j2", data.runId "j1"`,
+		"eventgrid:no-status":   "data.runStatus is missing",
+		"eventgrid:control":     "is not a job name",
+		"eventgrid:no-run":      "data.runId is missing",
+	}
+	recs := e.intake.Snapshot().RecordsIn(orchestrator.StateRejected)
+	if len(recs) != len(want) {
+		t.Fatalf("%d rejected records, want %d: %+v", len(recs), len(want), recs)
+	}
+	for _, r := range recs {
+		if !strings.Contains(r.Reason, want[r.Event.Key]) || want[r.Event.Key] == "" {
+			t.Errorf("%s: reason %q, want it to say %q", r.Event.Key, r.Reason, want[r.Event.Key])
+		}
+	}
+}
+
+// When the orchestrator cannot take a job event (NATS without quorum),
+// Event Grid is told to deliver it again.
+func TestWebhookJobEventNotTakenIsRedelivered(t *testing.T) {
+	sink := &jobSink{err: fmt.Errorf("job event: %w", orchestrator.ErrUnavailable)}
+	e := newHookEnv(t, func(o *WebhookOptions) { o.Jobs = sink })
+	code, _ := e.post(mustJSON(t, []any{amlEvent("e1", orchestrator.TypeRunCompleted, "j1", "")}), nil)
+	if code != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want 503", code)
 	}
 }

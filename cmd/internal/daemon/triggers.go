@@ -85,7 +85,7 @@ func buildTriggers(env *config.Env, f *config.File, orch *orchestrator.Orchestra
 			}
 		}
 	}
-	wopts := blob.WebhookOptions{Routes: routes, Secret: env.WebhookSecret, Intake: orch, KV: kv,
+	wopts := blob.WebhookOptions{Routes: routes, Secret: env.WebhookSecret, Intake: orch, Jobs: orch, KV: kv,
 		Logger: log, Registerer: reg}
 	if e := env.WebhookEntra; e != nil {
 		wopts.Entra = &blob.EntraOptions{Audiences: e.Audiences, Issuers: e.Issuers, JWKSURL: e.JWKSURL, Callers: e.Callers}
