@@ -221,7 +221,7 @@ func (d *devRun) start(ctx context.Context) int {
 	// The simulated workspace publishes its job events to the webhook, as
 	// an Event Grid subscription on a real workspace does (pushed
 	// completion), a little late and out of order.
-	d.sim.EmitEvents(jobstest.EventOptions{URL: "http://" + d.httpAddr + "/eventgrid?code=" + d.secret,
+	d.sim.EmitEvents(sctx, jobstest.EventOptions{URL: "http://" + d.httpAddr + "/eventgrid?code=" + d.secret,
 		Delay: 100 * time.Millisecond, Jitter: 300 * time.Millisecond})
 	d.state.PID = os.Getpid()
 	if err := writeDevState(dir, &d.state); err != nil {

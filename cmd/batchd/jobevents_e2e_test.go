@@ -25,7 +25,7 @@ func startEventsDaemon(t *testing.T, name string, ev jobstest.EventOptions, extr
 	p := newProc(t, procBuild(t, dir), env, name)
 	p.start()
 	ev.URL = p.url() + "/eventgrid?code=" + eventsSecret
-	sim.EmitEvents(ev)
+	sim.EmitEvents(t.Context(), ev)
 	return p, sim
 }
 

@@ -87,8 +87,8 @@ type emitter struct {
 }
 
 // EmitEvents starts publishing the Sim's job status changes to o.URL until
-// Close. Call it once.
-func (s *Sim) EmitEvents(o EventOptions) {
+// ctx ends or Close. Call it once.
+func (s *Sim) EmitEvents(ctx context.Context, o EventOptions) {
 	if o.Client == nil {
 		o.Client = &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 	}
@@ -108,11 +108,14 @@ func (s *Sim) EmitEvents(o EventOptions) {
 	s.mu.Lock()
 	s.events = e
 	s.mu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	s.serving.Add(1)
 	go func() {
 		defer s.serving.Done()
-		<-s.done
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+		}
 		cancel()
 	}()
 	s.serving.Add(1)

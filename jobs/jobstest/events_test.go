@@ -69,7 +69,7 @@ func TestSimEmitsWorkspaceEvents(t *testing.T) {
 	srv := httptest.NewServer(rec)
 	defer srv.Close()
 	sim := jobstest.New(t, jobstest.Options{Lifecycle: jobstest.Timed(50 * time.Millisecond)})
-	sim.EmitEvents(jobstest.EventOptions{URL: srv.URL})
+	sim.EmitEvents(t.Context(), jobstest.EventOptions{URL: srv.URL})
 	tok := sim.Token(jobstest.AudienceML, "", "", time.Hour)
 	got := call(t, sim, "POST", sim.ScoringURI("ep"), tok, body, nil)
 	name, _ := got.body["name"].(string)
@@ -119,7 +119,7 @@ func TestSimEventFaults(t *testing.T) {
 			defer srv.Close()
 			sim := jobstest.New(t, jobstest.Options{Lifecycle: jobstest.Timed(50 * time.Millisecond)})
 			tc.opts.URL = srv.URL
-			sim.EmitEvents(tc.opts)
+			sim.EmitEvents(t.Context(), tc.opts)
 			tok := sim.Token(jobstest.AudienceML, "", "", time.Hour)
 			if got := call(t, sim, "POST", sim.ScoringURI("ep"), tok, body, nil); got.status != 200 {
 				t.Fatalf("create: %d", got.status)
