@@ -22,8 +22,8 @@
 // # The carrier rule
 //
 // Every run that is not finished has a live carrier message: its intake
-// message until the job is submitted (or the submission is unknown), then
-// its tracker message. A carrier is acked only after the run is finished or
+// message until the job is submitted (or the submission is unknown, or the
+// run must wait for admission), then its tracker message. A carrier is acked only after the run is finished or
 // the next carrier is published. The ledger record names the carrier
 // (sys.carrier); a message from the other stream is stale and is settled
 // without acting. Every transition is a compare-and-set on the record's KV
@@ -42,8 +42,11 @@
 //  1. Create the record (received). Crash after: the message is redelivered
 //     and finds the record; it continues from it.
 //  2. Render, preflight check; record the decision. Rejected: see "finish".
-//  3. Take an admission slot (admission KV), or record waiting and
-//     NakWithDelay. Crash after taking the slot: the redelivery takes it
+//  3. Take an admission slot (admission KV), or record waiting with the
+//     tracker as the carrier, publish the tracker message and ack (a
+//     delayed message would keep counting against the intake's
+//     MaxAckPending: runs waiting on one endpoint would block every other
+//     pipeline); the tracker looks again with NakWithDelay. Crash after taking the slot: the redelivery takes it
 //     again (idempotent); a slot left by a run that never got further is
 //     freed by repair.
 //  4. Write submitting (with the request id and SubmitDeadline) BEFORE the

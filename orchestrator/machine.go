@@ -319,10 +319,10 @@ func (o *Orchestrator) stepPreflight(st *step, p *Pipeline) (settle, error) {
 
 // admitAndSubmit takes an admission slot (or waits for one) and submits.
 func (o *Orchestrator) admitAndSubmit(st *step) (settle, error) {
-	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
+	ctx, r, d := st.ctx, st.r, st.d
 	now := o.now()
 	if now.Before(r.Sys.NotBefore) {
-		return o.wait(ctx, r, rev, "backoff", r.lastReasonFor(StateWaiting), r.Sys.NotBefore.Sub(now))
+		return o.wait(st, "backoff", r.lastReasonFor(StateWaiting), r.Sys.NotBefore.Sub(now))
 	}
 	res, err := o.adm.acquire(ctx, r.Endpoint, r.ID, o.capFor(r.Endpoint), now)
 	if err != nil {
@@ -331,14 +331,14 @@ func (o *Orchestrator) admitAndSubmit(st *step) (settle, error) {
 	switch {
 	case !res.PausedUntil.IsZero():
 		reason := fmt.Sprintf("endpoint %s is paused until %s (%s)", r.Endpoint, res.PausedUntil.Format(time.RFC3339), res.PauseReason)
-		return o.wait(ctx, r, rev, "paused", reason, backoff.Jitter(res.PausedUntil.Sub(now), 0.1)+100*time.Millisecond)
+		return o.wait(st, "paused", reason, backoff.Jitter(res.PausedUntil.Sub(now), 0.1)+100*time.Millisecond)
 	case res.Full:
 		reason := fmt.Sprintf("endpoint %s is at max_running_jobs (%d running)", r.Endpoint, res.Running)
 		n := 1
 		if md, err := d.msg.Metadata(); err == nil {
 			n = int(md.NumDelivered)
 		}
-		return o.wait(ctx, r, rev, "max_running_jobs", reason, backoff.Delay(n, time.Second, o.opts.AdmissionRetryMax))
+		return o.wait(st, "max_running_jobs", reason, backoff.Delay(n, time.Second, o.opts.AdmissionRetryMax))
 	}
 	return o.submit(st)
 }
@@ -354,16 +354,40 @@ func (r *record) lastReasonFor(s State) string {
 
 // wait records that the run waits (one history entry per reason, not one
 // per look) and hands the message back for later.
-func (o *Orchestrator) wait(ctx context.Context, r *record, rev uint64, kind, reason string, delay time.Duration) (settle, error) {
-	if r.State != StateWaiting || r.Sys.WaitReason != reason {
-		o.met.admissionWaits.WithLabelValues(r.Endpoint, kind).Inc()
-		if err := r.toWaiting(reason, o.now()); err != nil {
-			return settle{}, err
+//
+// A run that must wait moves to the tracker stream first (the carrier
+// changes in the same write, then the tracker message is published and the
+// intake message acked): a message handed back with a delay still counts
+// against the intake's MaxIntakePending, so runs waiting on one saturated
+// endpoint would otherwise stop every other pipeline's events, online ones
+// included. The tracker's first look comes at once and finds the same
+// wait (no write), then looks again after delay.
+func (o *Orchestrator) wait(st *step, kind, reason string, delay time.Duration) (settle, error) {
+	ctx, r, rev, d := st.ctx, st.r, st.rev, st.d
+	moves := d.carrier == carrierIntake
+	if r.State != StateWaiting || r.Sys.WaitReason != reason || moves {
+		logged := r.State != StateWaiting || r.Sys.WaitReason != reason
+		if logged {
+			o.met.admissionWaits.WithLabelValues(r.Endpoint, kind).Inc()
+			if err := r.toWaiting(reason, o.now()); err != nil {
+				return settle{}, err
+			}
+		}
+		if moves {
+			r.Sys.Carrier = carrierTracker
 		}
 		if _, err := o.ledger.put(ctx, r, rev); err != nil {
 			return settle{}, err
 		}
-		o.logRun(r)
+		if logged {
+			o.logRun(r)
+		}
+	}
+	if moves {
+		if err := o.publishTracker(ctx, r, false); err != nil {
+			return settle{}, err
+		}
+		return ack(), nil
 	}
 	return nakAfter(delay), nil
 }

@@ -190,12 +190,21 @@ func TestStepBackoffHoldsUntilNotBefore(t *testing.T) {
 		t.Fatalf("after a transient error: %s until %v; want waiting, with a NotBefore", r.State, r.Sys.NotBefore)
 	}
 	rig.now = rig.now.Add(left / 2)
+	// The intake message finds the wait and hands the run to the tracker
+	// (waiting runs do not hold the intake's capacity).
 	s, r := rig.intake(ev)
-	if s.Kind != consumer.KindNak || s.Delay != left-left/2 || r.State != StateWaiting {
-		t.Fatalf("half-way: settle %+v, %s; want a nak of exactly the %s left, waiting", s, r.State, left-left/2)
+	if s.Kind != consumer.KindAck || r.State != StateWaiting || r.Sys.Carrier != carrierTracker {
+		t.Fatalf("half-way, intake: settle %+v, %s carried by %q; want ack, waiting, carried by the tracker", s, r.State, r.Sys.Carrier)
+	}
+	id := RunID("p", "k1")
+	if s, r = rig.track(id); s.Kind != consumer.KindNak || s.Delay != left-left/2 || r.State != StateWaiting {
+		t.Fatalf("half-way, tracker: settle %+v, %s; want a nak of exactly the %s left, waiting", s, r.State, left-left/2)
+	}
+	if s, _ = rig.intake(ev); s.Kind != consumer.KindAck {
+		t.Fatalf("a stale intake message: settle %+v, want ack", s)
 	}
 	rig.now = r.Sys.NotBefore
-	if _, r = rig.intake(ev); r.State != StateSubmitted {
+	if _, r = rig.track(id); r.State != StateSubmitted {
 		t.Fatalf("at NotBefore: %s, want submitted", r.State)
 	}
 	if submits, _ := rig.sub.counts(); submits != 2 {
