@@ -41,6 +41,7 @@ func BenchmarkBatchd(b *testing.B) {
 	b.Run("intake", func(b *testing.B) { benchIntake(b, rep) })
 	b.Run("webhook", func(b *testing.B) { benchWebhook(b, rep) })
 	b.Run("event-to-post", func(b *testing.B) { benchEventToPOST(b, rep) })
+	b.Run("head-of-line", func(b *testing.B) { benchHeadOfLine(b, rep) })
 	b.Run("online", func(b *testing.B) { benchOnline(b, rep) })
 	b.Run("tracking", func(b *testing.B) { benchTracking(b, rep) })
 	b.Run("cluster", func(b *testing.B) { benchCluster(b, rep) })
