@@ -196,6 +196,7 @@ func (x *index) watch(ctx context.Context) error {
 		}
 		if e == nil {
 			if building {
+				fresh.sortAll()
 				x.mu.Lock()
 				x.byID, x.order, x.count, x.loaded = fresh.byID, fresh.order, fresh.count, true
 				x.mu.Unlock()
@@ -212,23 +213,63 @@ func (x *index) watch(ctx context.Context) error {
 			}
 			run = &r
 		}
-		target := x
 		if building {
-			target = fresh
-		} else {
-			x.mu.Lock()
+			// The initial values: one per key. Kept unordered and sorted
+			// once at the end (inserting each into the sorted order cost
+			// O(n²) at start-up).
+			if run != nil {
+				s := Summarize(run)
+				fresh.add(&s)
+			} else {
+				fresh.drop(e.Key())
+			}
+			continue
 		}
+		x.mu.Lock()
 		if run != nil {
 			s := Summarize(run)
-			target.put(&s)
+			x.put(&s)
 		} else {
-			target.remove(e.Key())
+			x.remove(e.Key())
 		}
-		if !building {
-			x.mu.Unlock()
-			x.publish(RunChange{ID: e.Key(), Run: run})
-		}
+		x.mu.Unlock()
+		x.publish(RunChange{ID: e.Key(), Run: run})
 	}
+}
+
+// add records s while the index is built (order is not kept; sortAll
+// sorts it once).
+func (x *index) add(s *RunSummary) {
+	if old, ok := x.byID[s.ID]; ok {
+		x.count[old.State]--
+	}
+	x.byID[s.ID] = s
+	x.count[s.State]++
+}
+
+// drop forgets id while the index is built.
+func (x *index) drop(id string) {
+	if old, ok := x.byID[id]; ok {
+		x.count[old.State]--
+		delete(x.byID, id)
+	}
+}
+
+// sortAll builds the order from byID.
+func (x *index) sortAll() {
+	x.order = make([]*RunSummary, 0, len(x.byID))
+	for _, s := range x.byID {
+		x.order = append(x.order, s)
+	}
+	slices.SortFunc(x.order, func(a, b *RunSummary) int {
+		switch {
+		case newer(a, b):
+			return -1
+		case newer(b, a):
+			return 1
+		}
+		return 0
+	})
 }
 
 func (x *index) publish(c RunChange) {
