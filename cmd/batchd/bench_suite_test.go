@@ -42,6 +42,7 @@ func BenchmarkBatchd(b *testing.B) {
 	b.Run("webhook", func(b *testing.B) { benchWebhook(b, rep) })
 	b.Run("event-to-post", func(b *testing.B) { benchEventToPOST(b, rep) })
 	b.Run("head-of-line", func(b *testing.B) { benchHeadOfLine(b, rep) })
+	b.Run("pushed-completion", func(b *testing.B) { benchJobEvents(b, rep) })
 	b.Run("online", func(b *testing.B) { benchOnline(b, rep) })
 	b.Run("tracking", func(b *testing.B) { benchTracking(b, rep) })
 	b.Run("cluster", func(b *testing.B) { benchCluster(b, rep) })
