@@ -10,8 +10,9 @@ import (
 
 // Runs waiting for admission on one endpoint do not hold the intake's
 // capacity: with more runs waiting on a saturated endpoint than the intake
-// hands out at once (MaxIntakePending), another pipeline's event still
-// reaches its POST at once, and the waiting runs are all admitted in turn.
+// hands out at once (MaxIntakePending), every one of them is taken in
+// (recorded waiting, or running) and another pipeline's event still
+// reaches its POST at once.
 func TestRunsWaitingOnOneEndpointDoNotBlockAnother(t *testing.T) {
 	t.Parallel()
 	sub := newFakeSub()

@@ -262,7 +262,13 @@ func (w *wsEvents) flowing(ws *jobs.Workspace, now time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.ws[WorkspaceID(*ws)]
-	return s != nil && !s.last.IsZero() && now.Sub(s.last) < w.silence
+	return s != nil && w.flowingAt(s, now)
+}
+
+// flowingAt reports whether s's newest event is within the silence
+// window. Callers hold mu.
+func (w *wsEvents) flowingAt(s *wsState, now time.Time) bool {
+	return !s.last.IsZero() && now.Sub(s.last) < w.silence
 }
 
 // checkDedupe is how long a run's check for one status class stands for
@@ -349,7 +355,7 @@ func (w *wsEvents) refresh(ctx context.Context, now time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, s := range w.ws {
-		flowing := !s.last.IsZero() && now.Sub(s.last) < w.silence
+		flowing := w.flowingAt(s, now)
 		silent := !s.last.IsZero() && !flowing && tracked
 		w.flowingG.WithLabelValues(s.label).Set(b2f(flowing))
 		w.silentG.WithLabelValues(s.label).Set(b2f(silent))
