@@ -6,6 +6,7 @@ package config
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -382,9 +383,12 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	byKind := map[string]map[string]any{}
+	policies := map[string]map[string]any{} // NetworkPolicies by namespace
+	var natsValues map[string]any
 	for _, p := range paths {
 		docs := yamlDocs(t, p)
 		if filepath.Base(p) == "nats-values.yaml" { // Helm values, not a manifest
+			natsValues = docs[0]
 			continue
 		}
 		for i, d := range docs {
@@ -395,9 +399,13 @@ func TestDeployKubernetesManifests(t *testing.T) {
 				continue
 			}
 			byKind[kind] = d
+			if kind == "NetworkPolicy" {
+				ns, _ := dig(d, "metadata", "namespace").(string)
+				policies[ns] = d
+			}
 		}
 	}
-	for _, k := range []string{"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "Kustomization"} {
+	for _, k := range []string{"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "Kustomization"} {
 		if byKind[k] == nil {
 			t.Errorf("no %s in deploy/kubernetes", k)
 		}
@@ -504,6 +512,62 @@ func TestDeployKubernetesManifests(t *testing.T) {
 	if e.NATS.URL == "" {
 		t.Error("BATCHD_NATS_URL is empty: replicas would each run their own embedded NATS")
 	}
+
+	// NATS: batchd authenticates with its NKey and verifies the servers'
+	// certificate, both from the mounted Secret; the chart's values turn on
+	// client and route TLS and admit only that NKey; a policy in the NATS
+	// namespace admits clients only from batchd's pods.
+	if e.NATS.NKey == "" || e.NATS.TLSCA == "" {
+		t.Errorf("BATCHD_NATS_NKEY %q, BATCHD_NATS_TLS_CA %q: want both set", e.NATS.NKey, e.NATS.TLSCA)
+	}
+	mounted := map[string]string{} // mount path → volume
+	for _, m := range dig(c, "volumeMounts").([]any) {
+		mounted[dig(m, "mountPath").(string)] = dig(m, "name").(string)
+	}
+	secretOf := map[string]string{} // volume → Secret
+	for _, v := range dig(dep, "spec", "template", "spec", "volumes").([]any) {
+		if name, _ := dig(v, "secret", "secretName").(string); name != "" {
+			secretOf[dig(v, "name").(string)] = name
+		}
+	}
+	for _, f := range []string{e.NATS.NKey, e.NATS.TLSCA} {
+		if got := secretOf[mounted[filepath.Dir(f)]]; got != "batchd-nats" {
+			t.Errorf("%s is not in a mount of the Secret batchd-nats (mounted from %q)", f, got)
+		}
+	}
+	for _, path := range [][]any{{"config", "nats", "tls", "enabled"}, {"config", "cluster", "tls", "enabled"}, {"tlsCA", "enabled"}} {
+		if dig(natsValues, path...) != true {
+			t.Errorf("nats-values.yaml %v is not true", path)
+		}
+	}
+	if nk, _ := dig(natsValues, "config", "merge", "authorization", "users", 0, "nkey").(string); !strings.HasPrefix(nk, "U") {
+		t.Errorf("nats-values.yaml admits no NKey user (config.merge.authorization.users[0].nkey = %q)", nk)
+	}
+	np := policies["nats"]
+	clients := map[string]any{}
+	for _, rule := range toAny(dig(np, "spec", "ingress")) {
+		for _, port := range toAny(dig(rule, "ports")) {
+			if dig(port, "port") == 4222 {
+				clients = rule.(map[string]any)
+			}
+		}
+	}
+	from := dig(clients, "from", 0)
+	if len(toAny(dig(clients, "from"))) != 1 || dig(from, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") != "batchd" ||
+		dig(from, "podSelector", "matchLabels", "app.kubernetes.io/name") != "batchd" {
+		t.Errorf("the NATS NetworkPolicy's rule for port 4222 admits %v, want only batchd's pods in namespace batchd", dig(clients, "from"))
+	}
+	if dig(np, "spec", "podSelector", "matchLabels", "app.kubernetes.io/name") != "nats" {
+		t.Errorf("the NATS NetworkPolicy selects %v, want the chart's nats pods", dig(np, "spec", "podSelector"))
+	}
+	if ports := toAny(dig(policies["batchd"], "spec", "ingress", 0, "ports")); len(ports) != 1 || dig(ports[0], "port") != 8080 {
+		t.Errorf("batchd's NetworkPolicy admits ports %v, want 8080 only", ports)
+	}
+}
+
+func toAny(v any) []any {
+	l, _ := v.([]any)
+	return l
 }
 
 func TestDeployCloudInitCarriesTheRepositoryFiles(t *testing.T) {
@@ -555,13 +619,34 @@ func TestDeployCloudInitCarriesTheRepositoryFiles(t *testing.T) {
 	}
 }
 
+// The cluster files parse as nats-server reads them (with the TLS files
+// make-tls.sh makes in place of /etc/nats/tls): cmd/batchd's
+// TestDeployNATSClusterFilesServeBatchd runs them as a cluster.
 func TestDeployNATSClusterConfigs(t *testing.T) {
+	tlsDir := t.TempDir()
+	if out, err := exec.Command("bash", filepath.Join(deployDir, "nats", "make-tls.sh"), "--out", tlsDir, "--names", "n1,n2,n3").CombinedOutput(); err != nil {
+		t.Fatalf("make-tls.sh: %v\n%s", err, out)
+	}
 	for i := 1; i <= 3; i++ {
 		path := filepath.Join(deployDir, "nats", "nats-"+strconv.Itoa(i)+".conf")
-		opts, err := server.ProcessConfigFile(path)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local := filepath.Join(tlsDir, filepath.Base(path))
+		if err := os.WriteFile(local, []byte(strings.ReplaceAll(string(b), "/etc/nats/tls/", tlsDir+"/")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		opts, err := server.ProcessConfigFile(local)
 		if err != nil {
 			t.Errorf("%s: %v", path, err)
 			continue
+		}
+		if opts.TLSConfig == nil {
+			t.Errorf("%s: no client TLS", path)
+		}
+		if opts.Cluster.TLSConfig == nil || opts.Cluster.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+			t.Errorf("%s: routes without mutual TLS", path)
 		}
 		if want := "n" + strconv.Itoa(i); opts.ServerName != want {
 			t.Errorf("%s: server_name %s, want %s", path, opts.ServerName, want)
@@ -669,5 +754,91 @@ esac
 	}
 	if ep, _ := os.ReadFile(filepath.Join(dir, "endpoint")); strings.TrimSpace(string(ep)) != "https://batchd.example.com/eventgrid?code="+secret {
 		t.Errorf("endpoint file %q", ep)
+	}
+}
+
+// The minimal invoker role: invoke, job read and cancel; every action it
+// has is Microsoft's or one of batchd's two ARM job actions; the README's
+// table explains every action of both roles and marks exactly the minimal
+// role's; assign-roles.sh --minimal-role creates and assigns it.
+func TestDeployMinimalInvokerRole(t *testing.T) {
+	t.Parallel()
+	full := readRole(t, filepath.Join(deployDir, "azure/batchd-invoker-role.json"))
+	minimal := readRole(t, filepath.Join(deployDir, "azure/batchd-invoker-minimal-role.json"))
+	const ws = "Microsoft.MachineLearningServices/workspaces/"
+	jobActions := []string{ws + "jobs/read", ws + "jobs/cancel/action"}
+	for _, a := range minimal.Actions {
+		if !slices.Contains(full.Actions, a) && !slices.Contains(jobActions, a) {
+			t.Errorf("the minimal role has %s, which is neither Microsoft's nor a job action batchd calls", a)
+		}
+	}
+	for _, a := range append([]string{ws + "batchEndpoints/jobs/write", ws + "batchEndpoints/deployments/jobs/write"}, jobActions...) {
+		if !slices.Contains(minimal.Actions, a) {
+			t.Errorf("the minimal role lacks %s, which batchd calls", a)
+		}
+	}
+	if dup := duplicates(minimal.Actions); len(dup) > 0 {
+		t.Errorf("the minimal role repeats %v", dup)
+	}
+
+	b, err := os.ReadFile(filepath.Join(deployDir, "azure/README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := map[string]string{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-zA-Z/]+)`[^|]* \\| .+ \\| (yes|no) \\|$").FindAllStringSubmatch(string(b), -1) {
+		marked[ws+m[1]] = m[2]
+	}
+	var inMinimal []string
+	for a, m := range marked {
+		if m == "yes" {
+			inMinimal = append(inMinimal, a)
+		}
+	}
+	if diff := cmp.Diff(sorted(minimal.Actions), sorted(inMinimal)); diff != "" {
+		t.Errorf("README marks the minimal role's actions wrongly (-role +README):\n%s", diff)
+	}
+	for _, a := range append(slices.Clone(full.Actions), jobActions...) {
+		if _, ok := marked[a]; !ok {
+			t.Errorf("README's action table has no row for %s", a)
+		}
+	}
+
+	// assign-roles.sh --minimal-role, with az a stand-in that records what
+	// it is asked and keeps the role definition it is given.
+	dir := t.TempDir()
+	fakeAz := `#!/usr/bin/env bash
+printf '%s\n' "$*" >>"` + dir + `/calls"
+case "$1 $2 $3" in
+  "account show "*) echo 00000000-0000-0000-0000-000000000001 ;;
+  "vm show "*) echo 00000000-0000-0000-0000-0000000000bb ;;
+  "role definition create") for a in "$@"; do [[ -f $a ]] && cp "$a" "` + dir + `/role.json"; done ;;
+  "role assignment list") echo 0 ;;
+esac
+exit 0
+`
+	if err := os.WriteFile(filepath.Join(dir, "az"), []byte(fakeAz), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", filepath.Join(deployDir, "azure/assign-roles.sh"), "--resource-group", "ml-rg", "--workspace", "ml-ws",
+		"--vm", "batchd-vm", "--minimal-role")
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("assign-roles.sh --minimal-role: %v\n%s", err, out)
+	}
+	var created roleDefinition
+	rb, err := os.ReadFile(filepath.Join(dir, "role.json"))
+	if err != nil {
+		t.Fatalf("no role definition was created: %v", err)
+	}
+	if err := json.Unmarshal(rb, &created); err != nil {
+		t.Fatalf("the created role is not JSON: %v\n%s", err, rb)
+	}
+	if created.Name != "batchd batch-endpoint invoker (minimal)" || !slices.Equal(created.Actions, minimal.Actions) {
+		t.Errorf("created role %q with %d actions, want the minimal role's %d", created.Name, len(created.Actions), len(minimal.Actions))
+	}
+	calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
+	if !strings.Contains(string(calls), `role assignment create --subscription 00000000-0000-0000-0000-000000000001 --assignee-object-id 00000000-0000-0000-0000-0000000000bb --assignee-principal-type ServicePrincipal --role batchd batch-endpoint invoker (minimal) --scope /subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/ml-rg/providers/Microsoft.MachineLearningServices/workspaces/ml-ws`) {
+		t.Errorf("the minimal role was not assigned on the workspace; az calls:\n%s", calls)
 	}
 }

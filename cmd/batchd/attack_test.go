@@ -1,14 +1,22 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
 )
 
@@ -123,5 +131,160 @@ func TestAttacks(t *testing.T) {
 	if len(runs) != 1 || runs[0].Key == "evil" {
 		b, _ := json.Marshal(runs)
 		t.Errorf("the ledger holds %d runs, want only the legitimate one: %s", len(runs), b)
+	}
+}
+
+// TestNATSAttacks is the attack table's NATS half, against a real serve: a
+// client that may publish on a trigger's subject names a reply subject
+// batchd must not publish on (another service's, the ledger's $KV, the
+// intake, the JetStream API), or sends message fields that would reshape
+// a JSON scoring request. Each is refused: nothing is published on the
+// named subject, the intake stream and the ledger key are untouched, the
+// request is recorded rejected with the reason, and every scoring request
+// has exactly the template's keys.
+func TestNATSAttacks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the daemon")
+	}
+	// Not parallel: the in-process daemon's simulator is set through the
+	// environment (useSimInProcess).
+	d := startOnlineDaemon(t, jobstest.OnlineOptions{Handler: func(r jobstest.OnlineRequest) (int, []byte) { return 200, r.Body }}, nil)
+	evil := []string{
+		"orders.evil",
+		"$KV.batchd_runs.0123456789abcdef0123456789abcdef",
+		"batchd.intake.classify.evil",
+		"$JS.API.STREAM.DELETE.BATCHD_INTAKE",
+		"$JS.API.STREAM.PURGE.BATCHD_INTAKE",
+	}
+	spy, err := nats.Connect(d.ownNATS, nats.Name("spy"), nats.Token(d.ownToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spy.Close()
+	var subs []*nats.Subscription
+	for _, e := range evil {
+		s, err := spy.SubscribeSync(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, s)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(spy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	intakeBefore, err := js.Stream(t.Context(), "BATCHD_INTAKE")
+	if err != nil {
+		t.Fatalf("the intake stream: %v", err)
+	}
+	for i, reply := range evil {
+		m := nats.NewMsg("classify.requests")
+		m.Reply = reply
+		m.Data = []byte(fmt.Sprintf(`{"evil":%d}`, i))
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("evil-reply-%d", i))
+		if err := d.nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Message fields written to break out of a JSON string, or to add keys.
+	hostile := []string{
+		`x","extra":{"admin":true},"y":"`,
+		`x"}, "extra": 1, "z": {"`,
+		`\",\"extra\":\"`,
+		"line\n}\n{\"extra\":1}",
+		`\u0022,\u0022extra\u0022:\u0022`,
+		`}}}]]]"`,
+		`{{ .Message.Body }}`,
+	}
+	for i, text := range hostile {
+		body, _ := json.Marshal(map[string]string{"text": text})
+		m := nats.NewMsg("shaped.requests")
+		m.Data = body
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("hostile-%d", i))
+		rctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		reply, err := d.nc.RequestMsgWithContext(rctx, m)
+		cancel()
+		if err != nil {
+			t.Fatalf("hostile request %d: %v", i, err)
+		}
+		if reply.Header.Get(orchestrator.HeaderState) != "completed" {
+			t.Errorf("hostile request %d: state %q (%s), want completed", i, reply.Header.Get(orchestrator.HeaderState), reply.Data)
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range d.sim.OnlineRequests("ep") {
+		var got map[string]any
+		if err := json.Unmarshal(r.Body, &got); err != nil {
+			t.Errorf("a scoring request is not JSON: %v: %s", err, r.Body)
+			continue
+		}
+		if _, shaped := got["lang"]; !shaped {
+			continue // the probe and the classify pipeline's requests
+		}
+		keys := slices.Sorted(maps.Keys(got))
+		if !slices.Equal(keys, []string{"lang", "text"}) {
+			t.Errorf("a scoring request has keys %v, want [lang text]: %s", keys, r.Body)
+		}
+		if s, ok := got["text"].(string); ok {
+			seen[s] = true
+		}
+	}
+	for _, text := range hostile {
+		if !seen[text] {
+			t.Errorf("the field %q did not reach the endpoint as the text value, unchanged", text)
+		}
+	}
+
+	// The evil-reply requests are recorded rejected with the reason.
+	var rejected []orchestrator.RunSummary
+	procWaitFor(t, 10*time.Second, "the evil-reply requests to be recorded", func() bool {
+		runs, err := procListAll(d.base)
+		if err != nil {
+			return false
+		}
+		rejected = rejected[:0]
+		for _, r := range runs {
+			if r.Pipeline == "classify" && r.State == orchestrator.StateRejected {
+				rejected = append(rejected, r)
+			}
+		}
+		return len(rejected) >= len(evil)
+	})
+	if len(rejected) != len(evil) {
+		t.Errorf("%d classify runs rejected, want %d", len(rejected), len(evil))
+	}
+	for _, r := range rejected {
+		if !strings.Contains(r.Reason, `not under "_INBOX."`) {
+			t.Errorf("run %s rejected for %q, want the reply prefix named", r.ID, r.Reason)
+		}
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range subs {
+		if m, err := s.NextMsg(100 * time.Millisecond); err == nil {
+			t.Errorf("batchd published on %s: %q", evil[i], m.Data)
+		}
+	}
+	intakeAfter, err := js.Stream(t.Context(), "BATCHD_INTAKE")
+	if err != nil {
+		t.Fatalf("the intake stream after the attacks: %v", err)
+	}
+	// (A purge would have been a publish on its API subject, which the spy
+	// watches; the intake deletes acknowledged messages, so its sequences
+	// say nothing.)
+	if a, b := intakeAfter.CachedInfo(), intakeBefore.CachedInfo(); !a.Created.Equal(b.Created) {
+		t.Errorf("the intake stream was recreated: created %s → %s", b.Created, a.Created)
+	}
+	kv, err := js.KeyValue(t.Context(), "batchd_runs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(t.Context(), "0123456789abcdef0123456789abcdef"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("the ledger key an attacker named: %v, want not found", err)
 	}
 }

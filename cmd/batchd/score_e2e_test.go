@@ -28,8 +28,10 @@ import (
 
 // onlineDaemon is `batchd serve` in-process, wired to the simulator's
 // online endpoint "ep" (aad_token), with one pipeline "classify" answering
-// core NATS requests on classify.requests through the embedded NATS, which
-// listens on loopback for the test's client.
+// core NATS requests on classify.requests (the body is the request) and
+// one "shaped" on shaped.requests (a JSON template around a message field)
+// through the embedded NATS, which listens on loopback for the test's
+// client.
 type onlineDaemon struct {
 	sim  *jobstest.Sim
 	nc   *nats.Conn
@@ -63,14 +65,20 @@ func startOnlineDaemonOn(tb testing.TB, ep jobstest.OnlineOptions, extraEnv map[
 	yaml := fmt.Sprintf(`endpoints:
   ep:
     kind: online
-    uri: %s
+    uri: %[1]s
     timeout: 10s
 pipelines:
   classify:
     endpoint: ep
     trigger:
-      nats: {subject: classify.requests, queue: batchd%s}
+      nats: {subject: classify.requests, queue: batchd%[2]s}
     request: '{{ .Message.Body }}'
+    timeout: 20s
+  shaped:
+    endpoint: ep
+    trigger:
+      nats: {subject: shaped.requests, queue: batchd%[2]s}
+    request: '{"text": {{ json .Message.Data.text }}, "lang": "en"}'
     timeout: 20s
 `, sim.OnlineScoringURI("ep"), map[bool]string{true: `, url: "` + triggerURL + `"`}[triggerURL != ""])
 	if err := os.WriteFile(pf, []byte(yaml), 0o644); err != nil {

@@ -21,6 +21,9 @@ Usage: assign-roles.sh --resource-group RG --workspace WS IDENTITY [options]
 3. With --batchd-storage-reader: gives batchd's own identity "Storage Blob
    Data Reader" on the same accounts, for its preflight checks and the blob
    poller.
+   With --minimal-role, "batchd batch-endpoint invoker (minimal)" from
+   batchd-invoker-minimal-role.json instead: invoke, job read and cancel
+   only (README.md in this directory: what it leaves out and the risk).
 4. With --online-scorer: also creates "batchd online-endpoint scorer" from
    batchd-online-scorer-role.json and assigns it on the workspace.
 
@@ -41,6 +44,7 @@ Options:
                            for several (any resource group of the subscription)
   --batchd-storage-reader  see 3 above
   --online-scorer          see 4 above
+  --minimal-role           see 1 above
   --role-name NAME         name of the invoker role (default "batchd
                            batch-endpoint invoker"); custom role names are unique
                            in a tenant, so a second subscription may need another
@@ -76,7 +80,8 @@ compute_principal=${COMPUTE_PRINCIPAL_ID:-}
 read -r -a accounts <<<"${STORAGE_ACCOUNTS:-}"
 batchd_reader=no
 online=no
-role_name="batchd batch-endpoint invoker"
+role_name=""
+minimal=no
 scorer_role_name="batchd online-endpoint scorer"
 
 while [[ $# -gt 0 ]]; do
@@ -94,6 +99,7 @@ while [[ $# -gt 0 ]]; do
     --storage-account) accounts+=("${2?--storage-account needs a value}"); shift 2 ;;
     --batchd-storage-reader) batchd_reader=yes; shift ;;
     --online-scorer) online=yes; shift ;;
+    --minimal-role) minimal=yes; shift ;;
     --role-name) role_name=${2?--role-name needs a value}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -114,6 +120,12 @@ done
   die "--compute needs at least one --storage-account"
 # Names end up inside JSON and az queries: keep them to what Azure allows.
 [[ $rg =~ ^[-A-Za-z0-9._()]+$ ]] || die "--resource-group $rg: not a resource group name"
+role_template="$here/batchd-invoker-role.json"
+if [[ $minimal == yes ]]; then
+  role_template="$here/batchd-invoker-minimal-role.json"
+  role_name=${role_name:-"batchd batch-endpoint invoker (minimal)"}
+fi
+role_name=${role_name:-"batchd batch-endpoint invoker"}
 [[ $role_name =~ ^[-A-Za-z0-9._\ ()]+$ ]] || die "--role-name: letters, digits, spaces and -._() only"
 command -v az >/dev/null || die "the Azure CLI (az) is not installed"
 
@@ -227,7 +239,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ensure_role "$here/batchd-invoker-role.json" "$role_name"
+ensure_role "$role_template" "$role_name"
 ensure_assignment "$principal" "$role_name" "$ws_scope" "$who"
 if [[ $online == yes ]]; then
   ensure_role "$here/batchd-online-scorer-role.json" "$scorer_role_name"

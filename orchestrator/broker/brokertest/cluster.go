@@ -102,6 +102,29 @@ type Cluster struct {
 // until JetStream has a meta leader. They are SIGKILLed at cleanup.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartClusterWith(t, n, func(nd *Node, c *Cluster) string {
+		cluster := ""
+		if n > 1 {
+			var routes []string
+			for _, o := range c.Nodes {
+				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", o.RoutePort))
+			}
+			cluster = fmt.Sprintf("cluster {\n  name: %s\n  listen: 127.0.0.1:%d\n  routes: [\n    %s\n  ]\n}\n",
+				c.Name, nd.RoutePort, strings.Join(routes, "\n    "))
+		}
+		return fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\n"+
+			"jetstream {\n  store_dir: %q\n}\n%s",
+			nd.Name, nd.Port, nd.HTTPPort, filepath.Join(nd.Dir, "store"), cluster)
+	})
+}
+
+// StartClusterWith is StartCluster with each node's configuration file
+// written by conf, which is given the node (its name, ports and directory
+// chosen) and the cluster (every node's). The file must listen for clients
+// on 127.0.0.1:Port, serve monitoring on 127.0.0.1:HTTPPort and route on
+// 127.0.0.1:RoutePort.
+func StartClusterWith(t testing.TB, n int, conf func(nd *Node, c *Cluster) string) *Cluster {
+	t.Helper()
 	bin := ServerBinary(t)
 	c := &Cluster{Name: "batchdtest"}
 	for i := range n {
@@ -111,20 +134,8 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			Dir: dir, bin: bin, conf: filepath.Join(dir, "nats.conf"), log: filepath.Join(dir, "nats.log"),
 		})
 	}
-	var routes []string
 	for _, nd := range c.Nodes {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", nd.RoutePort))
-	}
-	for _, nd := range c.Nodes {
-		cluster := ""
-		if n > 1 {
-			cluster = fmt.Sprintf("cluster {\n  name: %s\n  listen: 127.0.0.1:%d\n  routes: [\n    %s\n  ]\n}\n",
-				c.Name, nd.RoutePort, strings.Join(routes, "\n    "))
-		}
-		conf := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\n"+
-			"jetstream {\n  store_dir: %q\n}\n%s",
-			nd.Name, nd.Port, nd.HTTPPort, filepath.Join(nd.Dir, "store"), cluster)
-		if err := os.WriteFile(nd.conf, []byte(conf), 0o644); err != nil {
+		if err := os.WriteFile(nd.conf, []byte(conf(nd, c)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
