@@ -81,9 +81,6 @@ type Options struct {
 	// MaxIntakePending caps the intake messages handed out and not yet acked
 	// (events waiting for admission hold one each). Default 20000.
 	MaxIntakePending int
-	// MaxTracked caps the tracker messages outstanding; one per run being
-	// tracked or reconciled. Default 200000.
-	MaxTracked int
 	// RepairInterval is how often admission slots held by finished runs are
 	// freed. Default 1m.
 	RepairInterval time.Duration
@@ -179,9 +176,6 @@ func (o *Options) setDefaults() {
 	def(&o.CompletionMaxAge, o.Retention)
 	if o.MaxIntakePending <= 0 {
 		o.MaxIntakePending = 20000
-	}
-	if o.MaxTracked <= 0 {
-		o.MaxTracked = 200000
 	}
 	def(&o.RepairInterval, time.Minute)
 	def(&o.OrphanInterval, 5*time.Minute)

@@ -154,12 +154,17 @@ func setup(ctx context.Context, js jetstream.JetStream, o *Options) (*handles, e
 	}
 	h.tracker, err = broker.Setup(ctx, o.Logger, "consumer "+ConsumerTracker, func(ctx context.Context) (jetstream.Consumer, error) {
 		return h.track.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-			Durable:       ConsumerTracker,
-			Description:   "batchd tracker: poll, reconcile, time out",
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       o.ackWait(),
-			MaxDeliver:    -1,
-			MaxAckPending: o.MaxTracked,
+			Durable:     ConsumerTracker,
+			Description: "batchd tracker: poll, reconcile, time out",
+			AckPolicy:   jetstream.AckExplicitPolicy,
+			AckWait:     o.ackWait(),
+			MaxDeliver:  -1,
+			// No cap: every run being tracked, reconciled or waiting for
+			// admission has its message out at once, waiting on its nak
+			// delay. A cap would leave the runs above it with no poll, no
+			// timeout and no cancel until others finish. What it costs is
+			// the server's pending entry per message (memory).
+			MaxAckPending: -1,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 			Replicas:      o.Replicas,
 		})

@@ -387,3 +387,31 @@ func TestPollDelayAndBackoffBounds(t *testing.T) {
 		}
 	}
 }
+
+// The tracker's consumer has no MaxAckPending: every tracked run's message
+// is out (waiting on its nak delay) at once, so a cap would leave the runs
+// above it with no poll, no timeout and no cancel until others finish (at
+// the old cap of 200,000, runs 200,001 and up). A consumer made by an
+// earlier version with the cap is updated at start.
+func TestTrackerConsumerHasNoAckPendingCeiling(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	ctx := t.Context()
+	st, err := b.JS.CreateStream(ctx, jetstream.StreamConfig{Name: StreamTrack, Subjects: []string{SubjectTrack + ".>"},
+		Retention: jetstream.WorkQueuePolicy, MaxMsgsPerSubject: 1, Duplicates: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: ConsumerTracker, AckPolicy: jetstream.AckExplicitPolicy,
+		MaxDeliver: -1, MaxAckPending: 200000}); err != nil {
+		t.Fatal(err)
+	}
+	startOn(t, b, []*Pipeline{testPipeline(t, "score", nil)}, newFakeSub())
+	c, err := st.Consumer(ctx, ConsumerTracker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.CachedInfo().Config.MaxAckPending; got != -1 {
+		t.Errorf("tracker consumer MaxAckPending = %d, want -1 (no cap)", got)
+	}
+}
