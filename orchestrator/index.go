@@ -1,19 +1,26 @@
 package orchestrator
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
+	"math"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/batchd/batchd/jobs/backoff"
 )
@@ -82,18 +89,56 @@ var ErrIndexLoading = errors.New("the run index is still loading")
 // ErrBadCursor is returned for a cursor List did not make.
 var ErrBadCursor = errors.New("bad cursor")
 
-// index is an in-memory view of the ledger, kept current by a KV watch:
-// small summaries ordered newest first, counts by state, and the feed for
-// Watch. Every replica keeps its own.
+// index is the run list's view of the ledger, kept current by a KV watch:
+// summaries ordered newest first, counts by state, and the feed for Watch.
+// Every replica keeps its own.
+//
+// It lives in a bbolt file (Options.IndexPath), a cache of the ledger that
+// can always be rebuilt from it: memory holds only the counts, so its cost
+// does not grow with history, and a restart reads only the ledger changes
+// since the revision the file last applied (ResumeFromRevision), not every
+// run of the retention period. A watch failure resumes the same way. The
+// file is rebuilt from the whole ledger when it is missing, unreadable, of
+// another format, or from another ledger (the bucket was recreated).
+//
+// Finished runs leave the ledger by TTL, which leaves a delete marker the
+// watch sees; a marker that expired while batchd was down is never seen,
+// so the index also drops entries whose TTL has passed (with a minute's
+// slack, so that the marker normally comes first).
+//
+// Writes are batched (whatever the watch has ready, up to indexBatch, in
+// one transaction, without fsync: a crash of the process loses nothing the
+// kernel has; a crash of the machine can corrupt the file, which is then
+// rebuilt). List sees a change once its batch is written, and the Watch
+// feed publishes it then.
 type index struct {
-	kv  jetstream.KeyValue
-	log *slog.Logger
+	kv   jetstream.KeyValue
+	log  *slog.Logger
+	path string
+	// ttl is a pipeline's retention: how long a finished run stays.
+	ttl func(pipeline string) time.Duration
+	now func() time.Time
+
+	// tempDir holds the file when no path was given; removed at close.
+	tempDir string
+	// opened is when open began (for the "ready" log line).
+	opened time.Time
 
 	mu     sync.RWMutex
-	byID   map[string]*RunSummary
-	order  []*RunSummary // newest first (Created desc, ID desc)
+	db     *bolt.DB
 	count  map[State]int
 	loaded bool
+	// rev is the highest ledger revision applied (watch goroutine).
+	rev uint64
+
+	// replayed counts ledger entries the watch delivered since the process
+	// started: what start-up cost (tests).
+	replayed atomic.Int64
+	// rebuilds counts full rebuilds.
+	rebuilds atomic.Int64
+	// breakWatch: a test's send on it ends the current watch as a failure
+	// would (tests of resuming after one); nothing else sends.
+	breakWatch chan struct{}
 
 	subMu sync.Mutex
 	subs  map[chan RunChange]struct{}
@@ -101,8 +146,41 @@ type index struct {
 	dropped int
 }
 
-func newIndex(kv jetstream.KeyValue, log *slog.Logger) *index {
-	return &index{kv: kv, log: log, byID: map[string]*RunSummary{}, count: map[State]int{}, subs: map[chan RunChange]struct{}{}}
+const (
+	// indexFormat is the file's layout version; another one is rebuilt.
+	indexFormat = "batchd-run-index-1"
+	// indexBatch caps the changes written in one transaction.
+	indexBatch = 4096
+	// indexPruneEvery is how often entries past their TTL are dropped.
+	indexPruneEvery = time.Minute
+	// indexPruneSlack is how long past its TTL an entry is kept for the
+	// ledger's delete marker to arrive.
+	indexPruneSlack = time.Minute
+)
+
+// Buckets of the index file. Keys of runs are order keys: 8 bytes of
+// inverted creation time (big-endian, so newest sorts first) and the run
+// id; ties on the time go to the greater id first, as List's order has it
+// (the id's bytes are inverted too).
+var (
+	bktMeta      = []byte("meta")
+	bktRuns      = []byte("runs")      // order key → summary (JSON)
+	bktIDs       = []byte("ids")       // id → order key time, expiry, state, pipeline
+	bktPipe      = []byte("pipeline")  // pipeline 0 order key → ""
+	bktState     = []byte("state")     // state 0 order key → ""
+	bktPipeState = []byte("pipestate") // pipeline 0 state 0 order key → ""
+	bktExpiry    = []byte("expiry")    // expiry (8 bytes) id → ""
+	indexBuckets = [][]byte{bktMeta, bktRuns, bktIDs, bktPipe, bktState, bktPipeState, bktExpiry}
+
+	metaFormat = []byte("format")
+	metaStream = []byte("stream") // the ledger stream's creation time
+	metaRev    = []byte("rev")
+	metaCounts = []byte("counts")
+)
+
+func newIndex(kv jetstream.KeyValue, log *slog.Logger, path string, ttl func(string) time.Duration) *index {
+	return &index{kv: kv, log: log, path: path, ttl: ttl, now: time.Now, count: map[State]int{}, subs: map[chan RunChange]struct{}{},
+		breakWatch: make(chan struct{})}
 }
 
 // newer reports whether a sorts before b (newest first).
@@ -113,163 +191,472 @@ func newer(a, b *RunSummary) bool {
 	return a.ID > b.ID
 }
 
-func (x *index) pos(s *RunSummary) int {
-	i, _ := slices.BinarySearchFunc(x.order, s, func(e, t *RunSummary) int {
-		switch {
-		case e.ID == t.ID && e.Created.Equal(t.Created):
-			return 0
-		case newer(e, t):
-			return -1
-		default:
-			return 1
-		}
-	})
-	return i
+// orderKey is the runs bucket's key for a run: sorting keys ascending
+// lists runs newest first (Created desc, ID desc).
+func orderKey(created time.Time, id string) []byte {
+	k := make([]byte, 8+len(id))
+	binary.BigEndian.PutUint64(k, math.MaxUint64-uint64(created.UnixNano())) //nolint:gosec // times before 1970 do not occur
+	for i := range len(id) {
+		k[8+i] = ^id[i]
+	}
+	return k
 }
 
-// put adds or replaces a summary. Callers hold mu.
-func (x *index) put(s *RunSummary) {
-	if old, ok := x.byID[s.ID]; ok {
-		x.count[old.State]--
-		if old.Created.Equal(s.Created) {
-			*old = *s
-			x.count[s.State]++
-			return
-		}
-		x.removeLocked(old)
-	}
-	i := x.pos(s)
-	x.order = slices.Insert(x.order, i, s)
-	x.byID[s.ID] = s
-	x.count[s.State]++
+// idEntry is the ids bucket's value: enough to find and unindex the run's
+// entries without decoding its summary.
+type idEntry struct {
+	order    []byte
+	expiry   int64 // unix ns; 0: none
+	state    State
+	pipeline string
 }
 
-func (x *index) removeLocked(s *RunSummary) {
-	i := x.pos(s)
-	if i < len(x.order) && x.order[i].ID == s.ID {
-		x.order = slices.Delete(x.order, i, i+1)
-	}
-	delete(x.byID, s.ID)
+func (e idEntry) encode() []byte {
+	b := make([]byte, 0, 8+8+len(e.state)+1+len(e.pipeline))
+	b = append(b, e.order[:8]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(e.expiry)) //nolint:gosec // non-negative
+	b = append(b, e.state...)
+	b = append(b, 0)
+	return append(b, e.pipeline...)
 }
 
-func (x *index) remove(id string) {
-	if old, ok := x.byID[id]; ok {
-		x.count[old.State]--
-		x.removeLocked(old)
+func decodeIDEntry(id string, v []byte) (idEntry, bool) {
+	if len(v) < 17 {
+		return idEntry{}, false
 	}
+	state, pipeline, ok := bytes.Cut(v[16:], []byte{0})
+	if !ok {
+		return idEntry{}, false
+	}
+	order := make([]byte, 8, 8+len(id))
+	copy(order, v[:8])
+	for i := range len(id) {
+		order = append(order, ^id[i])
+	}
+	return idEntry{order: order, expiry: int64(binary.BigEndian.Uint64(v[8:16])), state: State(state), pipeline: string(pipeline)}, true //nolint:gosec // written non-negative
 }
+
+func expiryKey(expiry int64, id string) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(id)), uint64(expiry)) //nolint:gosec // non-negative
+	return append(k, id...)
+}
+
+func joinKey(parts ...[]byte) []byte { return bytes.Join(parts, []byte{0}) }
 
 // run keeps the index current until ctx ends. After a watch failure it
-// starts over and swaps the rebuilt index in once the rebuild is complete.
+// resumes from the last revision applied: no rebuild.
 func (x *index) run(ctx context.Context) error {
+	if err := x.open(ctx); err != nil {
+		return err
+	}
+	defer x.close()
 	for {
 		err := x.watch(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		x.log.Warn("run index watch ended; restarting", "err", err)
+		x.log.Warn("run index watch ended; resuming", "err", err, "revision", x.rev)
 		if err := backoff.Sleep(ctx, time.Second); err != nil {
 			return nil
 		}
 	}
 }
 
+// open opens the index file, or makes it anew (see index). It retries the
+// stream lookup while NATS is not answering.
+func (x *index) open(ctx context.Context) error {
+	x.opened = time.Now()
+	var stream string
+	for attempt := 0; ; attempt++ {
+		st, err := x.kv.Status(ctx)
+		if err == nil {
+			if js, ok := st.(*jetstream.KeyValueBucketStatus); ok && js.StreamInfo() != nil {
+				stream = js.StreamInfo().Created.UTC().Format(time.RFC3339Nano)
+			}
+			break
+		}
+		x.log.Warn("run index: reading the ledger bucket", "err", err)
+		if err := backoff.Sleep(ctx, backoff.Delay(attempt, 100*time.Millisecond, 5*time.Second)); err != nil {
+			return nil
+		}
+	}
+	if x.path == "" {
+		dir, err := os.MkdirTemp("", "batchd-index-")
+		if err != nil {
+			return fmt.Errorf("run index: %w", err)
+		}
+		x.tempDir, x.path = dir, filepath.Join(dir, "runs.db")
+	}
+	if err := os.MkdirAll(filepath.Dir(x.path), 0o700); err != nil {
+		return fmt.Errorf("run index: %w", err)
+	}
+	db, err := x.openFile()
+	if err != nil {
+		return err
+	}
+	var counts map[State]int
+	var rev uint64
+	valid := false
+	_ = db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bktMeta)
+		if m == nil || string(m.Get(metaFormat)) != indexFormat || string(m.Get(metaStream)) != stream {
+			return nil
+		}
+		for _, b := range indexBuckets {
+			if tx.Bucket(b) == nil {
+				return nil
+			}
+		}
+		if v := m.Get(metaRev); len(v) == 8 {
+			rev = binary.BigEndian.Uint64(v)
+		}
+		if json.Unmarshal(m.Get(metaCounts), &counts) != nil {
+			return nil
+		}
+		valid = true
+		return nil
+	})
+	if !valid {
+		if err := x.reset(db, stream); err != nil {
+			_ = db.Close()
+			return err
+		}
+		counts, rev = map[State]int{}, 0
+	}
+	if counts == nil {
+		counts = map[State]int{}
+	}
+	x.mu.Lock()
+	x.db, x.count, x.rev = db, counts, rev
+	x.mu.Unlock()
+	x.log.Debug("run index opened", "path", x.path, "revision", rev, "rebuild", !valid)
+	return nil
+}
+
+// openFile opens the file, removing and recreating one bbolt cannot open.
+func (x *index) openFile() (*bolt.DB, error) {
+	opts := &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
+	db, err := bolt.Open(x.path, 0o600, opts)
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("run index %s is in use by another batchd (the state directory is shared?): %w", x.path, err)
+	}
+	if err != nil {
+		x.log.Warn("run index: file unreadable; rebuilding it from the ledger", "path", x.path, "err", err)
+		if rerr := os.Remove(x.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			return nil, fmt.Errorf("run index: %w", rerr)
+		}
+		if db, err = bolt.Open(x.path, 0o600, opts); err != nil {
+			return nil, fmt.Errorf("run index: %w", err)
+		}
+	}
+	return db, nil
+}
+
+// reset empties the file for a rebuild from the whole ledger.
+func (x *index) reset(db *bolt.DB, stream string) error {
+	x.rebuilds.Add(1)
+	return db.Update(func(tx *bolt.Tx) error {
+		for _, b := range indexBuckets {
+			if tx.Bucket(b) != nil {
+				if err := tx.DeleteBucket(b); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bktMeta)
+		if err := m.Put(metaFormat, []byte(indexFormat)); err != nil {
+			return err
+		}
+		return m.Put(metaStream, []byte(stream))
+	})
+}
+
+func (x *index) close() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.db != nil {
+		if err := x.db.Close(); err != nil {
+			x.log.Warn("run index close", "err", err)
+		}
+		x.db = nil
+	}
+	x.loaded = false
+	if x.tempDir != "" {
+		_ = os.RemoveAll(x.tempDir)
+		x.tempDir, x.path = "", ""
+	}
+}
+
+// change is one ledger entry to apply.
+type change struct {
+	id      string
+	rev     uint64
+	run     *Run // nil: deleted
+	written time.Time
+}
+
 func (x *index) watch(ctx context.Context) error {
-	w, err := x.kv.WatchAll(ctx)
+	var opts []jetstream.WatchOpt
+	if x.rev > 0 {
+		opts = append(opts, jetstream.IncludeHistory(), jetstream.ResumeFromRevision(x.rev+1))
+	}
+	w, err := x.kv.WatchAll(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", BucketRuns, err)
 	}
 	defer func() { _ = w.Stop() }()
-	// Until the initial values are in, build a fresh index aside.
-	fresh := newIndex(nil, nil)
-	building := true
+	prune := time.NewTicker(indexPruneEvery)
+	defer prune.Stop()
+	batch := make([]change, 0, indexBatch)
 	for {
 		var e jetstream.KeyValueEntry
 		var ok bool
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-prune.C:
+			if err := x.prune(); err != nil {
+				return err
+			}
+			continue
+		case <-x.breakWatch:
+			return errors.New("watch broken by a test")
 		case e, ok = <-w.Updates():
 		}
-		if !ok {
-			return errors.New("watch closed")
-		}
-		if e == nil {
-			if building {
-				fresh.sortAll()
-				x.mu.Lock()
-				x.byID, x.order, x.count, x.loaded = fresh.byID, fresh.order, fresh.count, true
-				x.mu.Unlock()
-				building = false
+		// Take whatever else is ready, up to a batch.
+		caughtUp := false
+		for {
+			if !ok {
+				if err := x.apply(batch); err != nil {
+					return err
+				}
+				return errors.New("watch closed")
 			}
-			continue
+			if e == nil {
+				caughtUp = true
+				break
+			}
+			x.replayed.Add(1)
+			batch = append(batch, x.decode(e))
+			if len(batch) == indexBatch {
+				break
+			}
+			select {
+			case e, ok = <-w.Updates():
+				continue
+			default:
+			}
+			break
 		}
-		var run *Run
-		if e.Operation() == jetstream.KeyValuePut {
-			var r Run
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				x.log.Warn("run index: undecodable ledger entry", "key", e.Key(), "err", err)
+		if err := x.apply(batch); err != nil {
+			return err
+		}
+		batch = batch[:0]
+		if caughtUp {
+			x.mu.Lock()
+			first := !x.loaded
+			x.loaded = true
+			x.mu.Unlock()
+			if first {
+				if err := x.prune(); err != nil {
+					return err
+				}
+				x.log.Info("run index ready", "path", x.path, "replayed", x.replayed.Load(), "rebuilt", x.rebuilds.Load() > 0,
+					"took", time.Since(x.opened).Round(time.Millisecond))
+			}
+		}
+	}
+}
+
+func (x *index) decode(e jetstream.KeyValueEntry) change {
+	c := change{id: e.Key(), rev: e.Revision(), written: e.Created()}
+	if e.Operation() == jetstream.KeyValuePut {
+		var r Run
+		if err := json.Unmarshal(e.Value(), &r); err != nil {
+			x.log.Warn("run index: undecodable ledger entry", "key", e.Key(), "err", err)
+			return c // as if deleted: it cannot be listed
+		}
+		c.run = &r
+	}
+	return c
+}
+
+// apply writes a batch in one transaction and then publishes it.
+func (x *index) apply(batch []change) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	x.mu.RLock()
+	db := x.db
+	counts := make(map[State]int, len(x.count))
+	for k, v := range x.count {
+		counts[k] = v
+	}
+	loaded := x.loaded
+	x.mu.RUnlock()
+	rev := x.rev
+	err := db.Update(func(tx *bolt.Tx) error {
+		for _, c := range batch {
+			rev = max(rev, c.rev)
+			if err := x.removeTx(tx, c.id, counts); err != nil {
+				return err
+			}
+			if c.run == nil {
 				continue
 			}
-			run = &r
-		}
-		if building {
-			// The initial values: one per key. Kept unordered and sorted
-			// once at the end (inserting each into the sorted order cost
-			// O(n²) at start-up).
-			if run != nil {
-				s := Summarize(run)
-				fresh.add(&s)
-			} else {
-				fresh.drop(e.Key())
+			if err := x.putTx(tx, c.run, c.written, counts); err != nil {
+				return err
 			}
-			continue
+		}
+		return x.saveMeta(tx, rev, counts)
+	})
+	if err != nil {
+		return fmt.Errorf("run index write: %w", err)
+	}
+	x.mu.Lock()
+	x.count, x.rev = counts, rev
+	x.mu.Unlock()
+	if loaded {
+		for _, c := range batch {
+			x.publish(RunChange{ID: c.id, Run: c.run})
+		}
+	}
+	return nil
+}
+
+func (x *index) saveMeta(tx *bolt.Tx, rev uint64, counts map[State]int) error {
+	for k, v := range counts {
+		if v == 0 {
+			delete(counts, k)
+		}
+	}
+	cb, err := json.Marshal(counts)
+	if err != nil {
+		return err
+	}
+	m := tx.Bucket(bktMeta)
+	if err := m.Put(metaCounts, cb); err != nil {
+		return err
+	}
+	return m.Put(metaRev, binary.BigEndian.AppendUint64(nil, rev))
+}
+
+// putTx indexes r (not indexed: removeTx first).
+func (x *index) putTx(tx *bolt.Tx, r *Run, written time.Time, counts map[State]int) error {
+	s := Summarize(r)
+	order := orderKey(s.Created, s.ID)
+	var expiry int64
+	if s.State.Terminal() && x.ttl != nil {
+		expiry = written.Add(x.ttl(s.Pipeline)).UnixNano()
+	}
+	v, err := json.Marshal(&s)
+	if err != nil {
+		return err
+	}
+	st, pipe := []byte(s.State), []byte(s.Pipeline)
+	puts := []struct {
+		bkt  []byte
+		k, v []byte
+	}{
+		{bktRuns, order, v},
+		{bktIDs, []byte(s.ID), idEntry{order: order, expiry: expiry, state: s.State, pipeline: s.Pipeline}.encode()},
+		{bktPipe, joinKey(pipe, order), nil},
+		{bktState, joinKey(st, order), nil},
+		{bktPipeState, joinKey(pipe, st, order), nil},
+	}
+	if expiry != 0 {
+		puts = append(puts, struct {
+			bkt  []byte
+			k, v []byte
+		}{bktExpiry, expiryKey(expiry, s.ID), nil})
+	}
+	for _, p := range puts {
+		if err := tx.Bucket(p.bkt).Put(p.k, p.v); err != nil {
+			return err
+		}
+	}
+	counts[s.State]++
+	return nil
+}
+
+// removeTx unindexes id, if it is indexed.
+func (x *index) removeTx(tx *bolt.Tx, id string, counts map[State]int) error {
+	v := tx.Bucket(bktIDs).Get([]byte(id))
+	if v == nil {
+		return nil
+	}
+	e, ok := decodeIDEntry(id, v)
+	if !ok {
+		return tx.Bucket(bktIDs).Delete([]byte(id))
+	}
+	st, pipe := []byte(e.state), []byte(e.pipeline)
+	dels := []struct{ bkt, k []byte }{
+		{bktRuns, e.order}, {bktIDs, []byte(id)}, {bktPipe, joinKey(pipe, e.order)},
+		{bktState, joinKey(st, e.order)}, {bktPipeState, joinKey(pipe, st, e.order)},
+	}
+	if e.expiry != 0 {
+		dels = append(dels, struct{ bkt, k []byte }{bktExpiry, expiryKey(e.expiry, id)})
+	}
+	for _, d := range dels {
+		if err := tx.Bucket(d.bkt).Delete(d.k); err != nil {
+			return err
+		}
+	}
+	counts[e.state]--
+	return nil
+}
+
+// prune drops entries whose TTL passed more than indexPruneSlack ago
+// (their delete markers were missed), indexBatch per transaction.
+func (x *index) prune() error {
+	cutoff := x.now().Add(-indexPruneSlack).UnixNano()
+	for {
+		var gone []string
+		x.mu.RLock()
+		db := x.db
+		counts := make(map[State]int, len(x.count))
+		for k, v := range x.count {
+			counts[k] = v
+		}
+		x.mu.RUnlock()
+		err := db.Update(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bktExpiry).Cursor()
+			for k, _ := c.First(); k != nil && len(gone) < indexBatch; k, _ = c.Next() {
+				if len(k) < 8 || int64(binary.BigEndian.Uint64(k[:8])) > cutoff { //nolint:gosec // written non-negative
+					break
+				}
+				gone = append(gone, string(k[8:]))
+			}
+			for _, id := range gone {
+				if err := x.removeTx(tx, id, counts); err != nil {
+					return err
+				}
+			}
+			if len(gone) == 0 {
+				return nil
+			}
+			return x.saveMeta(tx, x.rev, counts)
+		})
+		if err != nil {
+			return fmt.Errorf("run index prune: %w", err)
+		}
+		if len(gone) == 0 {
+			return nil
 		}
 		x.mu.Lock()
-		if run != nil {
-			s := Summarize(run)
-			x.put(&s)
-		} else {
-			x.remove(e.Key())
-		}
+		x.count = counts
 		x.mu.Unlock()
-		x.publish(RunChange{ID: e.Key(), Run: run})
-	}
-}
-
-// add records s while the index is built (order is not kept; sortAll
-// sorts it once).
-func (x *index) add(s *RunSummary) {
-	if old, ok := x.byID[s.ID]; ok {
-		x.count[old.State]--
-	}
-	x.byID[s.ID] = s
-	x.count[s.State]++
-}
-
-// drop forgets id while the index is built.
-func (x *index) drop(id string) {
-	if old, ok := x.byID[id]; ok {
-		x.count[old.State]--
-		delete(x.byID, id)
-	}
-}
-
-// sortAll builds the order from byID.
-func (x *index) sortAll() {
-	x.order = make([]*RunSummary, 0, len(x.byID))
-	for _, s := range x.byID {
-		x.order = append(x.order, s)
-	}
-	slices.SortFunc(x.order, func(a, b *RunSummary) int {
-		switch {
-		case newer(a, b):
-			return -1
-		case newer(b, a):
-			return 1
+		x.log.Debug("run index: dropped runs past their retention", "runs", len(gone))
+		for _, id := range gone {
+			x.publish(RunChange{ID: id})
 		}
-		return 0
-	})
+		if len(gone) < indexBatch {
+			return nil
+		}
+	}
 }
 
 func (x *index) publish(c RunChange) {
@@ -327,7 +714,9 @@ func (x *index) counts() (map[State]int, bool) {
 	}
 	c := make(map[State]int, len(x.count))
 	for k, v := range x.count {
-		c[k] = v
+		if v != 0 {
+			c[k] = v
+		}
 	}
 	return c, true
 }
@@ -338,46 +727,70 @@ func (x *index) list(opts ListOptions) (*RunList, error) {
 		limit = 50
 	}
 	limit = min(limit, 1000)
-	var after *RunSummary
+	var seek []byte
 	if opts.Cursor != "" {
 		c, err := decodeCursor(opts.Cursor)
 		if err != nil {
 			return nil, err
 		}
-		after = c
+		seek = orderKey(c.Created, c.ID)
 	}
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if !x.loaded {
+	if !x.loaded || x.db == nil {
 		return nil, ErrIndexLoading
 	}
-	i := 0
-	if after != nil {
-		i, _ = slices.BinarySearchFunc(x.order, after, func(e, t *RunSummary) int {
-			if newer(e, t) || (e.ID == t.ID && e.Created.Equal(t.Created)) {
-				return -1
-			}
-			return 1
-		})
+	// The bucket that holds exactly the filter's runs, and the prefix of
+	// its keys (the order key follows it).
+	bkt, prefix := bktRuns, []byte(nil)
+	pipe, st := []byte(opts.Pipeline), []byte(opts.State)
+	switch {
+	case opts.Pipeline != "" && opts.State != "":
+		bkt, prefix = bktPipeState, joinKey(pipe, st, nil)
+	case opts.Pipeline != "":
+		bkt, prefix = bktPipe, joinKey(pipe, nil)
+	case opts.State != "":
+		bkt, prefix = bktState, joinKey(st, nil)
 	}
 	out := &RunList{Runs: []RunSummary{}}
-	for ; i < len(x.order); i++ {
-		s := x.order[i]
-		if opts.Pipeline != "" && s.Pipeline != opts.Pipeline {
-			continue
+	err := x.db.View(func(tx *bolt.Tx) error {
+		runs := tx.Bucket(bktRuns)
+		c := tx.Bucket(bkt).Cursor()
+		var k []byte
+		if seek != nil {
+			from := append(slicesClone(prefix), seek...)
+			k, _ = c.Seek(from)
+			if bytes.Equal(k, from) {
+				k, _ = c.Next() // the cursor's run was on the previous page
+			}
+		} else {
+			k, _ = c.Seek(prefix)
 		}
-		if opts.State != "" && s.State != opts.State {
-			continue
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if len(out.Runs) == limit {
+				last := out.Runs[len(out.Runs)-1]
+				out.NextCursor = encodeCursor(&last)
+				return nil
+			}
+			v := runs.Get(k[len(prefix):])
+			if v == nil {
+				continue
+			}
+			var s RunSummary
+			if err := json.Unmarshal(v, &s); err != nil {
+				return err
+			}
+			out.Runs = append(out.Runs, s)
 		}
-		if len(out.Runs) == limit {
-			last := out.Runs[len(out.Runs)-1]
-			out.NextCursor = encodeCursor(&last)
-			break
-		}
-		out.Runs = append(out.Runs, *s)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("run index read: %w", err)
 	}
 	return out, nil
 }
+
+func slicesClone(b []byte) []byte { return append([]byte(nil), b...) }
 
 func encodeCursor(s *RunSummary) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(s.Created.UnixNano(), 10) + "." + s.ID))

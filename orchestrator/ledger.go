@@ -125,9 +125,12 @@ type ledger struct {
 }
 
 // ttl is how long r stays after it finished.
-func (l *ledger) ttl(r *record) time.Duration {
+func (l *ledger) ttl(r *record) time.Duration { return l.ttlOf(r.Pipeline) }
+
+// ttlOf is how long a finished run of pipeline stays.
+func (l *ledger) ttlOf(pipeline string) time.Duration {
 	if l.retentionOf != nil {
-		if d := l.retentionOf(r.Pipeline); d > 0 {
+		if d := l.retentionOf(pipeline); d > 0 {
 			return d
 		}
 	}

@@ -38,6 +38,10 @@ type Options struct {
 	// (per replica). Default 16.
 	TrackerWorkers int
 
+	// IndexPath is the run index's file (a cache of the ledger, rebuilt
+	// when missing; see index). Empty: a file in a temporary directory,
+	// removed when Run returns, so every start rebuilds it.
+	IndexPath string
 	// Retention is how long a finished run stays in the ledger. Runs that are
 	// not finished never expire. Default 168h.
 	Retention time.Duration

@@ -117,7 +117,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		ledger:     &ledger{js: opts.JS, kv: h.ledger, retention: opts.Retention, leaderReads: opts.Replicas > 1},
 		clock:      opts.clock,
 		adm:        &admission{kv: kvstate.JetStream(h.admission)},
-		index:      newIndex(h.ledger, opts.Logger),
+		index:      newIndex(h.ledger, opts.Logger, opts.IndexPath, nil),
 		met:        newMetrics(opts.Registerer),
 		log:        opts.Logger,
 		sub:        opts.Submitter,
@@ -137,6 +137,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		}
 		return 0
 	}
+	o.index.ttl = o.ledger.ttlOf
 	for _, p := range o.pipelines {
 		if p.Endpoint.MaxRunningJobs > o.maxRunning[p.Endpoint.Name] {
 			o.maxRunning[p.Endpoint.Name] = p.Endpoint.MaxRunningJobs

@@ -365,7 +365,7 @@ func TestPollDelayAndBackoffBounds(t *testing.T) {
 		// waits tracked × 1.2 ÷ budget = 120s, so the demand fits the
 		// budget; the deadline still wins.
 		o.opts.PollBudget = 1000
-		o.index = newIndex(nil, nil)
+		o.index = newIndex(nil, nil, "", nil)
 		o.index.count[StateRunning], o.index.count[StateSubmitted] = 90000, 10000
 		young := &record{Run: Run{Job: &JobRef{SubmittedAt: now.Add(-time.Minute)}}}
 		if d := o.pollDelay(young, now); d < 108*time.Second || d > 132*time.Second {

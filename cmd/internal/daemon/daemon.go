@@ -125,6 +125,7 @@ func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) erro
 		Workers: env.Workers, Retention: env.Retention, ShutdownGrace: env.ShutdownGrace,
 		SubmitTimeout: env.SubmitTimeout, PollMin: env.PollMin, PollMax: env.PollMax,
 		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace,
+		IndexPath:       filepath.Join(env.StateDir, "index", "runs.db"),
 		EventSafetyPoll: env.JobEventsSafetyPoll, EventSilence: env.JobEventsSilence,
 		Replicas: env.NATS.Replicas,
 		Replica:  orchestrator.ReplicaIdentity{Host: o.Host, Version: o.Version, ConfigHash: f.Hash},
