@@ -134,7 +134,7 @@ func benchSeedLedger(b *testing.B, storeDir string, n int) {
 			case <-f.Ok():
 			case err := <-f.Err():
 				done <- err
-				for range pending { //nolint:revive // drain
+				for range pending { // drain, so the publisher is not blocked
 				}
 				return
 			}

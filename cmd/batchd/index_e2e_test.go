@@ -67,7 +67,7 @@ func lastIndexReady(t *testing.T, path string) indexReady {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var last *indexReady
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
