@@ -126,21 +126,17 @@ func benchSeedLedger(b *testing.B, storeDir string, n int) {
 	// oldest first, as they would have been written.
 	start := time.Now().Add(-7 * 24 * time.Hour).UTC()
 	step := 7 * 24 * time.Hour / time.Duration(n)
-	pending := make(chan jetstream.PubAckFuture, 4096)
-	done := make(chan error, 1)
-	go func() {
-		for f := range pending {
+	var batch []jetstream.PubAckFuture
+	wait := func() {
+		for _, f := range batch {
 			select {
 			case <-f.Ok():
 			case err := <-f.Err():
-				done <- err
-				for range pending { // drain, so the publisher is not blocked
-				}
-				return
+				b.Fatalf("seed: %v", err)
 			}
 		}
-		done <- nil
-	}()
+		batch = batch[:0]
+	}
 	for i := range n {
 		idb := make([]byte, 16)
 		_, _ = rand.Read(idb)
@@ -174,12 +170,11 @@ func benchSeedLedger(b *testing.B, storeDir string, n int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		pending <- f
+		if batch = append(batch, f); len(batch) == 2000 {
+			wait()
+		}
 	}
-	close(pending)
-	if err := <-done; err != nil {
-		b.Fatal(err)
-	}
+	wait()
 	st, err := br.JS.Stream(ctx, "KV_"+orchestrator.BucketRuns)
 	if err != nil {
 		b.Fatal(err)
