@@ -335,7 +335,10 @@ func (x *index) open(ctx context.Context) error {
 
 // openFile opens the file, removing and recreating one bbolt cannot open.
 func (x *index) openFile() (*bolt.DB, error) {
-	opts := &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
+	// The freelist is written with each commit (NoFreelistSync would make
+	// every open scan the whole file to rebuild it: start-up and resident
+	// memory in proportion to history).
+	opts := &bolt.Options{Timeout: 5 * time.Second, NoSync: true, FreelistType: bolt.FreelistMapType}
 	db, err := bolt.Open(x.path, 0o600, opts)
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("run index %s is in use by another batchd (the state directory is shared?): %w", x.path, err)
