@@ -52,6 +52,9 @@ type rawEnv struct {
 
 	LogLevel  string `env:"BATCHD_LOG_LEVEL, default=info"`
 	LogFormat string `env:"BATCHD_LOG_FORMAT, default=text"`
+	// GoMemLimit is the Go runtime's own variable; batchd only looks at
+	// whether it is set (see DefaultMemoryLimit).
+	GoMemLimit string `env:"GOMEMLIMIT"`
 
 	Credential    string `env:"BATCHD_CREDENTIAL, default=managed-identity"`
 	MLScope       string `env:"BATCHD_ML_SCOPE, default=https://ml.azure.com/.default"`
@@ -114,6 +117,9 @@ type Env struct {
 
 	LogLevel  string // debug | info | warn | error
 	LogFormat string // text | json
+	// GoMemLimitSet: GOMEMLIMIT is set, and the runtime applies it; else
+	// serve sets DefaultMemoryLimit.
+	GoMemLimitSet bool
 
 	Credential jobs.CredentialOptions
 	// Scopes and endpoints, configurable for sovereign clouds.
@@ -190,6 +196,7 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 		HTTPAddr:      raw.HTTPAddr,
 		LogLevel:      strings.ToLower(raw.LogLevel),
 		LogFormat:     strings.ToLower(raw.LogFormat),
+		GoMemLimitSet: raw.GoMemLimit != "",
 		MLScope:       raw.MLScope,
 		ARMScope:      raw.ARMScope,
 		ARMEndpoint:   strings.TrimRight(raw.ARMEndpoint, "/"),

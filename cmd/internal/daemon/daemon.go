@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -66,6 +67,14 @@ type Options struct {
 // is a *config.Error.
 func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) error {
 	log := cmdutil.NewLogger(o.Logs, env.LogLevel, env.LogFormat)
+	if !env.GoMemLimitSet {
+		if limit, ok, err := config.DefaultMemoryLimit(config.CgroupMemoryMax); err != nil {
+			log.Warn("no default memory limit", "err", err)
+		} else if ok {
+			debug.SetMemoryLimit(limit)
+			log.Info("Go memory limit set to 90% of the cgroup's (GOMEMLIMIT overrides it)", "bytes", limit)
+		}
+	}
 	azureTransport := o.Transport
 
 	// Bind first: a taken port is reported before NATS starts.
