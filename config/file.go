@@ -333,6 +333,10 @@ func (v *validator) endpoint(path, name string, r *rawEndpoint) (orchestrator.En
 	if r.MaxRunningJobs < 0 {
 		v.add(path+".max_running_jobs", "must be 0 (no cap) or more, not %d", r.MaxRunningJobs)
 	}
+	if r.MaxRunningJobs > orchestrator.MaxRunningJobsCap {
+		v.add(path+".max_running_jobs", "must be at most %d, not %d: the running jobs of an endpoint are one NATS message, which must stay under NATS's 1 MiB max_payload (0 means no cap)",
+			orchestrator.MaxRunningJobsCap, r.MaxRunningJobs)
+	}
 	if w := r.Workspace; w != nil {
 		wp := path + ".workspace"
 		for _, f := range []struct{ key, val string }{{"subscription", w.Subscription}, {"resource_group", w.ResourceGroup}, {"name", w.Name}} {

@@ -32,6 +32,12 @@ type endpointState struct {
 	PauseReason string               `json:"pause_reason,omitempty"`
 }
 
+// MaxRunningJobsCap is the largest max_running_jobs: an endpoint's slots
+// are one KV value (one compare-and-set shares the cap exactly across
+// replicas), about 70 bytes per slot, and NATS refuses a message over its
+// max_payload (1 MiB by default). 10,000 slots take about 700 KB.
+const MaxRunningJobsCap = 10000
+
 func admissionKey(endpoint string) string { return "ep." + subjectToken(endpoint) }
 
 // admitResult is the answer to acquire.

@@ -143,6 +143,16 @@
 // Retention after it finished, and a live run never expires. Expiry leaves a
 // delete marker that the run index sees. (Needs nats-server 2.11 or later.)
 //
+// # The run index
+//
+// List, Counts and Watch read a per-replica index of the ledger in a bbolt
+// file (Options.IndexPath; see index in index.go): summaries ordered newest
+// first with pipeline, state and pipeline+state buckets, the counts in its
+// meta. It is a cache: memory holds only the counts, a start resumes the
+// ledger watch from the revision the file last applied, and a missing,
+// unreadable or foreign file is rebuilt from the ledger. Entries past their
+// TTL leave it even when the delete marker was missed.
+//
 // # Durability
 //
 // The embedded server writes every message to its file before the PubAck
