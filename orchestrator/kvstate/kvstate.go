@@ -65,6 +65,9 @@ type Store interface {
 	Keys(ctx context.Context, prefix string) ([]string, error)
 	// Values returns every key under prefix with its entry, in one pass.
 	Values(ctx context.Context, prefix string) (map[string]Entry, error)
+	// EachKey calls fn for every key under prefix, in no set order,
+	// without holding them all; an error from fn stops it and is returned.
+	EachKey(ctx context.Context, prefix string, fn func(key string) error) error
 }
 
 var tokenOK = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -180,6 +183,30 @@ func (s *jsStore) Keys(ctx context.Context, prefix string) ([]string, error) {
 			keys = append(keys, k)
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		}
+	}
+}
+
+func (s *jsStore) EachKey(ctx context.Context, prefix string, fn func(key string) error) error {
+	l, err := s.kv.ListKeysFiltered(ctx, prefix+">")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil
+		}
+		return fmt.Errorf("kv keys %s: %w", prefix, err)
+	}
+	defer func() { _ = l.Stop() }()
+	for {
+		select {
+		case k, ok := <-l.Keys():
+			if !ok {
+				return nil
+			}
+			if err := fn(k); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
@@ -329,6 +356,20 @@ func (m *Memory) Keys(ctx context.Context, prefix string) ([]string, error) {
 	}
 	sort.Strings(keys)
 	return keys, nil
+}
+
+// EachKey implements Store (over a snapshot of the keys).
+func (m *Memory) EachKey(ctx context.Context, prefix string, fn func(key string) error) error {
+	keys, err := m.Keys(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := fn(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Values implements Store.

@@ -3,6 +3,7 @@ package kvstate_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -69,6 +70,20 @@ func TestStores(t *testing.T) {
 			}
 			if vals, err := s.Values(ctx, "none."); err != nil || len(vals) != 0 {
 				t.Errorf("Values of an empty prefix = %v, %v", vals, err)
+			}
+			var each []string
+			if err := s.EachKey(ctx, "a.", func(k string) error { each = append(each, k); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff([]string{"a.b", "a.c"}, sorted(each)); diff != "" {
+				t.Errorf("EachKey (-want +got):\n%s", diff)
+			}
+			stop := errors.New("stop")
+			if err := s.EachKey(ctx, "a.", func(string) error { return stop }); !errors.Is(err, stop) {
+				t.Errorf("EachKey with fn failing = %v, want its error", err)
+			}
+			if err := s.EachKey(ctx, "none.", func(k string) error { t.Errorf("EachKey of an empty prefix: %s", k); return nil }); err != nil {
+				t.Errorf("EachKey of an empty prefix: %v", err)
 			}
 			if err := s.Delete(ctx, "a.b", r2); err != nil {
 				t.Fatal(err)
@@ -151,4 +166,10 @@ func TestToken(t *testing.T) {
 	if got := kvstate.Token("a.b c"); len(got) != 25 || got[0] != 'h' {
 		t.Errorf("Token(a.b c) = %q, want h + 24 hex", got)
 	}
+}
+
+func sorted(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
 }

@@ -44,6 +44,10 @@ type Config struct {
 	// Batch, when set, turns the files arriving in one folder into one
 	// UriFolder job.
 	Batch *BatchConfig `yaml:"batch,omitempty"`
+
+	// pageSize, when set, is the listing's page size (tests; the service's
+	// default is 5,000).
+	pageSize int32
 }
 
 // BatchConfig is per-folder micro-batching: a folder's files become one run

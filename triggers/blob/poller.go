@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/orchestrator"
@@ -205,43 +207,55 @@ func (p *Poller) Sweep(ctx context.Context) (SweepStats, error) { return p.sweep
 func (p *Poller) sweep(ctx context.Context, leased bool) (SweepStats, error) {
 	var st SweepStats
 	started := time.Now().UTC()
-	records, err := p.store.Values(ctx, seenPrefix(p.pipeline))
-	if err != nil {
-		return st, err
-	}
 	horizon, err := p.horizon(ctx, started)
 	if err != nil {
 		return st, err
 	}
 	cutoff := horizon.Truncate(time.Second).Add(-p.slack)
-	listed := map[string]bool{}
+	// The sweep holds one listing page at a time (at most 5,000 blobs and
+	// their seen records) and, for forgetting blobs that are gone, 8 bytes
+	// per listed blob: never the whole container's records.
+	listed := newListedSet()
 	var failed []error
-	err = listBlobs(ctx, p.storage, p.cfg, p.log, func(ref Ref, etag string, size int64, modified time.Time) error {
-		st.Listed++
-		key := seenKey(p.pipeline, ref.URL)
-		listed[key] = true
-		if e, ok := records[key]; ok {
-			var rec seenRec
-			if json.Unmarshal(e.Value, &rec) == nil && rec.ETag == etag {
+	var page []listedBlob
+	process := func() error {
+		recs, err := p.lookup(ctx, page)
+		if err != nil {
+			return err
+		}
+		for i, b := range page {
+			if rec := recs[i]; rec != nil && rec.ETag == b.etag {
 				st.Skipped++
-				return nil
+				continue
+			}
+			t := started
+			if !b.modified.IsZero() {
+				t = b.modified
+			}
+			if t.Before(cutoff) {
+				p.history(ctx, &st, b.ref, b.etag, t)
+				continue
+			}
+			if err := p.handle(ctx, &st, b.ref, b.etag, b.size, t); err != nil {
+				st.Failed++
+				failed = append(failed, err)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
 			}
 		}
-		t := started
-		if !modified.IsZero() {
-			t = modified
-		}
-		if t.Before(cutoff) {
-			p.history(ctx, &st, ref, etag, t)
-			return nil
-		}
-		if err := p.handle(ctx, &st, ref, etag, size, t); err != nil {
-			st.Failed++
-			failed = append(failed, err)
-			return ctx.Err()
-		}
+		page = page[:0]
+		return nil
+	}
+	err = listBlobs(ctx, p.storage, p.cfg, p.log, func(ref Ref, etag string, size int64, modified time.Time) error {
+		st.Listed++
+		listed.add(seenKey(p.pipeline, ref.URL))
+		page = append(page, listedBlob{ref: ref, etag: etag, size: size, modified: modified})
 		return nil
 	}, func() error {
+		if err := process(); err != nil {
+			return err
+		}
 		// Keep the lease through long listings.
 		if !leased {
 			return nil
@@ -251,21 +265,32 @@ func (p *Poller) sweep(ctx context.Context, leased bool) (SweepStats, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		err = process() // a listing that ended without a page callback
+	}
 	if err != nil {
 		return st, err
 	}
 	// Forget blobs that are gone (records written during this sweep stay).
-	for key, e := range records {
-		if listed[key] {
-			continue
+	err = p.store.EachKey(ctx, seenPrefix(p.pipeline), func(key string) error {
+		if listed.has(key) {
+			return nil
+		}
+		e, err := p.store.Get(ctx, key)
+		if err != nil {
+			return nil //nolint:nilerr // gone already, or unreadable: the next sweep tries again
 		}
 		var rec seenRec
 		if json.Unmarshal(e.Value, &rec) == nil && rec.At.After(started) {
-			continue
+			return nil
 		}
 		if err := p.store.Delete(ctx, key, e.Revision); err == nil {
 			st.Forgotten++
 		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("forget blobs that are gone: %w", err)
 	}
 	if st.History > 0 {
 		p.log.Info("blobs older than the poller's horizon are not run; batchd backfill runs them",
@@ -277,6 +302,59 @@ func (p *Poller) sweep(ctx context.Context, leased bool) (SweepStats, error) {
 		return st, fmt.Errorf("%d blobs not taken: %w", len(failed), errors.Join(failed[:min(len(failed), 3)]...))
 	}
 	return st, nil
+}
+
+// listedBlob is one blob of a listing page.
+type listedBlob struct {
+	ref      Ref
+	etag     string
+	size     int64
+	modified time.Time
+}
+
+// sweepLookups is how many seen records a sweep reads at once.
+const sweepLookups = 32
+
+// lookup reads the seen records of a page's blobs (nil where there is
+// none), sweepLookups at a time.
+func (p *Poller) lookup(ctx context.Context, page []listedBlob) ([]*seenRec, error) {
+	recs := make([]*seenRec, len(page))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(sweepLookups)
+	for i, b := range page {
+		g.Go(func() error {
+			e, err := p.store.Get(gctx, seenKey(p.pipeline, b.ref.URL))
+			if errors.Is(err, kvstate.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("read what the poller has seen: %w", err)
+			}
+			var rec seenRec
+			if json.Unmarshal(e.Value, &rec) == nil {
+				recs[i] = &rec
+			}
+			return nil
+		})
+	}
+	return recs, g.Wait()
+}
+
+// listedSet is a set of keys by their 64-bit hashes, seeded per sweep: a
+// collision (about one in 10⁷ at a million blobs) keeps one gone blob's
+// record until a later sweep, which hashes differently.
+type listedSet struct {
+	seed maphash.Seed
+	m    map[uint64]struct{}
+}
+
+func newListedSet() *listedSet { return &listedSet{seed: maphash.MakeSeed(), m: map[uint64]struct{}{}} }
+
+func (s *listedSet) add(k string) { s.m[maphash.String(s.seed, k)] = struct{}{} }
+
+func (s *listedSet) has(k string) bool {
+	_, ok := s.m[maphash.String(s.seed, k)]
+	return ok
 }
 
 // pollCursor is poll.<pipeline>.cursor: the last sweep that listed the
@@ -446,6 +524,9 @@ func listBlobs(ctx context.Context, storage *datastores.Storage, cfg Config, log
 	opts := &azblob.ListBlobsFlatOptions{}
 	if cfg.Prefix != "" {
 		opts.Prefix = &cfg.Prefix
+	}
+	if cfg.pageSize > 0 {
+		opts.MaxResults = &cfg.pageSize
 	}
 	pager := client.NewListBlobsFlatPager(cfg.Container, opts)
 	for pager.More() {

@@ -3,6 +3,7 @@ package blob
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/batchd/batchd/datastores"
 	"github.com/batchd/batchd/datastores/azurite"
 	"github.com/batchd/batchd/orchestrator"
+	"github.com/batchd/batchd/orchestrator/kvstate"
 	"github.com/batchd/batchd/triggers/triggertest"
 )
 
@@ -278,5 +280,55 @@ func TestPollerFirstSweepStartsAtAHorizon(t *testing.T) {
 	}
 	if n := len(e.intake.Snapshot().Accepted); n != 3 {
 		t.Errorf("%d events emitted in all, want 3 (new, old-1 v2, while-down)", n)
+	}
+}
+
+// noValuesStore is the poller's store, refusing to hand out every record
+// at once: a sweep must read the seen records page by page.
+type noValuesStore struct{ kvstate.Store }
+
+func (noValuesStore) Values(context.Context, string) (map[string]kvstate.Entry, error) {
+	return nil, errors.New("the sweep loaded every seen record at once")
+}
+
+// A sweep over many listing pages reads the seen records of one page at a
+// time (never all of them: the store refuses), and still emits each blob
+// once, skips them all after a restart, and forgets deleted ones.
+func TestPollerSweepsPageByPage(t *testing.T) {
+	e := newPollEnv(t)
+	const n = 230
+	for i := range n {
+		e.upload(t, fmt.Sprintf("in/p%03d.csv", i), "a,b\n1,2\n")
+	}
+	cfg := pollConfig()
+	cfg.pageSize = 40
+	sweep := func(holder string) SweepStats {
+		t.Helper()
+		p := e.poller(t, cfg, holder)
+		p.store = noValuesStore{p.store}
+		p.seen = seenStore{kv: p.store}
+		p.lease = kvstate.NewLease(p.store, "poll.score.lease", holder, time.Minute)
+		st, err := p.Sweep(context.Background())
+		if err != nil {
+			t.Fatalf("Sweep: %v", err)
+		}
+		return st
+	}
+	if st := sweep("a"); st.Emitted != n || st.Listed != n {
+		t.Fatalf("first sweep = %+v, want %d emitted of %d listed", st, n, n)
+	}
+	if st := sweep("b"); st.Emitted != 0 || st.Skipped != n {
+		t.Errorf("sweep after restart = %+v, want all %d skipped", st, n)
+	}
+	for _, name := range []string{"in/p000.csv", "in/p117.csv", "in/p229.csv"} {
+		if _, err := e.client.DeleteBlob(context.Background(), e.container, name, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := sweep("c"); st.Forgotten != 3 || st.Skipped != n-3 || st.Emitted != 0 {
+		t.Errorf("sweep after 3 deletions = %+v, want 3 forgotten, %d skipped", st, n-3)
+	}
+	if s := e.intake.Snapshot(); s.Emits != n {
+		t.Errorf("%d emits in all, want %d", s.Emits, n)
 	}
 }
