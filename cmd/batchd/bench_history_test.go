@@ -65,12 +65,7 @@ func benchHistory(b *testing.B, rep *benchtab.Report) {
 		warm = append(warm, benchStartTimed(b, p))
 		p.stop(syscall.SIGTERM)
 	}
-	var empty []time.Duration
-	for i := range 3 {
-		q := newProc(b, bin, env, "history-empty-"+strconv.Itoa(i))
-		empty = append(empty, benchStartTimed(b, q))
-		q.stop(syscall.SIGTERM)
-	}
+	empty := benchEmptyStarts(b, bin, env, "history-empty")
 	benchStartTimed(b, p)
 	time.Sleep(20 * time.Second) // at rest
 	rss, peak, err := benchtab.ProcessMemory(p.cmd.Process.Pid)
@@ -98,7 +93,7 @@ func benchHistory(b *testing.B, rep *benchtab.Report) {
 		}
 	}
 	p.stop(syscall.SIGTERM)
-	med := func(ds []time.Duration) float64 { return benchtab.Ms(benchtab.Percentile(ds, 0.5)) }
+	med := benchMedianMs
 	ratio := med(warm) / med(empty)
 	rep.Add(
 		benchtab.Figure{Group: "history", Name: fmt.Sprintf("serve → /readyz 200, %d finished runs, index file current (median of 3)", n), Unit: "ms",

@@ -199,13 +199,8 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		warm = append(warm, benchStartTimed(b, p))
 	}
 	p.stop(syscall.SIGTERM)
-	var empty []time.Duration
-	for i := range 3 {
-		q := newProc(b, bin, env, "empty-"+strconv.Itoa(i))
-		empty = append(empty, benchStartTimed(b, q))
-		q.stop(syscall.SIGTERM)
-	}
-	med := func(ds []time.Duration) float64 { return benchtab.Ms(benchtab.Percentile(ds, 0.5)) }
+	empty := benchEmptyStarts(b, bin, env, "empty")
+	med := benchMedianMs
 
 	big := len(xs) - 1
 	rep.Add(
@@ -240,6 +235,22 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		benchPct(delays, 0.99)/1000, empty, warm, tokens)
 	b.ReportMetric(0, "ns/op")
 }
+
+// benchEmptyStarts times three starts of serve on fresh, empty state dirs
+// (the cold start references).
+func benchEmptyStarts(b *testing.B, bin string, env map[string]string, name string) []time.Duration {
+	b.Helper()
+	var empty []time.Duration
+	for i := range 3 {
+		q := newProc(b, bin, env, name+"-"+strconv.Itoa(i))
+		empty = append(empty, benchStartTimed(b, q))
+		q.stop(syscall.SIGTERM)
+	}
+	return empty
+}
+
+// benchMedianMs is the median of ds in milliseconds.
+func benchMedianMs(ds []time.Duration) float64 { return benchtab.Ms(benchtab.Percentile(ds, 0.5)) }
 
 // benchStartTimed starts p as p.start does and returns the time from the
 // process's start to the first /readyz 200 (polled every 10 ms).
