@@ -74,6 +74,8 @@ type rawEnv struct {
 	// Pushed completion (Azure ML workspace events on /eventgrid).
 	JobEventsSafetyPoll string `env:"BATCHD_JOB_EVENTS_SAFETY_POLL, default=10m"`
 	JobEventsSilence    string `env:"BATCHD_JOB_EVENTS_SILENCE, default=30m"`
+	// Bulk status from the ARM job list ("0": off).
+	JobListInterval string `env:"BATCHD_JOB_LIST_INTERVAL, default=30s"`
 
 	// The standard Azure SDK variables, read here and passed on explicitly.
 	AzureClientID       string `env:"AZURE_CLIENT_ID"`
@@ -142,6 +144,9 @@ type Env struct {
 	// event before its jobs are polled at the full rate again.
 	JobEventsSafetyPoll time.Duration
 	JobEventsSilence    time.Duration
+	// JobListInterval is how often the jobs of a workspace without job
+	// events are refreshed from its ARM job list; negative: never.
+	JobListInterval time.Duration
 }
 
 // WebhookEntra configures Entra-protected Event Grid delivery.
@@ -315,6 +320,11 @@ func LoadEnv(ctx context.Context, l Lookuper) (*Env, error) {
 	e.ReconcileGrace = duration(p, "BATCHD_RECONCILE_GRACE", raw.ReconcileGrace, time.Second)
 	e.JobEventsSafetyPoll = duration(p, "BATCHD_JOB_EVENTS_SAFETY_POLL", raw.JobEventsSafetyPoll, 100*time.Millisecond)
 	e.JobEventsSilence = duration(p, "BATCHD_JOB_EVENTS_SILENCE", raw.JobEventsSilence, time.Second)
+	if raw.JobListInterval == "0" {
+		e.JobListInterval = -1
+	} else {
+		e.JobListInterval = duration(p, "BATCHD_JOB_LIST_INTERVAL", raw.JobListInterval, 100*time.Millisecond)
+	}
 	if e.PollMin > 0 && e.PollMax > 0 && e.PollMax < e.PollMin {
 		p.add("BATCHD_POLL_MAX", "%s is less than BATCHD_POLL_MIN (%s)", e.PollMax, e.PollMin)
 	}

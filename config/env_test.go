@@ -155,4 +155,25 @@ func TestEnvDefaultsAreTheOrchestrators(t *testing.T) {
 	dur("BATCHD_RECONCILE_GRACE", orchestrator.DefaultReconcileGrace)
 	dur("BATCHD_JOB_EVENTS_SAFETY_POLL", orchestrator.DefaultEventSafetyPoll)
 	dur("BATCHD_JOB_EVENTS_SILENCE", orchestrator.DefaultEventSilence)
+	dur("BATCHD_JOB_LIST_INTERVAL", orchestrator.DefaultJobListInterval)
+}
+
+// BATCHD_JOB_LIST_INTERVAL=0 turns bulk status off; below 100ms is a
+// problem with its name.
+func TestJobListInterval(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[string]time.Duration{"": 30 * time.Second, "0": -1, "2m": 2 * time.Minute} {
+		e, err := LoadEnv(t.Context(), MapEnv(map[string]string{"BATCHD_JOB_LIST_INTERVAL": v}))
+		if v == "" {
+			e, err = LoadEnv(t.Context(), MapEnv(nil))
+		}
+		if err != nil {
+			t.Errorf("BATCHD_JOB_LIST_INTERVAL=%q: %v", v, err)
+		} else if e.JobListInterval != want {
+			t.Errorf("BATCHD_JOB_LIST_INTERVAL=%q: %s, want %s", v, e.JobListInterval, want)
+		}
+	}
+	if _, err := LoadEnv(t.Context(), MapEnv(map[string]string{"BATCHD_JOB_LIST_INTERVAL": "10ms"})); err == nil || !strings.Contains(err.Error(), "BATCHD_JOB_LIST_INTERVAL") {
+		t.Errorf("BATCHD_JOB_LIST_INTERVAL=10ms: %v, want a problem naming it", err)
+	}
 }

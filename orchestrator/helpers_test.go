@@ -279,6 +279,7 @@ func fastOptions(o *Options) {
 	o.ParkInterval = 100 * time.Millisecond
 	o.RepairInterval = time.Hour
 	o.submitMargin = 100 * time.Millisecond
+	o.JobListInterval = -1 // job by job; bulk status has its own tests
 }
 
 func newHarness(t testing.TB, pipelines []*Pipeline, sub Submitter, opts ...harnessOpt) *harness {

@@ -680,6 +680,9 @@ func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state 
 		o.met.jobDuration.WithLabelValues(r.Pipeline, string(state)).Observe(now.Sub(r.Job.SubmittedAt).Seconds())
 	}
 	o.logRun(r)
+	if r.Job != nil {
+		o.bulk.forget(r.Sys.Endpoint, r.Job.Name)
+	}
 	o.releaseSlot(ctx, r)
 	o.kindOf(r).answer(ctx, r, r.full, "", false)
 	return ack(), nil

@@ -18,6 +18,7 @@ type metrics struct {
 	finished       *prometheus.CounterVec   // pipeline, state
 	jobDuration    *prometheus.HistogramVec // pipeline, state
 	polls          *prometheus.CounterVec   // endpoint, result
+	bulkLists      *prometheus.CounterVec   // endpoint, result
 	jobEvents      *prometheus.CounterVec   // type, outcome
 	admissionWaits *prometheus.CounterVec   // endpoint, reason
 	reconciles     *prometheus.CounterVec   // endpoint, result
@@ -55,7 +56,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}, []string{"pipeline", "state"})
 	m.polls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_poll_requests_total",
-		Help: "Job status and list requests, by endpoint and result (ok, error).",
+		Help: "Job status looks, by endpoint and result: ok and error (a status request), list (answered by a bulk job list, no request).",
+	}, []string{"endpoint", "result"})
+	m.bulkLists = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "batchd_job_list_refreshes_total",
+		Help: "ARM job lists read to refresh tracked jobs' status in bulk (each may be several page requests), by endpoint and result (ok, error). Status looks they answered count as batchd_poll_requests_total{result=\"list\"}.",
 	}, []string{"endpoint", "result"})
 	m.jobEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "batchd_job_events_total",
@@ -99,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Intake or tracker messages taken out of the way, by consumer (intake, tracker) and cause: panic (a step panicked), error (a step failed 5 times with an error retrying cannot fix). Their runs end failed (or rejected) with the reason; alert on any.",
 	}, []string{"consumer", "cause"})
 	m.reg.MustRegister(m.events, m.submissions, m.finished, m.jobDuration,
-		m.polls, m.jobEvents, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries, m.poisoned)
+		m.polls, m.bulkLists, m.jobEvents, m.admissionWaits, m.reconciles, m.orphansRevived, m.replicas, m.configDrift, m.online, m.onlineLatency, m.onlineDeliveries, m.poisoned)
 	return m
 }
 

@@ -38,6 +38,11 @@ type Options struct {
 	// (per replica). Default 16.
 	TrackerWorkers int
 
+	// JobListInterval is how often the jobs tracked on a workspace
+	// endpoint are refreshed from the workspace's ARM job list while its
+	// job events do not flow (see bulkStatus). 0: 30s; negative: never
+	// (every look is a status request).
+	JobListInterval time.Duration
 	// IndexPath is the run index's file (a cache of the ledger, rebuilt
 	// when missing; see index). Empty: a file in a temporary directory,
 	// removed when Run returns, so every start rebuilds it.
@@ -129,6 +134,7 @@ const (
 	DefaultShutdownGrace   = 60 * time.Second
 	DefaultSubmitTimeout   = 60 * time.Second
 	DefaultPollMin         = 10 * time.Second
+	DefaultJobListInterval = 30 * time.Second
 	DefaultPollMax         = 5 * time.Minute
 	DefaultPollBudget      = 20
 	DefaultReconcileGrace  = 10 * time.Minute
@@ -160,6 +166,9 @@ func (o *Options) setDefaults() {
 	def(&o.ShutdownGrace, DefaultShutdownGrace)
 	def(&o.SubmitTimeout, DefaultSubmitTimeout)
 	def(&o.PollMin, DefaultPollMin)
+	if o.JobListInterval == 0 {
+		o.JobListInterval = DefaultJobListInterval
+	}
 	def(&o.PollMax, DefaultPollMax)
 	if o.PollMax < o.PollMin {
 		o.PollMax = o.PollMin

@@ -34,6 +34,7 @@ type Orchestrator struct {
 	adm       *admission
 	index     *index
 	wsEvents  *wsEvents
+	bulk      *bulkStatus
 	met       *metrics
 	log       *slog.Logger
 	sub       Submitter
@@ -154,6 +155,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 	}
 	o.met.registerLive(o)
 	o.wsEvents = newWSEvents(h.admission, o.log, opts.EventSilence, o.pipelines, o.index.tracked, o.met.reg)
+	o.bulk = newBulkStatus(o, opts.JobListInterval)
 	return o, nil
 }
 
@@ -191,6 +193,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	component("orphan scan", o.orphanLoop)
 	component("replica registry", o.registryLoop)
 	component("job events", func(ctx context.Context) error { return o.wsEvents.run(ctx, o.now) })
+	component("bulk status", o.bulk.run)
 	return g.Wait()
 }
 

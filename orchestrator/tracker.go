@@ -102,14 +102,20 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	if !r.Sys.Deadline.IsZero() && !now.Before(r.Sys.Deadline) {
 		return o.timeout(ctx, r, rev)
 	}
+	o.bulk.track(ep, r)
 	// The first look waits PollMin, or the safety interval while the
 	// workspace's events will announce the job's changes. A nudge (an
 	// event, an operator) looks now.
 	events := o.wsEvents.flowing(ep.Workspace, now)
 	if !d.nudge && r.Sys.Cancel == nil {
 		first := o.opts.PollMin
-		if events {
+		switch {
+		case events:
 			first = max(first, o.opts.EventSafetyPoll)
+		case o.bulk.covers(ep):
+			// The next job list answers the first look (and nudges the
+			// run if the job ended first).
+			first = max(first, o.opts.JobListInterval+o.opts.JobListInterval/5)
 		}
 		if age := now.Sub(r.Job.SubmittedAt); age < first {
 			wait := first - age
@@ -119,12 +125,18 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 			return nakAfter(wait), nil
 		}
 	}
-	if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
-		return s, nil
+	job, listed := o.bulk.status(ep, r.Job.Name, r.Job.SubmittedAt, now)
+	var err error
+	if listed {
+		o.met.polls.WithLabelValues(r.Endpoint, "list").Inc()
+	} else {
+		if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
+			return s, nil
+		}
+		gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		job, err = o.sub.Get(gctx, *ep, r.Job.Name)
+		cancel()
 	}
-	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	job, err := o.sub.Get(gctx, *ep, r.Job.Name)
-	cancel()
 	if err != nil {
 		// A failing GET is not a state change: note it and look again.
 		o.met.polls.WithLabelValues(r.Endpoint, "error").Inc()
@@ -143,7 +155,9 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 		}
 		return nakAfter(o.pollDelay(r, now)), nil
 	}
-	o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
+	if !listed {
+		o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
+	}
 	if events && !d.nudge && r.Sys.Cancel == nil && job.Status.Terminal() {
 		o.wsEvents.missedEvent(ep.Workspace)
 	}

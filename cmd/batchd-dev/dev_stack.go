@@ -443,6 +443,7 @@ func devEnv(dir, httpAddr string, natsPort int, armEndpoint string, t devTimings
 		"BATCHD_ARM_ENDPOINT":        armEndpoint,
 		"BATCHD_POLL_MIN":            t.pollMin,
 		"BATCHD_POLL_MAX":            t.pollMax,
+		"BATCHD_JOB_LIST_INTERVAL":   t.pollMax, // bulk status at the simulator's pace
 		"BATCHD_SHUTDOWN_GRACE":      t.shutdownGrace,
 		"BATCHD_SUBMIT_TIMEOUT":      t.shutdownGrace, // the simulator answers at once; check wants grace ≥ submit timeout
 		"BATCHD_RETENTION":           "24h",

@@ -78,23 +78,26 @@ pipelines:
 		t.Fatal(err)
 	}
 	return map[string]string{
-		"PATH":                   os.Getenv("PATH"),
-		"HOME":                   dir,
-		"BATCHD_PIPELINES":       pf,
-		"BATCHD_CREDENTIAL":      "managed-identity",
-		"IDENTITY_ENDPOINT":      sim.IdentityEndpoint(),
-		"IDENTITY_HEADER":        sim.IdentityHeader(),
-		"SSL_CERT_FILE":          ca,
-		"BATCHD_ARM_ENDPOINT":    sim.ARMEndpoint(),
-		"BATCHD_SUBMIT_TIMEOUT":  "2s",
-		"BATCHD_POLL_MIN":        "100ms",
-		"BATCHD_POLL_MAX":        "400ms",
-		"BATCHD_POLL_BUDGET":     "2000",
-		"BATCHD_RECONCILE_GRACE": "2s",
-		"BATCHD_SHUTDOWN_GRACE":  "3s",
-		"BATCHD_WORKERS":         "16",
-		"BATCHD_LOG_FORMAT":      "json",
-		"BATCHD_LOG_LEVEL":       "info",
+		"PATH":                  os.Getenv("PATH"),
+		"HOME":                  dir,
+		"BATCHD_PIPELINES":      pf,
+		"BATCHD_CREDENTIAL":     "managed-identity",
+		"IDENTITY_ENDPOINT":     sim.IdentityEndpoint(),
+		"IDENTITY_HEADER":       sim.IdentityHeader(),
+		"SSL_CERT_FILE":         ca,
+		"BATCHD_ARM_ENDPOINT":   sim.ARMEndpoint(),
+		"BATCHD_SUBMIT_TIMEOUT": "2s",
+		"BATCHD_POLL_MIN":       "100ms",
+		"BATCHD_POLL_MAX":       "400ms",
+		"BATCHD_POLL_BUDGET":    "2000",
+		// Job by job: these tests count status requests. Bulk status has
+		// its own (TestBulkStatusThroughServe, the soak).
+		"BATCHD_JOB_LIST_INTERVAL": "0",
+		"BATCHD_RECONCILE_GRACE":   "2s",
+		"BATCHD_SHUTDOWN_GRACE":    "3s",
+		"BATCHD_WORKERS":           "16",
+		"BATCHD_LOG_FORMAT":        "json",
+		"BATCHD_LOG_LEVEL":         "info",
 	}
 }
 

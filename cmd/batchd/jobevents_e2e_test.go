@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -81,5 +82,35 @@ func TestLostJobEventsAreCoveredBySafetyPolls(t *testing.T) {
 	}
 	if got := benchMetrics(p.url())[`batchd_job_events_missed_total{workspace="batchd-sim/sim"}`]; got == 0 {
 		t.Errorf("batchd_job_events_missed_total = 0 with %d of %d events lost", st.Lost, st.Events)
+	}
+}
+
+// Without job events, serve refreshes the workspace's tracked jobs from its
+// ARM job list: every run finishes and its jobs cost fewer status requests
+// than there are jobs (job by job, each costs several).
+func TestBulkStatusThroughServe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the daemon as a process")
+	}
+	t.Parallel()
+	const n = 30
+	p, sim := procWithSim(t, "bulk", map[string]string{"BATCHD_JOB_LIST_INTERVAL": "1s"})
+	for i := range n {
+		key := "bulk-" + strconv.Itoa(i)
+		if err := procEmit(t.Context(), p.url, key, procInputURI(key)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runs := procWaitFinished(t, p.url, n, time.Minute)
+	procCheckOneJobPerRun(t, sim, runs, procInputURI)
+	gets, lists := sim.Count(jobstest.RouteARMGet), sim.Count(jobstest.RouteARMList)
+	t.Logf("%d jobs: %d status requests, %d list pages", n, gets, lists)
+	if lists == 0 || gets >= n {
+		t.Errorf("%d status requests and %d list pages for %d jobs; want lists, and fewer status requests than jobs", gets, lists, n)
+	}
+	m := benchMetrics(p.url())
+	if m[`batchd_poll_requests_total{endpoint="sim",result="list"}`] == 0 || m[`batchd_job_list_refreshes_total{endpoint="sim",result="ok"}`] == 0 {
+		t.Errorf("metrics do not show list-answered looks and lists: %v / %v", m[`batchd_poll_requests_total{endpoint="sim",result="list"}`],
+			m[`batchd_job_list_refreshes_total{endpoint="sim",result="ok"}`])
 	}
 }

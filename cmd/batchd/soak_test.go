@@ -154,6 +154,8 @@ func newSoak(t *testing.T) *soak {
 	// Longer than the slowest create the simulator is told to make (2.5 s):
 	// reconciliation must not give up on a job that is still being created.
 	env["BATCHD_RECONCILE_GRACE"] = "5s"
+	// Bulk status from the ARM job list, under the same faults.
+	env["BATCHD_JOB_LIST_INTERVAL"] = "1s"
 	s.p = newProc(t, bin, env, "batchd")
 	s.replicas = []*batchdProc{s.p}
 	if s.clustered {

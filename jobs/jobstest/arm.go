@@ -98,7 +98,7 @@ func (s *Sim) handleARMList(w http.ResponseWriter, r *http.Request) {
 			i = k
 		}
 		j := s.order[i]
-		items = append(items, s.armJob(j, j.status(now, false)))
+		items = append(items, s.armJob(j, j.status(now, true))) // a list reads each job: an observation, as a GET is
 	}
 	s.mu.Unlock()
 	resp := map[string]any{"value": items}

@@ -136,8 +136,9 @@ func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) erro
 		PollBudget: env.PollBudget, ReconcileGrace: env.ReconcileGrace,
 		IndexPath:       filepath.Join(env.StateDir, "index", "runs.db"),
 		EventSafetyPoll: env.JobEventsSafetyPoll, EventSilence: env.JobEventsSilence,
-		Replicas: env.NATS.Replicas,
-		Replica:  orchestrator.ReplicaIdentity{Host: o.Host, Version: o.Version, ConfigHash: f.Hash},
+		JobListInterval: env.JobListInterval,
+		Replicas:        env.NATS.Replicas,
+		Replica:         orchestrator.ReplicaIdentity{Host: o.Host, Version: o.Version, ConfigHash: f.Hash},
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,205 @@
+package orchestrator
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/batchd/batchd/jobs"
+)
+
+// bulkStatus answers the tracker's status looks from the ARM job list of
+// each workspace, when the workspace sends no job events: one list request
+// (a page of jobs, newest first) answers for many tracked jobs, and a job's
+// own GET is left for what the list does not cover (a job submitted after
+// the list started, a list that failed or is stale). A job the list shows
+// ended is nudged, so its run finishes at the next list, not at its next
+// poll. Lists read the same job resource as a GET, so their status is as
+// good as one.
+//
+// Every replica lists for the jobs its own tracker steps have seen (held
+// in memory: the job name, its run and submission time), back to the
+// oldest of them. Memory: about 100 bytes per tracked job.
+type bulkStatus struct {
+	o        *Orchestrator
+	interval time.Duration
+
+	mu sync.Mutex
+	ws map[string]*bulkWS // by WorkspaceID
+}
+
+type bulkWS struct {
+	ep jobs.Endpoint // one endpoint of the workspace (List reads only its workspace)
+	// tracked: jobs this replica's tracker has looked at, by name.
+	tracked map[string]bulkJob
+	// listed: the tracked jobs the last complete list showed, and when
+	// that list started.
+	listed map[string]jobs.Job
+	at     time.Time
+}
+
+type bulkJob struct {
+	run       string
+	submitted time.Time
+}
+
+func newBulkStatus(o *Orchestrator, interval time.Duration) *bulkStatus {
+	return &bulkStatus{o: o, interval: interval, ws: map[string]*bulkWS{}}
+}
+
+// track notes a tracked job of a workspace endpoint.
+func (b *bulkStatus) track(ep *jobs.Endpoint, r *record) {
+	if b.interval <= 0 || ep == nil || ep.Workspace == nil || r.Job == nil {
+		return
+	}
+	id := WorkspaceID(*ep.Workspace)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := b.ws[id]
+	if w == nil {
+		w = &bulkWS{ep: *ep, tracked: map[string]bulkJob{}}
+		b.ws[id] = w
+	}
+	w.tracked[r.Job.Name] = bulkJob{run: r.ID, submitted: r.Job.SubmittedAt}
+}
+
+// covers reports whether jobs of ep are refreshed by job lists.
+func (b *bulkStatus) covers(ep *jobs.Endpoint) bool {
+	return b.interval > 0 && ep != nil && ep.Workspace != nil
+}
+
+// forget drops a job that no longer needs looking at.
+func (b *bulkStatus) forget(ep *jobs.Endpoint, name string) {
+	if ep == nil || ep.Workspace == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if w := b.ws[WorkspaceID(*ep.Workspace)]; w != nil {
+		delete(w.tracked, name)
+		delete(w.listed, name)
+	}
+}
+
+// status is the job as the last list showed it, if that list started
+// after the job was submitted (so it covers it) and is at most two
+// intervals old.
+func (b *bulkStatus) status(ep *jobs.Endpoint, name string, submitted, now time.Time) (*jobs.Job, bool) {
+	if b.interval <= 0 || ep == nil || ep.Workspace == nil {
+		return nil, false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := b.ws[WorkspaceID(*ep.Workspace)]
+	if w == nil || w.at.IsZero() || !w.at.After(submitted) || now.Sub(w.at) > 2*b.interval {
+		return nil, false
+	}
+	j, ok := w.listed[name]
+	if !ok {
+		return nil, false
+	}
+	return &j, true
+}
+
+// run lists every workspace with tracked jobs each interval, while its
+// events do not flow.
+func (b *bulkStatus) run(ctx context.Context) error {
+	if b.interval <= 0 {
+		<-ctx.Done()
+		return nil
+	}
+	t := time.NewTicker(b.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		b.mu.Lock()
+		var ids []string
+		for id, w := range b.ws {
+			if len(w.tracked) > 0 {
+				ids = append(ids, id)
+			}
+		}
+		b.mu.Unlock()
+		for _, id := range ids {
+			if err := b.list(ctx, id); err != nil && ctx.Err() == nil {
+				b.o.log.Debug("job list for bulk status", "workspace", id, "err", err)
+			}
+		}
+	}
+}
+
+// list reads one workspace's jobs back to its oldest tracked one and
+// nudges the runs whose jobs ended.
+func (b *bulkStatus) list(ctx context.Context, id string) error {
+	now := b.o.now()
+	b.mu.Lock()
+	w := b.ws[id]
+	ep := w.ep
+	var since time.Time
+	for _, j := range w.tracked {
+		if since.IsZero() || j.submitted.Before(since) {
+			since = j.submitted
+		}
+	}
+	b.mu.Unlock()
+	if b.o.wsEvents.flowing(ep.Workspace, now) {
+		return nil // the events announce changes; the safety polls do the rest
+	}
+	if _, ok := b.o.takeBudget(ctx, endpointHost(&ep)); !ok {
+		return nil // over budget: the jobs' own polls carry on
+	}
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	// A minute's margin: the service's creation time and batchd's
+	// submission time come from different clocks.
+	listed, err := b.o.sub.List(lctx, ep, since.Add(-time.Minute))
+	cancel()
+	b.o.met.bulkLists.WithLabelValues(ep.Name, resultLabel(err)).Inc()
+	if err != nil {
+		return err
+	}
+	var ended []bulkJob
+	b.mu.Lock()
+	w.listed = map[string]jobs.Job{}
+	for _, j := range listed {
+		t, ok := w.tracked[j.Name]
+		if !ok {
+			continue
+		}
+		w.listed[j.Name] = j
+		if j.Status.Normal().Terminal() {
+			ended = append(ended, t)
+			delete(w.tracked, j.Name) // its run re-registers if it still tracks it
+		}
+	}
+	w.at = now
+	b.mu.Unlock()
+	for _, t := range ended {
+		if err := b.nudge(ctx, t.run); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bulkStatus) nudge(ctx context.Context, id string) error {
+	r, _, err := b.o.ledger.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if r.State.Terminal() || r.Sys.Carrier != carrierTracker {
+		return nil
+	}
+	// A failed nudge costs only time: the run's own poll still comes.
+	return b.o.publishTracker(ctx, r, true)
+}
+
+func resultLabel(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
+}

@@ -1,0 +1,67 @@
+package orchestrator
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/jobstest"
+)
+
+// Jobs on a workspace endpoint, with no job events, are refreshed from the
+// workspace's ARM job list: their status looks cost list pages, not a GET
+// each, and every run still finishes, failures with the job's error. Off
+// (JobListInterval < 0), every look is a GET: the same runs cost several
+// GETs per job.
+func TestBulkStatusFromTheJobList(t *testing.T) {
+	t.Parallel()
+	const n = 24
+	run := func(t *testing.T, interval time.Duration) (gets, lists int64) {
+		sim := jobstest.New(t, jobstest.Options{ListPageSize: 10, Outcome: func(j jobstest.JobView) jobstest.Lifecycle {
+			final := jobs.StatusCompleted
+			if j.Inputs["data"].URI[len(j.Inputs["data"].URI)-1] == '7' {
+				final = jobs.StatusFailed
+			}
+			return jobstest.Lifecycle{Steps: []jobstest.Step{{Status: jobs.StatusRunning, After: 1500 * time.Millisecond}, {Status: final}},
+				ErrorCode: "UserError", ErrorMessage: "the scoring script raised ValueError"}
+		}})
+		p := simPipeline(t, sim, "score", true)
+		h := newHarness(t, []*Pipeline{p}, simClient(t, sim), func(o *Options) {
+			o.PollMin, o.PollMax = 100*time.Millisecond, 200*time.Millisecond
+			o.JobListInterval = interval
+		})
+		var ids []string
+		for i := range n {
+			ids = append(ids, h.emit("score", fmt.Sprint(i), fmt.Sprintf("https://a.blob.core.windows.net/c/x-%02d", i)))
+		}
+		for i, id := range ids {
+			want := StateCompleted
+			if i%10 == 7 {
+				want = StateFailed
+			}
+			r := h.waitState(id, want, 20*time.Second)
+			if want == StateFailed && r.Error != "the scoring script raised ValueError" {
+				t.Errorf("run %s failed with %q, want the job's error", id, r.Error)
+			}
+		}
+		return sim.Count(jobstest.RouteARMGet), sim.Count(jobstest.RouteARMList)
+	}
+	var offGets int64
+	t.Run("off", func(t *testing.T) {
+		offGets, _ = run(t, -1)
+		if offGets < 3*n {
+			t.Errorf("%d status requests for %d jobs without lists; the test expects several per job", offGets, n)
+		}
+	})
+	t.Run("on", func(t *testing.T) {
+		gets, lists := run(t, 300*time.Millisecond)
+		t.Logf("%d jobs: %d GETs and %d list pages with lists; %d GETs without", n, gets, lists, offGets)
+		if lists == 0 {
+			t.Fatal("no job list was read")
+		}
+		if gets+lists > offGets/2 {
+			t.Errorf("%d GETs + %d list pages with lists, want at most half the %d GETs without", gets, lists, offGets)
+		}
+	})
+}
