@@ -146,6 +146,9 @@ func (b *bulkStatus) list(ctx context.Context, id string) error {
 		}
 	}
 	b.mu.Unlock()
+	if since.IsZero() {
+		return nil // its jobs finished since run picked it
+	}
 	if b.o.wsEvents.flowing(ep.Workspace, now) {
 		return nil // the events announce changes; the safety polls do the rest
 	}

@@ -65,3 +65,38 @@ func TestBulkStatusFromTheJobList(t *testing.T) {
 		}
 	})
 }
+
+// A nudge (a job event, an operator) asks for news the last list may not
+// have: unless that list shows the job ended, the look is a GET. Here the
+// list, fresh, still shows the job running when an event says it ended.
+func TestBulkStatusDoesNotAnswerANudgeWithOlderNews(t *testing.T) {
+	t.Parallel()
+	sub := newFakeSub()
+	sub.polls, sub.final = 0, jobs.StatusCompleted // the first GET sees the end
+	h := newHarness(t, []*Pipeline{testPipeline(t, "score", testWorkspace)}, sub, func(o *Options) {
+		o.JobListInterval = time.Hour // lists cover the endpoint; none is read in this test
+	})
+	id := h.emit("score", "k", "https://a.blob.core.windows.net/c/x")
+	r := h.waitState(id, StateSubmitted, 10*time.Second)
+	// The first look registered the job; a list taken now shows it running.
+	waitFor(t, 5*time.Second, "the tracker's first look", func() bool {
+		h.o.bulk.mu.Lock()
+		defer h.o.bulk.mu.Unlock()
+		w := h.o.bulk.ws[WorkspaceID(*testWorkspace)]
+		return w != nil && len(w.tracked) == 1
+	})
+	h.o.bulk.mu.Lock()
+	w := h.o.bulk.ws[WorkspaceID(*testWorkspace)]
+	w.listed = map[string]jobs.Job{r.Job.Name: {Name: r.Job.Name, Status: jobs.StatusRunning}}
+	w.at = time.Now()
+	h.o.bulk.mu.Unlock()
+
+	rec, _, err := h.o.ledger.get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.o.nudge(t.Context(), rec); err != nil {
+		t.Fatal(err)
+	}
+	h.waitState(id, StateCompleted, 10*time.Second)
+}

@@ -126,6 +126,11 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 		}
 	}
 	job, listed := o.bulk.status(ep, r.Job.Name, r.Job.SubmittedAt, now)
+	// A nudge asks for news the last list may not have (an event, an
+	// operator's cancel): only an end the list shows answers it.
+	if listed && d.nudge && !job.Status.Normal().Terminal() {
+		listed = false
+	}
 	var err error
 	if listed {
 		o.met.polls.WithLabelValues(r.Endpoint, "list").Inc()
