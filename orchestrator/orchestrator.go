@@ -35,6 +35,7 @@ type Orchestrator struct {
 	index     *index
 	wsEvents  *wsEvents
 	bulk      *bulkStatus
+	recon     reconLists // job listings shared by reconciling runs
 	met       *metrics
 	log       *slog.Logger
 	sub       Submitter
@@ -50,6 +51,10 @@ type Orchestrator struct {
 	meters   map[string]*meter        // polls sent, by endpoint host
 
 	running atomic.Bool
+	// storeErr is why the last heartbeat could not write to JetStream
+	// (nil when it could): a replica still connected to one node of a
+	// cluster without quorum is not ready, as nothing it takes is durable.
+	storeErr atomic.Pointer[error]
 
 	// clock is Options.clock or time.Now; steps read it through now.
 	clock func() time.Time
@@ -198,7 +203,9 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 }
 
 // Ready reports whether the orchestrator can serve: NATS connected, Run
-// started and the run index loaded.
+// started, the run index loaded, and the last heartbeat written (a cluster
+// that lost quorum takes nothing durable, so the replica leaves the load
+// balancer until a heartbeat is written again).
 func (o *Orchestrator) Ready() error {
 	if c := o.opts.Conn; c != nil && !c.IsConnected() {
 		return errors.New("nats: not connected")
@@ -208,6 +215,9 @@ func (o *Orchestrator) Ready() error {
 	}
 	if !o.index.isLoaded() {
 		return ErrIndexLoading
+	}
+	if p := o.storeErr.Load(); p != nil {
+		return fmt.Errorf("%w: the last heartbeat could not be written: %w", ErrUnavailable, *p)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +133,39 @@ func submitDecoy(t *testing.T, c *jobs.Client, ep jobs.Endpoint, uri string) {
 	t.Helper()
 	if _, err := c.Submit(t.Context(), ep, jobs.JobRequest{Inputs: map[string]jobs.Input{"data": {Type: jobs.TypeUriFile, URI: uri}}}); err != nil {
 		t.Fatalf("submit the decoy: %v", err)
+	}
+}
+
+// Many runs unknown at once (a wave of lost answers) share job listings
+// instead of each listing the workspace: the poll budget stays for
+// tracking.
+func TestReconcileRunsShareJobListings(t *testing.T) {
+	t.Parallel()
+	sim := jobstest.New(t, jobstest.Options{})
+	p := simPipeline(t, sim, "score", true)
+	h := newHarness(t, []*Pipeline{p}, simClient(t, sim))
+	const n = 16
+	faults := make([]jobstest.Fault, n)
+	for i := range faults {
+		faults[i] = jobstest.Fault{Reset: jobstest.ResetAfter}
+	}
+	sim.Inject(jobstest.RouteCreate, faults...)
+	var ids []string
+	for i := range n {
+		ids = append(ids, h.emit("score", fmt.Sprintf("k%02d", i), fmt.Sprintf("azureml://datastores/ds/paths/in/%02d.csv", i)))
+	}
+	for _, id := range ids {
+		r := h.waitState(id, StateCompleted, 30*time.Second)
+		if !strings.Contains(historyString(r), "reconciled: adopted") {
+			t.Errorf("run %s was not adopted: %s", id, historyString(r))
+		}
+	}
+	if got := sim.JobCount(); got != n {
+		t.Errorf("jobs = %d, want %d (one per run)", got, n)
+	}
+	lists := sim.Count(jobstest.RouteARMList)
+	t.Logf("%d unknown runs adopted with %d job list requests", n, lists)
+	if lists > n/2 {
+		t.Errorf("%d job list requests for %d unknown runs; want them shared (at most %d)", lists, n, n/2)
 	}
 }

@@ -117,6 +117,11 @@ func (o *Orchestrator) heartbeat(ctx context.Context) error {
 		return err
 	}
 	_, perr := o.h.replicas.Put(ctx, self.ID, b)
+	if perr != nil && ctx.Err() == nil {
+		o.storeErr.Store(&perr)
+	} else if perr == nil {
+		o.storeErr.Store(nil)
+	}
 	entries, lerr := o.readReplicas(ctx, o.registryIDs)
 	if lerr != nil {
 		// A partial read would drop replicas from the view and lift

@@ -285,6 +285,9 @@ func (o *Orchestrator) timeout(ctx context.Context, r *record, rev uint64) (sett
 	return o.finish(ctx, r, rev, StateTimedOut, reason, reason)
 }
 
+// reconcileEvery is how often an unknown run looks for its job.
+func reconcileEvery(grace time.Duration) time.Duration { return max(grace/5, time.Second) }
+
 // stepUnknown reconciles a run whose POST had no known outcome: with a
 // workspace, it lists the endpoint's jobs created since the submission and
 // adopts the one whose inputs match; with none found after ReconcileGrace it
@@ -301,17 +304,36 @@ func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
 	if len(uris) == 0 {
 		return o.park(ctx, r, rev, "reconciliation cannot tell this run's job from others: the request has no input URIs; an operator must run `batchd runs retry` or `batchd runs resolve`")
 	}
-	if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
-		return s, nil
-	}
 	since := r.Sys.ReconcileSince
 	if since.IsZero() {
 		since = r.Sys.SubmittingAt
 	}
 	since = since.Add(-o.opts.ReconcileSkew)
-	lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	list, err := o.sub.List(lctx, *ep, since)
-	cancel()
+	graceEnd := r.Sys.SubmittingAt.Add(o.opts.ReconcileGrace)
+	// A listing answers for this run if it started after the run's last
+	// change (its POST's outcome had become unknown by then) and within
+	// the interval the run checks at and, for the decision to submit
+	// again, after the grace: a job the service was still creating must
+	// be in it.
+	after := r.Updated
+	if a := now.Add(-reconcileEvery(o.opts.ReconcileGrace)); a.After(after) {
+		after = a
+	}
+	if !now.Before(graceEnd) && graceEnd.After(after) {
+		after = graceEnd
+	}
+	list, cached := o.recon.cached(r.Endpoint, after, since)
+	var err error
+	if !cached {
+		if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
+			return s, nil
+		}
+		lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		list, cached, err = o.recon.list(lctx, r.Endpoint, after, since, o.now, func(ctx context.Context, since time.Time) ([]jobs.Job, error) {
+			return o.sub.List(ctx, *ep, since)
+		})
+		cancel()
+	}
 	if err != nil {
 		o.met.polls.WithLabelValues(r.Endpoint, "error").Inc()
 		if errors.Is(err, jobs.ErrNoWorkspace) {
@@ -320,7 +342,10 @@ func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
 		o.log.Warn("reconcile: listing jobs failed; will retry", "run", r.ID, "err", err)
 		return nakAfter(backoff.Delay(2, o.opts.PollMin, o.opts.PollMax)), nil
 	}
-	o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
+	if !cached {
+		o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
+	}
+	list = slices.Clone(list) // shared with other runs
 	slices.SortStableFunc(list, func(a, b jobs.Job) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	for _, j := range list {
 		if !j.CreatedAt.IsZero() && j.CreatedAt.Before(since) {
@@ -351,9 +376,8 @@ func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
 		o.logRun(r)
 		return nakAfter(0), nil
 	}
-	graceEnd := r.Sys.SubmittingAt.Add(o.opts.ReconcileGrace)
 	if now.Before(graceEnd) {
-		next := min(max(o.opts.ReconcileGrace/5, time.Second), graceEnd.Sub(now)+100*time.Millisecond)
+		next := min(reconcileEvery(o.opts.ReconcileGrace), graceEnd.Sub(now)+100*time.Millisecond)
 		return nakAfter(backoff.Jitter(next, 0.1)), nil
 	}
 	if r.Sys.Resubmits == 0 {

@@ -140,9 +140,13 @@ func TestClusterNodeAndReplicaLoss(t *testing.T) {
 	if code != http.StatusServiceUnavailable || retryAfter == "" {
 		t.Errorf("manual run without quorum: status %d, Retry-After %q; want 503 with Retry-After", code, retryAfter)
 	}
+	// A load balancer learns it from /readyz: the replica is connected (to
+	// the one node left) but cannot make anything durable.
+	procWaitReadyz(t, reps[1].url(), http.StatusServiceUnavailable, "unavailable", time.Minute)
 	c.Nodes[0].Start(t)
 	c.Nodes[1].Start(t)
 	c.WaitReady(t, 60*time.Second)
+	procWaitReadyz(t, reps[1].url(), http.StatusOK, "ok", time.Minute)
 	if err := procEmit(ctx, reps[1].url, key, procInputURI(key)); err != nil {
 		t.Fatalf("manual run after quorum returned: %v", err)
 	}
@@ -154,6 +158,33 @@ func TestClusterNodeAndReplicaLoss(t *testing.T) {
 			t.Errorf("replica %d: exit code after SIGTERM = %d, want 0", i, code)
 		}
 	}
+}
+
+// procWaitReadyz polls base/readyz until it answers code with a body
+// that contains want, and fails at the deadline with the last answer.
+func procWaitReadyz(t *testing.T, base string, code int, want string, timeout time.Duration) {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	var last string
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
+		resp, err := client.Get(base + "/readyz")
+		if err != nil {
+			last = err.Error()
+		} else {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			last = fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(b)))
+			if resp.StatusCode == code && strings.Contains(string(b), want) {
+				return
+			}
+		}
+		select {
+		case <-t.Context().Done():
+			t.Fatalf("/readyz: %v", t.Context().Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Fatalf("/readyz did not answer %d %q within %v; last: %s", code, want, timeout, last)
 }
 
 // procPostStatus POSTs a JSON body once and returns the status and the

@@ -175,6 +175,7 @@ func (p *batchdProc) launch() {
 	if err != nil {
 		p.t.Fatal(err)
 	}
+	p.logMark("test harness: process starting")
 	cmd := exec.Command(p.bin, "serve")
 	for k, v := range p.env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -189,6 +190,21 @@ func (p *batchdProc) launch() {
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
+}
+
+// logMark appends a JSON record to the process's log, so that a reader
+// of the log sees where one process ended and the next began (a process
+// killed with SIGKILL writes nothing at its end).
+func (p *batchdProc) logMark(msg string) {
+	b, _ := json.Marshal(map[string]string{"time": time.Now().Format(time.RFC3339Nano), "level": "INFO", "msg": msg})
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err == nil {
+		_, err = f.Write(append(b, '\n'))
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
+		p.t.Errorf("mark the log: %v", err) // Errorf: stop may run off the test goroutine
+	}
 }
 
 // waitReady waits until /readyz answers 200; it fails if the process
@@ -230,6 +246,7 @@ func (p *batchdProc) stop(sig syscall.Signal) int {
 		return 0
 	}
 	_ = cmd.Process.Signal(sig)
+	defer p.logMark("test harness: process exited")
 	select {
 	case err := <-done:
 		var ee *exec.ExitError

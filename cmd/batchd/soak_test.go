@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +68,7 @@ func TestSoak(t *testing.T) {
 	s := newSoak(t)
 	s.run(soak)
 	s.check()
+	s.checkSweeps()
 	s.audit()
 }
 
@@ -156,6 +159,9 @@ func newSoak(t *testing.T) *soak {
 	env["BATCHD_RECONCILE_GRACE"] = "5s"
 	// Bulk status from the ARM job list, under the same faults.
 	env["BATCHD_JOB_LIST_INTERVAL"] = "1s"
+	// Debug records: the poller's sweeps (checkSweeps), and more text for
+	// the secrets audit.
+	env["BATCHD_LOG_LEVEL"] = "debug"
 	s.p = newProc(t, bin, env, "batchd")
 	s.replicas = []*batchdProc{s.p}
 	if s.clustered {
@@ -862,6 +868,82 @@ var sasSignature = regexp.MustCompile(`(?i)sig(=|%3D)([^&;\s"'<>\[\\]{4,})`)
 // audit scans every log, API answer, metric and completion message for a
 // secret. It runs after check, with batchd stopped, so it starts it once
 // more to read the API and metrics.
+// checkSweeps fails if two replicas swept the blob container at once.
+// Each replica's log (JSON, debug) has "sweep started" and then "sweep
+// done" or "sweep incomplete…" for every sweep; a process that died in a
+// sweep ends it at the harness's next mark ("process exited" or
+// "process starting"), a bound no later than its successor's start.
+func (s *soak) checkSweeps() {
+	t := s.t
+	type span struct {
+		from, to time.Time
+		who      string
+	}
+	var spans []span
+	for _, p := range s.replicas {
+		f, err := os.Open(p.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 0, 1<<20), 16<<20)
+		var open time.Time
+		closeAt := func(at time.Time) {
+			if !open.IsZero() {
+				spans = append(spans, span{open, at, filepath.Base(p.log)})
+				open = time.Time{}
+			}
+		}
+		for sc.Scan() {
+			var rec struct {
+				Time     time.Time `json:"time"`
+				Msg      string    `json:"msg"`
+				Pipeline string    `json:"pipeline"`
+			}
+			if json.Unmarshal(sc.Bytes(), &rec) != nil {
+				continue
+			}
+			switch {
+			case strings.HasPrefix(rec.Msg, "test harness:"):
+				closeAt(rec.Time)
+			case rec.Pipeline != "blobs":
+			case rec.Msg == "sweep started":
+				closeAt(rec.Time) // cannot happen: a sweep ends before the next
+				open = rec.Time
+			case rec.Msg == "sweep done" || strings.HasPrefix(rec.Msg, "sweep incomplete"):
+				closeAt(rec.Time)
+			}
+		}
+		closeAt(time.Now())
+		if err := errors.Join(sc.Err(), f.Close()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(spans) == 0 {
+		t.Fatalf("no poller sweeps in the replicas' logs: the sweep check would prove nothing")
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.from.Compare(b.from) })
+	overlaps := 0
+	for i, a := range spans {
+		for _, b := range spans[i+1:] {
+			if !b.from.Before(a.to) {
+				break
+			}
+			if b.who != a.who {
+				overlaps++
+				t.Errorf("two replicas swept the container at once: %s %s–%s and %s %s–%s",
+					a.who, a.from.Format(time.StampMilli), a.to.Format(time.StampMilli),
+					b.who, b.from.Format(time.StampMilli), b.to.Format(time.StampMilli))
+			}
+		}
+	}
+	who := map[string]int{}
+	for _, sp := range spans {
+		who[sp.who]++
+	}
+	t.Logf("sweeps: %d (by replica %v), overlapping %d", len(spans), who, overlaps)
+}
+
 func (s *soak) audit() {
 	t := s.t
 	s.p.start()

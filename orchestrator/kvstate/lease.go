@@ -25,6 +25,9 @@ type Lease struct {
 	key    string
 	holder string
 	ttl    time.Duration
+	// until is when the lease written by this holder's last successful
+	// Acquire lapses (zero before one). One goroutine uses a Lease.
+	until time.Time
 }
 
 type leaseValue struct {
@@ -57,6 +60,9 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 			if errors.Is(err, ErrExists) {
 				continue
 			}
+			if err == nil {
+				l.until = now.Add(l.ttl)
+			}
 			return err == nil, err
 		case err != nil:
 			return false, fmt.Errorf("lease %s: %w", l.key, err)
@@ -75,10 +81,16 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("lease %s: %w", l.key, err)
 		}
+		l.until = now.Add(l.ttl)
 		return true, nil
 	}
 	return false, nil
 }
+
+// HeldUntil is when the lease this holder last took or renewed lapses: a
+// holder whose renewal failed still holds it until then, and must stop
+// acting on it afterwards, as another holder may have taken it.
+func (l *Lease) HeldUntil() time.Time { return l.until }
 
 // Release gives the lease up if this holder has it, so that another replica
 // need not wait for it to expire.

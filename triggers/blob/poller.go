@@ -179,6 +179,7 @@ func (p *Poller) Run(ctx context.Context) error {
 		case err != nil && ctx.Err() == nil:
 			p.log.Warn("sweep lease", "err", err)
 		case held:
+			p.log.Debug("sweep started", "holder", p.lease.Holder())
 			st, err := p.sweep(ctx, true)
 			if err != nil && ctx.Err() == nil {
 				p.sweeps.WithLabelValues(p.pipeline, "incomplete").Inc()
@@ -260,8 +261,14 @@ func (p *Poller) sweep(ctx context.Context, leased bool) (SweepStats, error) {
 		if !leased {
 			return nil
 		}
-		if held, err := p.lease.Acquire(ctx); err == nil && !held {
+		held, err := p.lease.Acquire(ctx)
+		switch {
+		case err == nil && !held:
 			return errors.New("lost the sweep lease")
+		case err != nil && !time.Now().Before(p.lease.HeldUntil()):
+			// Another replica may hold it now: two sweeps at once would
+			// each emit what the other is emitting.
+			return fmt.Errorf("could not renew the sweep lease before it lapsed: %w", err)
 		}
 		return nil
 	})

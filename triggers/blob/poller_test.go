@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -330,5 +331,62 @@ func TestPollerSweepsPageByPage(t *testing.T) {
 	}
 	if s := e.intake.Snapshot(); s.Emits != n {
 		t.Errorf("%d emits in all, want %d", s.Emits, n)
+	}
+}
+
+// leaseFailStore fails every operation on the sweep lease's key once
+// failing is set, as a NATS node that lost its connection would.
+type leaseFailStore struct {
+	kvstate.Store
+	failing atomic.Bool
+}
+
+var errLeaseStore = errors.New("nats: connection closed")
+
+func (s *leaseFailStore) fail(key string) bool {
+	return s.failing.Load() && strings.HasSuffix(key, ".lease")
+}
+
+func (s *leaseFailStore) Get(ctx context.Context, key string) (kvstate.Entry, error) {
+	if s.fail(key) {
+		return kvstate.Entry{}, errLeaseStore
+	}
+	return s.Store.Get(ctx, key)
+}
+
+func (s *leaseFailStore) Update(ctx context.Context, key string, v []byte, rev uint64) (uint64, error) {
+	if s.fail(key) {
+		return 0, errLeaseStore
+	}
+	return s.Store.Update(ctx, key, v, rev)
+}
+
+// A holder whose renewal fails stops sweeping once its lease has lapsed:
+// another replica may have taken it, and two sweeps at once emit twice.
+func TestPollerStopsWhenTheLeaseLapsesUnrenewed(t *testing.T) {
+	e := newPollEnv(t)
+	const n = 120
+	for i := range n {
+		e.upload(t, fmt.Sprintf("in/l%03d.csv", i), "a,b\n1,2\n")
+	}
+	cfg := pollConfig()
+	cfg.pageSize = 40
+	p := e.poller(t, cfg, "a")
+	fs := &leaseFailStore{Store: p.store}
+	p.store = fs
+	p.seen = seenStore{kv: fs}
+	// Held for a millisecond: lapsed by the end of the first page.
+	p.lease = kvstate.NewLease(fs, "poll.score.lease", "a", time.Millisecond)
+	ctx := context.Background()
+	if held, err := p.lease.Acquire(ctx); err != nil || !held {
+		t.Fatalf("Acquire = %v, %v; want held", held, err)
+	}
+	fs.failing.Store(true)
+	st, err := p.sweep(ctx, true)
+	if err == nil || !strings.Contains(err.Error(), "lapsed") {
+		t.Errorf("sweep error = %v, want the lease lapsed", err)
+	}
+	if st.Emitted != int(cfg.pageSize) {
+		t.Errorf("sweep emitted %d, want the first page's %d only", st.Emitted, cfg.pageSize)
 	}
 }
