@@ -785,6 +785,7 @@ func (s *soak) check() {
 	}
 	if len(notFinished) > 0 {
 		t.Errorf("%d runs not finished: %v", len(notFinished), notFinished[:min(10, len(notFinished))])
+		s.diagnoseAdmission(runs)
 	}
 	c := s.sim.Counts()
 	fmt.Printf("soak: lost=%d duplicate=%d wrong_outcome=%d events=%d runs=%d jobs=%d states=%v "+
@@ -868,6 +869,55 @@ var sasSignature = regexp.MustCompile(`(?i)sig(=|%3D)([^&;\s"'<>\[\\]{4,})`)
 // audit scans every log, API answer, metric and completion message for a
 // secret. It runs after check, with batchd stopped, so it starts it once
 // more to read the API and metrics.
+// diagnoseAdmission logs, for a run left waiting, who holds the endpoints'
+// slots (and in what state the ledger has them), and what admission repair
+// said in the replicas' logs.
+func (s *soak) diagnoseAdmission(runs []orchestrator.RunSummary) {
+	t := s.t
+	state := map[string]string{}
+	for _, r := range runs {
+		state[r.ID] = string(r.State)
+	}
+	nc, js := s.connect()
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, orchestrator.BucketAdmission)
+	if err != nil {
+		t.Logf("admission bucket: %v", err)
+		return
+	}
+	keys, err := kv.Keys(ctx)
+	if err != nil {
+		t.Logf("admission keys: %v", err)
+	}
+	for _, k := range keys {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			t.Logf("admission %s: %v", k, err)
+			continue
+		}
+		var v struct {
+			Slots map[string]time.Time `json:"slots"`
+		}
+		_ = json.Unmarshal(e.Value(), &v)
+		for id, at := range v.Slots {
+			t.Logf("admission %s: slot held by run %s since %s, run state %q", k, id, at.Format(time.StampMilli), state[id])
+		}
+	}
+	for _, p := range s.replicas {
+		b, err := os.ReadFile(p.log)
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			if strings.Contains(line, `"msg":"admission repair`) || strings.Contains(line, "test harness:") {
+				t.Logf("%s: %s", filepath.Base(p.log), strings.TrimSpace(line))
+			}
+		}
+	}
+}
+
 // checkSweeps fails if two replicas swept the blob container at once.
 // Each replica's log (JSON, debug) has "sweep started" and then "sweep
 // done" or "sweep incomplete…" for every sweep; a process that died in a
