@@ -102,7 +102,7 @@ var _ interface {
 	Submit(ctx context.Context, ep Endpoint, req JobRequest) (*Job, error)
 	Get(ctx context.Context, ep Endpoint, name string) (*Job, error)
 	Cancel(ctx context.Context, ep Endpoint, name string) error
-	List(ctx context.Context, ep Endpoint, since time.Time) ([]Job, error)
+	List(ctx context.Context, ep Endpoint, since time.Time, opts ...ListOption) ([]Job, error)
 } = (*Client)(nil)
 
 // New returns a Client that authenticates with cred.
@@ -334,7 +334,14 @@ func (c *Client) Cancel(ctx context.Context, ep Endpoint, name string) error {
 // caller must not submit twice. "Visibly" means the creation times seen so
 // far have gone down at least once and never up: a first page of one job, or
 // of jobs with equal times, proves no order and does not stop the paging.
-func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job, error) {
+//
+// A BeforePage option is called before every page after the first (a
+// caller's request budget); its error ends the listing with that error.
+func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time, opts ...ListOption) ([]Job, error) {
+	var lo listOptions
+	for _, o := range opts {
+		o(&lo)
+	}
 	if ep.Workspace == nil {
 		return nil, fmt.Errorf("list jobs of %s: %w", ep.Name, ErrNoWorkspace)
 	}
@@ -352,6 +359,11 @@ func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job,
 		last       time.Time
 	)
 	for page := 0; next != ""; page++ {
+		if page > 0 && lo.beforePage != nil {
+			if err := lo.beforePage(ctx); err != nil {
+				return nil, err
+			}
+		}
 		body, err := c.do(ctx, OpList, true, http.MethodGet, next)
 		if err != nil {
 			return nil, err
@@ -399,6 +411,19 @@ func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time) ([]Job,
 		}
 	}
 	return out, nil
+}
+
+// ListOption configures List.
+type ListOption func(*listOptions)
+
+type listOptions struct {
+	beforePage func(ctx context.Context) error
+}
+
+// BeforePage makes List call f before it requests each page after the
+// first: a caller that budgets its requests takes one there.
+func BeforePage(f func(ctx context.Context) error) ListOption {
+	return func(o *listOptions) { o.beforePage = f }
 }
 
 // do sends one retryable request (GET, or the idempotent cancel POST) and

@@ -393,12 +393,18 @@ func TestList(t *testing.T) {
 		}
 	}
 
-	all, err := h.c.List(context.Background(), ep, time.Time{})
+	// A budgeting caller is asked before every page after the first.
+	asked := 0
+	all, err := h.c.List(context.Background(), ep, time.Time{}, jobs.BeforePage(func(context.Context) error { asked++; return nil }))
 	if err != nil {
 		t.Fatalf("List: %v", err)
 	}
-	if len(all) != 25 || h.sim.Count(jobstest.RouteARMList) != 3 {
-		t.Errorf("List(zero) = %d jobs in %d pages, want 25 in 3", len(all), h.sim.Count(jobstest.RouteARMList))
+	if len(all) != 25 || h.sim.Count(jobstest.RouteARMList) != 3 || asked != 2 {
+		t.Errorf("List(zero) = %d jobs in %d pages, budget asked %d times; want 25 in 3, asked 2", len(all), h.sim.Count(jobstest.RouteARMList), asked)
+	}
+	stop := errors.New("over budget")
+	if _, err := h.c.List(context.Background(), ep, time.Time{}, jobs.BeforePage(func(context.Context) error { return stop })); !errors.Is(err, stop) {
+		t.Errorf("List with a refusing budget = %v, want its error", err)
 	}
 	if got := all[len(all)-1]; got.Name != names[0] || got.Inputs["d"] != "https://a.blob.core.windows.net/c/a.csv" || got.CreatedAt.IsZero() {
 		t.Errorf("oldest listed job = %+v, want %s with its input URI and creation time", got, names[0])

@@ -2,10 +2,12 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/batchd/batchd/jobs"
+	"github.com/batchd/batchd/jobs/backoff"
 )
 
 // bulkStatus answers the tracker's status looks from the ARM job list of
@@ -26,6 +28,19 @@ type bulkStatus struct {
 
 	mu sync.Mutex
 	ws map[string]*bulkWS // by WorkspaceID
+	// kick wakes confirmLoop when a look waits for a confirming list.
+	kick chan struct{}
+}
+
+// confirmWave is one confirming list of a workspace: the looks that asked
+// for it before it started, and what it showed of their jobs.
+type confirmWave struct {
+	ep    jobs.Endpoint
+	since time.Time           // the oldest submission among the looks
+	want  map[string]struct{} // their jobs
+	done  chan struct{}       // closed when got and err are set
+	got   map[string]jobs.Job
+	err   error
 }
 
 type bulkWS struct {
@@ -36,6 +51,9 @@ type bulkWS struct {
 	// that list started.
 	listed map[string]jobs.Job
 	at     time.Time
+	// pending is the next confirming list, gathering looks until
+	// confirmLoop starts it.
+	pending *confirmWave
 }
 
 type bulkJob struct {
@@ -44,7 +62,7 @@ type bulkJob struct {
 }
 
 func newBulkStatus(o *Orchestrator, interval time.Duration) *bulkStatus {
-	return &bulkStatus{o: o, interval: interval, ws: map[string]*bulkWS{}}
+	return &bulkStatus{o: o, interval: interval, ws: map[string]*bulkWS{}, kick: make(chan struct{}, 1)}
 }
 
 // track notes a tracked job of a workspace endpoint.
@@ -158,7 +176,7 @@ func (b *bulkStatus) list(ctx context.Context, id string) error {
 	lctx, cancel := context.WithTimeout(ctx, time.Minute)
 	// A minute's margin: the service's creation time and batchd's
 	// submission time come from different clocks.
-	listed, err := b.o.sub.List(lctx, ep, since.Add(-time.Minute))
+	listed, err := b.o.sub.List(lctx, ep, since.Add(-time.Minute), b.o.pageBudget(endpointHost(&ep)))
 	cancel()
 	b.o.met.bulkLists.WithLabelValues(ep.Name, resultLabel(err)).Inc()
 	if err != nil {
@@ -186,6 +204,116 @@ func (b *bulkStatus) list(ctx context.Context, id string) error {
 		}
 	}
 	return nil
+}
+
+// confirm answers a look that an event asked for (events say a job
+// changed; the service must confirm it) from a job list that starts after
+// the call: every look waiting at that moment shares the list, which
+// reads back to the oldest of their jobs. So a burst of ends costs a few
+// list pages instead of one GET per job. It reports false when the list
+// failed, did not show the job, or ctx ended first: the caller GETs.
+func (b *bulkStatus) confirm(ctx context.Context, ep *jobs.Endpoint, name string, submitted time.Time) (*jobs.Job, bool) {
+	if !b.covers(ep) {
+		return nil, false
+	}
+	id := WorkspaceID(*ep.Workspace)
+	b.mu.Lock()
+	w := b.ws[id]
+	if w == nil {
+		w = &bulkWS{ep: *ep, tracked: map[string]bulkJob{}}
+		b.ws[id] = w
+	}
+	wave := w.pending
+	if wave == nil {
+		wave = &confirmWave{ep: *ep, since: submitted, want: map[string]struct{}{}, done: make(chan struct{})}
+		w.pending = wave
+	}
+	wave.want[name] = struct{}{}
+	if submitted.Before(wave.since) {
+		wave.since = submitted
+	}
+	b.mu.Unlock()
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-ctx.Done():
+		return nil, false
+	case <-wave.done:
+	}
+	j, ok := wave.got[name]
+	if wave.err != nil || !ok {
+		return nil, false
+	}
+	return &j, true
+}
+
+// confirmGather is how long a confirming list waits for more looks.
+const confirmGather = 250 * time.Millisecond
+
+// confirmLoop runs the confirming lists: each workspace's pending wave, one
+// after another, as soon as looks wait for one.
+func (b *bulkStatus) confirmLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			b.mu.Lock()
+			for _, w := range b.ws {
+				if wave := w.pending; wave != nil {
+					w.pending = nil
+					wave.err = ctx.Err()
+					close(wave.done)
+				}
+			}
+			b.mu.Unlock()
+			return nil
+		case <-b.kick:
+		}
+		// Let the looks of a burst gather: a list a quarter of a second
+		// later answers all of them.
+		if backoff.Sleep(ctx, confirmGather) != nil {
+			continue // ctx ended: fail the waves above
+		}
+		for {
+			var wave *confirmWave
+			b.mu.Lock()
+			for _, w := range b.ws {
+				if w.pending != nil {
+					wave, w.pending = w.pending, nil
+					break
+				}
+			}
+			b.mu.Unlock()
+			if wave == nil {
+				break
+			}
+			b.runWave(ctx, wave)
+		}
+	}
+}
+
+func (b *bulkStatus) runWave(ctx context.Context, wave *confirmWave) {
+	defer close(wave.done)
+	if _, ok := b.o.takeBudget(ctx, endpointHost(&wave.ep)); !ok {
+		wave.err = errors.New("over the poll budget")
+		return
+	}
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	// A minute's margin, as in list.
+	listed, err := b.o.sub.List(lctx, wave.ep, wave.since.Add(-time.Minute), b.o.pageBudget(endpointHost(&wave.ep)))
+	cancel()
+	b.o.met.bulkLists.WithLabelValues(wave.ep.Name, resultLabel(err)).Inc()
+	if err != nil {
+		wave.err = err
+		return
+	}
+	wave.got = make(map[string]jobs.Job, len(wave.want))
+	for _, j := range listed {
+		if _, ok := wave.want[j.Name]; ok {
+			wave.got[j.Name] = j
+		}
+	}
 }
 
 func (b *bulkStatus) nudge(ctx context.Context, id string) error {

@@ -28,7 +28,7 @@ type Submitter interface {
 	// List returns the endpoint's jobs created at or after since, through the
 	// ARM jobs API. It needs ep.Workspace; without one it returns an error
 	// matching jobs.ErrNoWorkspace.
-	List(ctx context.Context, ep jobs.Endpoint, since time.Time) ([]jobs.Job, error)
+	List(ctx context.Context, ep jobs.Endpoint, since time.Time, opts ...jobs.ListOption) ([]jobs.Job, error)
 }
 
 // Checker runs the data-access preflight for one job (*datastores.Checker

@@ -181,7 +181,7 @@ func (f *fakeSub) Cancel(_ context.Context, ep jobs.Endpoint, name string) error
 	return nil
 }
 
-func (f *fakeSub) List(_ context.Context, ep jobs.Endpoint, since time.Time) ([]jobs.Job, error) {
+func (f *fakeSub) List(_ context.Context, ep jobs.Endpoint, since time.Time, _ ...jobs.ListOption) ([]jobs.Job, error) {
 	if ep.Workspace == nil {
 		return nil, jobs.ErrNoWorkspace
 	}
@@ -422,3 +422,9 @@ func (c *countingSub) Submit(ctx context.Context, ep jobs.Endpoint, req jobs.Job
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func (f *fakeSub) listCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lists
+}

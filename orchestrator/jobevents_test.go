@@ -246,3 +246,52 @@ func TestJobEventTimeIsSharedAcrossReplicas(t *testing.T) {
 		t.Error("replica c does not know that events flow after reading the bucket")
 	}
 }
+
+// With job lists on, an event's check is a list that starts after the
+// event: an end it shows finishes the run with no status request; a
+// failure, and a list behind the event, still get the job's GET.
+func TestJobEventChecksAreAnsweredByAJobList(t *testing.T) {
+	t.Parallel()
+	sub := newFakeSub()
+	sub.final = jobs.StatusRunning
+	p := testPipeline(t, "score", testWorkspace)
+	p.Retry = RetryPolicy{MaxAttempts: 1}
+	h := newHarness(t, []*Pipeline{p}, sub, func(o *Options) {
+		o.PollMin, o.PollMax = time.Hour, time.Hour
+		o.JobListInterval = time.Hour // lists on; the periodic one never comes
+	})
+	ids := map[string]string{}
+	names := map[string]string{}
+	for _, k := range []string{"done", "failed", "lagging"} {
+		ids[k] = h.emit("score", k, "https://acct.blob.core.windows.net/c/"+k+".csv")
+		names[k] = h.waitState(ids[k], StateSubmitted, 10*time.Second).Job.Name
+	}
+	step := func(k string, st jobs.Status, event jobs.Status, want State) (gets, lists int) {
+		t.Helper()
+		sub.setStatus(names[k], st)
+		g0, l0 := sub.getCount(), sub.listCount()
+		if out := h.jobEvent(TypeRunCompleted, names[k], event); out != JobEventChecked {
+			t.Fatalf("%s: %s, want %s", k, out, JobEventChecked)
+		}
+		h.waitState(ids[k], want, 5*time.Second)
+		return sub.getCount() - g0, sub.listCount() - l0
+	}
+	if gets, lists := step("done", jobs.StatusCompleted, jobs.StatusCompleted, StateCompleted); gets != 0 || lists != 1 {
+		t.Errorf("an end the list shows: %d GETs, %d lists; want 0 and 1", gets, lists)
+	}
+	if gets, lists := step("failed", jobs.StatusFailed, jobs.StatusFailed, StateFailed); gets != 1 || lists != 1 {
+		t.Errorf("a failure: %d GETs, %d lists; want 1 (its error details) and 1", gets, lists)
+	}
+	// The list still shows the job running although the event says it
+	// ended (ARM behind): the GET decides, here running too, so the run
+	// stays submitted until the job's status says more.
+	sub.setStatus(names["lagging"], jobs.StatusRunning)
+	g0 := sub.getCount()
+	if out := h.jobEvent(TypeRunCompleted, names["lagging"], jobs.StatusCompleted); out != JobEventChecked {
+		t.Fatalf("lagging: %s", out)
+	}
+	waitFor(t, 5*time.Second, "the lagging event's GET", func() bool { return sub.getCount() > g0 })
+	if r, _ := h.o.Get(t.Context(), ids["lagging"]); r.State.Terminal() {
+		t.Errorf("lagging: the run ended (%s) on an event the service did not confirm", r.State)
+	}
+}

@@ -61,6 +61,12 @@ func (o *Orchestrator) handleTrack(ctx, stop context.Context, m jetstream.Msg) (
 		return consumer.Term("bad tracker subject"), nil
 	}
 	d := delivery{carrier: carrierTracker, msg: m, id: id, nudge: m.Headers().Get(hdrNudge) != ""}
+	if v := m.Headers().Get(hdrListed); v != "" && d.nudge {
+		var j jobs.Job
+		if err := json.Unmarshal([]byte(v), &j); err == nil && j.Name != "" {
+			d.listed = &j
+		}
+	}
 	return o.drive(ctx, stop, &d)
 }
 
@@ -77,6 +83,8 @@ type delivery struct {
 	reason   string
 	// nudge: published only so that an operator request is looked at now.
 	nudge bool
+	// listed: a nudge's job as a job list showed it (hdrListed).
+	listed *jobs.Job
 }
 
 // step is what a step function decides on: the run as read, the revision
@@ -600,12 +608,26 @@ func (o *Orchestrator) handOver(ctx context.Context, r *record, d *delivery) (se
 // submission, so a replay within the duplicate window is dropped; later
 // ones replace the pending message (one per subject).
 func (o *Orchestrator) publishTracker(ctx context.Context, r *record, nudge bool) error {
+	return o.publishTrackerListed(ctx, r, nudge, nil)
+}
+
+// publishTrackerListed publishes the run's tracker message; a nudge may
+// carry the job as a job list showed it (the status, studio URL and name
+// only), which answers the look without a status request.
+func (o *Orchestrator) publishTrackerListed(ctx context.Context, r *record, nudge bool, listed *jobs.Job) error {
 	m := nats.NewMsg(trackSubject(r.ID))
 	m.Data = []byte(`{"run_id":"` + r.ID + `"}`)
 	id := fmt.Sprintf("%s.%d.%d.%d.%s", r.ID, r.Sys.Gen, r.Attempts, r.Sys.Resubmits, r.State)
 	if nudge {
 		m.Header.Set(hdrNudge, "1")
 		id += ".n" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		if listed != nil {
+			b, err := json.Marshal(jobs.Job{Name: listed.Name, Status: listed.Status, StudioURL: listed.StudioURL})
+			if err != nil {
+				return fmt.Errorf("tracker message %s: %w", r.ID, err)
+			}
+			m.Header.Set(hdrListed, string(b))
+		}
 	}
 	m.Header.Set(jetstream.MsgIDHeader, id)
 	if _, err := o.js.PublishMsg(ctx, m); err != nil {

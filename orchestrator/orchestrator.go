@@ -199,6 +199,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	component("replica registry", o.registryLoop)
 	component("job events", func(ctx context.Context) error { return o.wsEvents.run(ctx, o.now) })
 	component("bulk status", o.bulk.run)
+	component("job list confirmations", o.bulk.confirmLoop)
 	return g.Wait()
 }
 

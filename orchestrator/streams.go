@@ -63,6 +63,9 @@ const (
 	// hdrNudge marks a message published only to make the run's carrier look
 	// at an operator request now.
 	hdrNudge = "Batchd-Nudge"
+	// hdrListed on a nudge carries the job (JSON: name, status, studio
+	// URL) as a job list that started after a workspace event showed it.
+	hdrListed = "Batchd-Listed"
 	// hdrReason carries an operator's reason on a retry message.
 	hdrReason = "Batchd-Reason"
 )

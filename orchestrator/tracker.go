@@ -90,6 +90,18 @@ func (o *Orchestrator) takeBudget(stop context.Context, host string) (settle, bo
 	return settle{}, true
 }
 
+// pageBudget charges a job list's later pages to the poll budget of host
+// (the caller took one for the first), waiting for each.
+func (o *Orchestrator) pageBudget(host string) jobs.ListOption {
+	return jobs.BeforePage(func(ctx context.Context) error {
+		if err := o.limiter(host).Wait(ctx); err != nil {
+			return err
+		}
+		o.pollsUsed(host).add(time.Now())
+		return nil
+	})
+}
+
 // stepPoll asks the endpoint for the job's status and records what changed.
 func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	ctx, stop, r, rev, d := st.ctx, st.stop, st.r, st.rev, st.d
@@ -130,6 +142,11 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	// operator's cancel): only an end the list shows answers it.
 	if listed && d.nudge && !job.Status.Normal().Terminal() {
 		listed = false
+	}
+	// An event's nudge may carry the job as a list that started after the
+	// event showed it (JobChanged): that answers the look.
+	if l := d.listed; l != nil && l.Name == r.Job.Name && r.Sys.Cancel == nil {
+		job, listed = l, true
 	}
 	var err error
 	if listed {
@@ -330,7 +347,7 @@ func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
 		}
 		lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		list, cached, err = o.recon.list(lctx, r.Endpoint, after, since, o.now, func(ctx context.Context, since time.Time) ([]jobs.Job, error) {
-			return o.sub.List(ctx, *ep, since)
+			return o.sub.List(ctx, *ep, since, o.pageBudget(endpointHost(ep)))
 		})
 		cancel()
 	}

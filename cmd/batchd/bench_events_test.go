@@ -19,8 +19,10 @@ const benchEventsEach = 15 * time.Second
 // benchJobEvents: the same jobs tracked by a serve process that gets the
 // workspace's job events (late by up to a second, a tenth duplicated) and,
 // as the reference, by one that only polls, both with the default poll
-// settings (BATCHD_POLL_MIN 10s, BATCHD_POLL_MAX 5m): the delay from a
-// job's end to its run's end, and status requests per completed job.
+// settings (BATCHD_POLL_MIN 10s, BATCHD_POLL_MAX 5m; job lists at their
+// default for the first, off for the reference): the delay from a job's
+// end to its run's end, and status requests (GETs and list pages) per
+// completed job.
 func benchJobEvents(b *testing.B, rep *benchtab.Report) {
 	n := benchScaled(2000)
 	ev := benchEventsRound(b, n, true)
@@ -46,6 +48,11 @@ func benchEventsRound(b *testing.B, n int, events bool) benchEvents {
 	env["BATCHD_WEBHOOK_SECRET"] = eventsSecret
 	for _, k := range []string{"BATCHD_POLL_MIN", "BATCHD_POLL_MAX", "BATCHD_POLL_BUDGET"} {
 		delete(env, k) // the defaults
+	}
+	if events {
+		// The default: job lists confirm the events' looks. The reference
+		// polls job by job only.
+		delete(env, "BATCHD_JOB_LIST_INTERVAL")
 	}
 	p := newProc(b, procBuild(b, dir), env, "events")
 	p.start()
@@ -85,7 +92,7 @@ func benchEventsRound(b *testing.B, n int, events bool) benchEvents {
 		b.Fatalf("%d of %d runs completed", len(delays), n)
 	}
 	res := benchEvents{p50: benchPct(delays, 0.5) / 1000, p99: benchPct(delays, 0.99) / 1000,
-		perJob: float64(sim.Count(jobstest.RouteARMGet)) / float64(n)}
+		perJob: float64(sim.Count(jobstest.RouteARMGet)+sim.Count(jobstest.RouteARMList)) / float64(n)}
 	b.Logf("events %v: completion delay p50 %.2f s, p99 %.2f s, %.2f status requests per job; events %+v",
 		events, res.p50, res.p99, res.perJob, sim.EventStats())
 	p.stop(syscall.SIGTERM)

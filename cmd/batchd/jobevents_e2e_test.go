@@ -66,6 +66,31 @@ func TestJobEventsFinishRunsThroughServe(t *testing.T) {
 	}
 }
 
+// With job lists on (the default), the looks that events ask for are
+// answered together by the workspace's job list, which starts after they
+// were asked: a burst of ends costs a few list pages, not a GET per job.
+func TestJobEventsAreConfirmedByJobListsThroughServe(t *testing.T) {
+	t.Parallel()
+	const n = 40
+	p, sim := startEventsDaemon(t, "events-lists", jobstest.EventOptions{Jitter: 200 * time.Millisecond, DuplicateRate: 0.3},
+		map[string]string{"BATCHD_POLL_MIN": "1m", "BATCHD_POLL_MAX": "5m", "BATCHD_JOB_LIST_INTERVAL": "30s"})
+	start := time.Now()
+	emitEventRuns(t, p, n)
+	runs := procWaitFinished(t, p.url, n, 30*time.Second)
+	procCheckOneJobPerRun(t, sim, runs, procInputURI)
+	gets, lists := sim.Count(jobstest.RouteARMGet), sim.Count(jobstest.RouteARMList)
+	t.Logf("%d runs finished %s after the first was emitted: %d status requests, %d list pages; events %+v",
+		n, time.Since(start).Round(time.Millisecond), gets, lists, sim.EventStats())
+	if lists == 0 || gets+lists > n/2 {
+		t.Errorf("%d status requests and %d list pages for %d jobs' events; want them answered by lists (at most %d requests)", gets, lists, n, n/2)
+	}
+	m := benchMetrics(p.url())
+	if m[`batchd_poll_requests_total{endpoint="sim",result="list"}`] < n {
+		t.Errorf("batchd_poll_requests_total{result=list} = %v, want at least %d looks answered by lists",
+			m[`batchd_poll_requests_total{endpoint="sim",result="list"}`], n)
+	}
+}
+
 // Lost events are covered by the safety poll: every run still finishes,
 // and the polls that found a job ended that no event announced are counted.
 func TestLostJobEventsAreCoveredBySafetyPolls(t *testing.T) {
