@@ -127,6 +127,23 @@ func (a *admission) acquire(ctx context.Context, endpoint, runID string, max int
 	return res, err
 }
 
+// hold records a slot for runID whatever the cap: a job that exists
+// (adopted after its slot was given back) counts, even past the cap, so
+// that no new submission is admitted until the endpoint is under it again.
+func (a *admission) hold(ctx context.Context, endpoint, runID string, now time.Time) error {
+	_, err := a.change(ctx, endpoint, func(s *endpointState) bool {
+		if _, ok := s.Slots[runID]; ok {
+			return false
+		}
+		if s.Slots == nil {
+			s.Slots = map[string]time.Time{}
+		}
+		s.Slots[runID] = now
+		return true
+	})
+	return err
+}
+
 // release gives runID's slot back, if it holds one.
 func (a *admission) release(ctx context.Context, endpoint, runID string) error {
 	_, err := a.change(ctx, endpoint, func(s *endpointState) bool {

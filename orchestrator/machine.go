@@ -261,6 +261,9 @@ func (o *Orchestrator) requests(st *step) (settle, error) {
 			return nakAfter(0), nil
 		}
 		reason := fmt.Sprintf("resolved by an operator: adopted job %s: %s", req.Job, req.Reason)
+		if err := o.holdSlot(ctx, r, now); err != nil {
+			return settle{}, err
+		}
 		if err := r.toSubmitted(JobRef{Name: req.Job, SubmittedAt: now}, o.deadline(r, now), reason, now); err != nil {
 			return settle{}, err
 		}
@@ -719,6 +722,15 @@ func (o *Orchestrator) releaseSlot(ctx context.Context, r *record) {
 	if err := o.adm.release(ctx, r.Endpoint, r.ID); err != nil {
 		o.log.Warn("release admission slot (repair will)", "run", r.ID, "endpoint", r.Endpoint, "err", err)
 	}
+}
+
+// holdSlot counts an adopted job against its endpoint's cap (a parked
+// run gave its slot back; see stepUnknown).
+func (o *Orchestrator) holdSlot(ctx context.Context, r *record, now time.Time) error {
+	if r.Endpoint == "" || o.capFor(r.Endpoint) <= 0 {
+		return nil
+	}
+	return o.adm.hold(ctx, r.Endpoint, r.ID, now)
 }
 
 // mayHoldSlot: endpoints without a cap take no slots, but one configured

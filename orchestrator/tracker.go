@@ -384,6 +384,9 @@ func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
 			at = r.Sys.SubmittingAt
 		}
 		reason := fmt.Sprintf("reconciled: adopted job %s (created %s), whose endpoint, inputs and outputs match this run's", j.Name, at.UTC().Format(time.RFC3339))
+		if err := o.holdSlot(ctx, r, now); err != nil {
+			return settle{}, err
+		}
 		if err := r.toSubmitted(jobRef(&j, r.Request.RequestID, at.UTC()), o.deadline(r, at), reason, now); err != nil {
 			return settle{}, err
 		}
@@ -404,6 +407,11 @@ func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
 		return o.admitAndSubmit(st)
 	}
 	o.met.reconciles.WithLabelValues(r.Endpoint, "operator").Inc()
+	// A list that started after the grace shows no job of this run: it
+	// most likely has none, and holding its slot until an operator acts
+	// would shrink the endpoint's capacity (to nothing, after as many
+	// such runs as max_running_jobs). Adopting a job later takes one again.
+	o.releaseSlot(ctx, r)
 	return o.park(ctx, r, rev, fmt.Sprintf("no job matching this run was found %s after it was submitted again; an operator must check the endpoint and run `batchd runs retry` or `batchd runs resolve`", o.opts.ReconcileGrace))
 }
 

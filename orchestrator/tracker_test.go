@@ -92,6 +92,49 @@ func TestSecondAmbiguityWaitsForAnOperator(t *testing.T) {
 	}
 }
 
+// A run parked for an operator after reconciliation found no job gives
+// its admission slot back: a few ambiguous POSTs must not shrink the
+// endpoint's max_running_jobs until someone acts. A job adopted later
+// takes a slot again, even past the cap.
+func TestParkedRunGivesItsSlotBack(t *testing.T) {
+	t.Parallel()
+	sub := newFakeSub()
+	sub.script = []submitOutcome{{err: ambiguous()}, {err: ambiguous()}}
+	p := testPipeline(t, "score", testWorkspace)
+	p.Endpoint.MaxRunningJobs = 1
+	h := newHarness(t, []*Pipeline{p}, sub)
+	ctx := t.Context()
+
+	parked := h.emit("score", "parked", "https://a.blob.core.windows.net/c/parked")
+	waitFor(t, 15*time.Second, "the run parked for an operator", func() bool {
+		r, err := h.o.Get(ctx, parked)
+		return err == nil && r.State == StateUnknown && strings.Contains(r.History[len(r.History)-1].Reason, "an operator must")
+	})
+	next := h.emit("score", "next", "https://a.blob.core.windows.net/c/next")
+	h.waitState(next, StateCompleted, 15*time.Second)
+
+	// The operator finds the parked run's job after all and adopts it: it
+	// holds a slot again while it runs.
+	job := sub.addJob("https://a.blob.core.windows.net/c/parked", time.Now())
+	if _, err := h.o.Resolve(ctx, parked, ResolveRequest{Job: job, Reason: "found it in the studio"}); err != nil {
+		t.Fatalf("Resolve: %v", err)
+	}
+	held := func() int {
+		s, _, err := h.o.adm.load(ctx, p.Endpoint.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(s.Slots)
+	}
+	waitFor(t, 5*time.Second, "the adopted job to hold a slot", func() bool {
+		r, _ := h.o.Get(ctx, parked)
+		return r.State.Terminal() || held() == 1
+	})
+	h.waitState(parked, StateCompleted, 15*time.Second)
+	// The slot goes back after the terminal write.
+	waitFor(t, 5*time.Second, "no slot held once every run ended", func() bool { return held() == 0 })
+}
+
 func TestUnknownWithoutWorkspaceIsResolvedByAdoptingAJob(t *testing.T) {
 	t.Parallel()
 	sub := newFakeSub()

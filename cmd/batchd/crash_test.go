@@ -151,6 +151,13 @@ func newProc(t testing.TB, bin string, env map[string]string, name string) *batc
 		if t.Failed() {
 			b, _ := os.ReadFile(p.log)
 			lines := strings.Split(string(b), "\n")
+			var errs []string
+			for _, l := range lines {
+				if strings.Contains(l, `"level":"ERROR"`) || strings.Contains(l, "level=ERROR") {
+					errs = append(errs, l)
+				}
+			}
+			t.Logf("error lines of %s (the last 30):\n%s", name, strings.Join(errs[max(0, len(errs)-30):], "\n"))
 			t.Logf("last lines of %s:\n%s", name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
 		}
 	})

@@ -866,9 +866,6 @@ func settled(runs []orchestrator.RunSummary) bool {
 // written "\u0026sig=".
 var sasSignature = regexp.MustCompile(`(?i)sig(=|%3D)([^&;\s"'<>\[\\]{4,})`)
 
-// audit scans every log, API answer, metric and completion message for a
-// secret. It runs after check, with batchd stopped, so it starts it once
-// more to read the API and metrics.
 // diagnoseAdmission logs, for a run left waiting, who holds the endpoints'
 // slots (and in what state the ledger has them), and what admission repair
 // said in the replicas' logs.
@@ -994,6 +991,9 @@ func (s *soak) checkSweeps() {
 	t.Logf("sweeps: %d (by replica %v), overlapping %d", len(spans), who, overlaps)
 }
 
+// audit scans every log, API answer, metric and completion message for a
+// secret. It runs after check, with batchd stopped, so it starts it once
+// more to read the API and metrics.
 func (s *soak) audit() {
 	t := s.t
 	s.p.start()
