@@ -63,7 +63,7 @@ type rawEnv struct {
 	StorageScope  string `env:"BATCHD_STORAGE_SCOPE, default=https://storage.azure.com/.default"`
 	StorageSuffix string `env:"BATCHD_STORAGE_SUFFIX, default=core.windows.net"`
 
-	Workers        string `env:"BATCHD_WORKERS, default=8"`
+	Workers        string `env:"BATCHD_WORKERS, default=64"`
 	Retention      string `env:"BATCHD_RETENTION, default=168h"`
 	ShutdownGrace  string `env:"BATCHD_SHUTDOWN_GRACE, default=60s"`
 	SubmitTimeout  string `env:"BATCHD_SUBMIT_TIMEOUT, default=60s"`

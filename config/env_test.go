@@ -24,7 +24,7 @@ func TestLoadEnvDefaults(t *testing.T) {
 		Workers                               int
 		Retention, Grace                      time.Duration
 	}{"/etc/batchd/pipelines.yaml", "/var/lib/batchd", "127.0.0.1:8080", "managed-identity",
-		"https://ml.azure.com/.default", "https://management.azure.com/.default", 8, 168 * time.Hour, 60 * time.Second}
+		"https://ml.azure.com/.default", "https://management.azure.com/.default", 64, 168 * time.Hour, 60 * time.Second}
 	got := want
 	got.Pipelines, got.State, got.HTTP, got.Cred = e.PipelinesFile, e.StateDir, e.HTTPAddr, e.Credential.Kind
 	got.ML, got.ARM, got.Workers, got.Retention, got.Grace = e.MLScope, e.ARMScope, e.Workers, e.Retention, e.ShutdownGrace

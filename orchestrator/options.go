@@ -32,7 +32,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 
 	// Workers is the number of intake events processed at once (per
-	// replica). Default 8.
+	// replica). Default 64: a worker mostly waits on a replicated write
+	// or an HTTP call.
 	Workers int
 	// TrackerWorkers is the number of tracker messages processed at once
 	// (per replica). Default 16.
@@ -129,7 +130,7 @@ type Options struct {
 // BATCHD_* defaults are these (a test in config keeps them equal); Options
 // left zero get them too.
 const (
-	DefaultWorkers         = 8
+	DefaultWorkers         = 64
 	DefaultRetention       = 168 * time.Hour
 	DefaultShutdownGrace   = 60 * time.Second
 	DefaultSubmitTimeout   = 60 * time.Second
