@@ -33,14 +33,20 @@ type bulkStatus struct {
 }
 
 // confirmWave is one confirming list of a workspace: the looks that asked
-// for it before it started, and what it showed of their jobs.
+// for it before it started.
 type confirmWave struct {
 	ep    jobs.Endpoint
-	since time.Time           // the oldest submission among the looks
-	want  map[string]struct{} // their jobs
-	done  chan struct{}       // closed when got and err are set
-	got   map[string]jobs.Job
-	err   error
+	since time.Time              // the oldest submission among the looks
+	looks map[string]confirmLook // by job name
+}
+
+// confirmLook is a tracker look that an event asked for: the run, its job,
+// and how far along the event said the job was (progress).
+type confirmLook struct {
+	run       string
+	job       string
+	submitted time.Time
+	rank      int
 }
 
 type bulkWS struct {
@@ -206,15 +212,17 @@ func (b *bulkStatus) list(ctx context.Context, id string) error {
 	return nil
 }
 
-// confirm answers a look that an event asked for (events say a job
-// changed; the service must confirm it) from a job list that starts after
-// the call: every look waiting at that moment shares the list, which
-// reads back to the oldest of their jobs. So a burst of ends costs a few
-// list pages instead of one GET per job. It reports false when the list
-// failed, did not show the job, or ctx ended first: the caller GETs.
-func (b *bulkStatus) confirm(ctx context.Context, ep *jobs.Endpoint, name string, submitted time.Time) (*jobs.Job, bool) {
+// request queues a look that an event asked for (events say a job
+// changed; the service must confirm it) for the workspace's next
+// confirming list: every look queued before it starts shares it, and it
+// reads back to the oldest of their jobs, so a burst of ends costs a few
+// list pages instead of one GET per job. When the list is done, each run
+// gets a nudge carrying its job as listed (or saying the list did not
+// answer, and the tracker GETs). It reports false when lists are off for
+// ep.
+func (b *bulkStatus) request(ep *jobs.Endpoint, l confirmLook) bool {
 	if !b.covers(ep) {
-		return nil, false
+		return false
 	}
 	id := WorkspaceID(*ep.Workspace)
 	b.mu.Lock()
@@ -225,57 +233,40 @@ func (b *bulkStatus) confirm(ctx context.Context, ep *jobs.Endpoint, name string
 	}
 	wave := w.pending
 	if wave == nil {
-		wave = &confirmWave{ep: *ep, since: submitted, want: map[string]struct{}{}, done: make(chan struct{})}
+		wave = &confirmWave{ep: *ep, since: l.submitted, looks: map[string]confirmLook{}}
 		w.pending = wave
 	}
-	wave.want[name] = struct{}{}
-	if submitted.Before(wave.since) {
-		wave.since = submitted
+	wave.looks[l.job] = l
+	if l.submitted.Before(wave.since) {
+		wave.since = l.submitted
 	}
 	b.mu.Unlock()
 	select {
 	case b.kick <- struct{}{}:
 	default:
 	}
-	select {
-	case <-ctx.Done():
-		return nil, false
-	case <-wave.done:
-	}
-	j, ok := wave.got[name]
-	if wave.err != nil || !ok {
-		return nil, false
-	}
-	return &j, true
+	return true
 }
 
 // confirmGather is how long a confirming list waits for more looks.
 const confirmGather = 250 * time.Millisecond
 
 // confirmLoop runs the confirming lists: each workspace's pending wave, one
-// after another, as soon as looks wait for one.
+// after another, as soon as looks wait for one. A wave lost to a crash
+// costs time only: each look's message comes back after
+// Options.confirmFallback and GETs.
 func (b *bulkStatus) confirmLoop(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			b.mu.Lock()
-			for _, w := range b.ws {
-				if wave := w.pending; wave != nil {
-					w.pending = nil
-					wave.err = ctx.Err()
-					close(wave.done)
-				}
-			}
-			b.mu.Unlock()
 			return nil
 		case <-b.kick:
 		}
-		// Let the looks of a burst gather: a list a quarter of a second
-		// later answers all of them.
+		// Let the looks of a burst gather.
 		if backoff.Sleep(ctx, confirmGather) != nil {
-			continue // ctx ended: fail the waves above
+			return nil
 		}
-		for {
+		for ctx.Err() == nil {
 			var wave *confirmWave
 			b.mu.Lock()
 			for _, w := range b.ws {
@@ -294,26 +285,49 @@ func (b *bulkStatus) confirmLoop(ctx context.Context) error {
 }
 
 func (b *bulkStatus) runWave(ctx context.Context, wave *confirmWave) {
-	defer close(wave.done)
-	if _, ok := b.o.takeBudget(ctx, endpointHost(&wave.ep)); !ok {
-		wave.err = errors.New("over the poll budget")
-		return
+	var listed []jobs.Job
+	err := errors.New("over the poll budget")
+	if _, ok := b.o.takeBudget(ctx, endpointHost(&wave.ep)); ok {
+		lctx, cancel := context.WithTimeout(ctx, time.Minute)
+		// A minute's margin, as in list.
+		listed, err = b.o.sub.List(lctx, wave.ep, wave.since.Add(-time.Minute), b.o.pageBudget(endpointHost(&wave.ep)))
+		cancel()
+		b.o.met.bulkLists.WithLabelValues(wave.ep.Name, resultLabel(err)).Inc()
 	}
-	lctx, cancel := context.WithTimeout(ctx, time.Minute)
-	// A minute's margin, as in list.
-	listed, err := b.o.sub.List(lctx, wave.ep, wave.since.Add(-time.Minute), b.o.pageBudget(endpointHost(&wave.ep)))
-	cancel()
-	b.o.met.bulkLists.WithLabelValues(wave.ep.Name, resultLabel(err)).Inc()
-	if err != nil {
-		wave.err = err
-		return
-	}
-	wave.got = make(map[string]jobs.Job, len(wave.want))
-	for _, j := range listed {
-		if _, ok := wave.want[j.Name]; ok {
-			wave.got[j.Name] = j
+	got := map[string]jobs.Job{}
+	if err == nil {
+		for _, j := range listed {
+			if _, ok := wave.looks[j.Name]; ok {
+				got[j.Name] = j
+			}
 		}
 	}
+	for _, l := range wave.looks {
+		var answer *jobs.Job
+		// The list started after the event came: it answers when it is as
+		// far along as the event (an end answers a running event; a list
+		// still behind an end event, ARM lagging, does not). A failure's
+		// error details come from a GET.
+		if j, ok := got[l.job]; ok && j.Status.Normal() != jobs.StatusFailed && progress(j.Status) >= l.rank {
+			answer = &j
+		}
+		if err := b.answer(ctx, l, answer); err != nil && ctx.Err() == nil {
+			b.o.log.Debug("confirming list: nudge", "run", l.run, "err", err)
+		}
+	}
+}
+
+// answer nudges the run of a look with what the confirming list showed
+// (nil: the list did not answer; the tracker GETs).
+func (b *bulkStatus) answer(ctx context.Context, l confirmLook, job *jobs.Job) error {
+	r, _, err := b.o.ledger.get(ctx, l.run)
+	if err != nil {
+		return err
+	}
+	if r.State.Terminal() || r.Sys.Carrier != carrierTracker || r.Job == nil || r.Job.Name != l.job {
+		return nil
+	}
+	return b.o.publishTrackerChecked(ctx, r, job)
 }
 
 func (b *bulkStatus) nudge(ctx context.Context, id string) error {

@@ -68,6 +68,7 @@ type fakeSub struct {
 	script   []submitOutcome
 	finals   []jobs.Status // per job, in creation order; then final
 	listErr  error
+	listHold chan struct{} // when set, List blocks until it is closed or ctx ends
 	hold     chan struct{} // when set, Submit blocks until it is closed
 	inSubmit chan struct{} // when set, Submit signals here on entry
 }
@@ -181,9 +182,19 @@ func (f *fakeSub) Cancel(_ context.Context, ep jobs.Endpoint, name string) error
 	return nil
 }
 
-func (f *fakeSub) List(_ context.Context, ep jobs.Endpoint, since time.Time, _ ...jobs.ListOption) ([]jobs.Job, error) {
+func (f *fakeSub) List(ctx context.Context, ep jobs.Endpoint, since time.Time, _ ...jobs.ListOption) ([]jobs.Job, error) {
 	if ep.Workspace == nil {
 		return nil, jobs.ErrNoWorkspace
+	}
+	f.mu.Lock()
+	hold := f.listHold
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -146,23 +147,9 @@ func (o *Orchestrator) jobChanged(ctx context.Context, ev JobEvent) (string, err
 	if !o.wsEvents.firstCheck(r.ID+" "+class, time.Now()) {
 		return JobEventProgress, nil
 	}
-	// The check: a job list that starts now, shared with every event
-	// being taken (a burst of ends costs a few list pages, not a GET
-	// each), when it shows what the event says; else the tracker GETs.
-	// A failure's error details come from a GET only.
-	var listed *jobs.Job
-	if o.bulk.covers(r.Sys.Endpoint) {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		j, ok := o.bulk.confirm(cctx, r.Sys.Endpoint, r.Job.Name, r.Job.SubmittedAt)
-		cancel()
-		// The list started after the event came: it answers when it is
-		// as far along as the event (an end answers a running event; a
-		// list still running behind an end event, ARM lagging, does not).
-		if ok && j.Status.Normal() != jobs.StatusFailed && progress(j.Status) >= progress(st) {
-			listed = j
-		}
-	}
-	if err := o.publishTrackerListed(ctx, r, true, listed); err != nil {
+	// The nudge says how far along the event says the job is: with job
+	// lists on, the tracker has a shared list confirm it (bulk.request).
+	if err := o.publishTrackerWith(ctx, r, true, hdrEvent, strconv.Itoa(progress(st))); err != nil {
 		o.wsEvents.forgetCheck(r.ID + " " + class)
 		return "", fmt.Errorf("job event %s: %w: %w", ev.ID, ErrUnavailable, err)
 	}

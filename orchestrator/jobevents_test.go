@@ -295,3 +295,29 @@ func TestJobEventChecksAreAnsweredByAJobList(t *testing.T) {
 		t.Errorf("lagging: the run ended (%s) on an event the service did not confirm", r.State)
 	}
 }
+
+// A confirming list that never answers costs time only: the event's look
+// comes back after the fallback and GETs.
+func TestJobEventLookGETsWhenItsListNeverAnswers(t *testing.T) {
+	t.Parallel()
+	sub := newFakeSub()
+	sub.final = jobs.StatusRunning
+	sub.listHold = make(chan struct{})
+	t.Cleanup(func() { close(sub.listHold) })
+	p := testPipeline(t, "score", testWorkspace)
+	h := newHarness(t, []*Pipeline{p}, sub, func(o *Options) {
+		o.PollMin, o.PollMax = time.Hour, time.Hour
+		o.JobListInterval = time.Hour
+		o.confirmFallback = 300 * time.Millisecond
+	})
+	id := h.emit("score", "k", "https://acct.blob.core.windows.net/c/k.csv")
+	job := h.waitState(id, StateSubmitted, 10*time.Second).Job.Name
+	sub.setStatus(job, jobs.StatusCompleted)
+	if out := h.jobEvent(TypeRunCompleted, job, jobs.StatusCompleted); out != JobEventChecked {
+		t.Fatalf("event: %s", out)
+	}
+	h.waitState(id, StateCompleted, 10*time.Second)
+	if got := sub.getCount(); got != 1 {
+		t.Errorf("%d GETs, want 1 (the fallback)", got)
+	}
+}

@@ -60,11 +60,21 @@ func (o *Orchestrator) handleTrack(ctx, stop context.Context, m jetstream.Msg) (
 		o.log.Error("tracker: dropping message with a bad subject", "subject", m.Subject())
 		return consumer.Term("bad tracker subject"), nil
 	}
-	d := delivery{carrier: carrierTracker, msg: m, id: id, nudge: m.Headers().Get(hdrNudge) != ""}
-	if v := m.Headers().Get(hdrListed); v != "" && d.nudge {
-		var j jobs.Job
-		if err := json.Unmarshal([]byte(v), &j); err == nil && j.Name != "" {
-			d.listed = &j
+	h := m.Headers()
+	d := delivery{carrier: carrierTracker, msg: m, id: id, nudge: h.Get(hdrNudge) != ""}
+	if d.nudge {
+		if n, err := strconv.Atoi(h.Get(hdrEvent)); err == nil && n >= 0 {
+			d.event = n + 1
+		}
+		if v := h.Get(hdrListed); v != "" {
+			d.checked = true
+			var j jobs.Job
+			if err := json.Unmarshal([]byte(v), &j); err == nil && j.Name != "" {
+				d.listed = &j
+			}
+		}
+		if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
+			d.redelivered = true
 		}
 	}
 	return o.drive(ctx, stop, &d)
@@ -83,8 +93,14 @@ type delivery struct {
 	reason   string
 	// nudge: published only so that an operator request is looked at now.
 	nudge bool
-	// listed: a nudge's job as a job list showed it (hdrListed).
-	listed *jobs.Job
+	// event > 0: a workspace event's nudge; the event said the job's
+	// progress is event-1 (hdrEvent). checked: a confirming list looked
+	// (hdrListed), and listed is the job as it showed it (nil: GET).
+	// redelivered: not the nudge's first delivery.
+	event       int
+	checked     bool
+	listed      *jobs.Job
+	redelivered bool
 }
 
 // step is what a step function decides on: the run as read, the revision
@@ -611,25 +627,34 @@ func (o *Orchestrator) handOver(ctx context.Context, r *record, d *delivery) (se
 // submission, so a replay within the duplicate window is dropped; later
 // ones replace the pending message (one per subject).
 func (o *Orchestrator) publishTracker(ctx context.Context, r *record, nudge bool) error {
-	return o.publishTrackerListed(ctx, r, nudge, nil)
+	return o.publishTrackerWith(ctx, r, nudge)
 }
 
-// publishTrackerListed publishes the run's tracker message; a nudge may
-// carry the job as a job list showed it (the status, studio URL and name
-// only), which answers the look without a status request.
-func (o *Orchestrator) publishTrackerListed(ctx context.Context, r *record, nudge bool, listed *jobs.Job) error {
+// publishTrackerChecked nudges the run's tracker with its job as a
+// confirming list showed it (nil: the list did not answer; GET).
+func (o *Orchestrator) publishTrackerChecked(ctx context.Context, r *record, job *jobs.Job) error {
+	v := "-"
+	if job != nil {
+		b, err := json.Marshal(jobs.Job{Name: job.Name, Status: job.Status, StudioURL: job.StudioURL})
+		if err != nil {
+			return fmt.Errorf("tracker message %s: %w", r.ID, err)
+		}
+		v = string(b)
+	}
+	return o.publishTrackerWith(ctx, r, true, hdrListed, v)
+}
+
+// publishTrackerWith publishes the run's tracker message with the given
+// header key and value pairs (on a nudge).
+func (o *Orchestrator) publishTrackerWith(ctx context.Context, r *record, nudge bool, hdr ...string) error {
 	m := nats.NewMsg(trackSubject(r.ID))
 	m.Data = []byte(`{"run_id":"` + r.ID + `"}`)
 	id := fmt.Sprintf("%s.%d.%d.%d.%s", r.ID, r.Sys.Gen, r.Attempts, r.Sys.Resubmits, r.State)
 	if nudge {
 		m.Header.Set(hdrNudge, "1")
 		id += ".n" + strconv.FormatInt(time.Now().UnixNano(), 36)
-		if listed != nil {
-			b, err := json.Marshal(jobs.Job{Name: listed.Name, Status: listed.Status, StudioURL: listed.StudioURL})
-			if err != nil {
-				return fmt.Errorf("tracker message %s: %w", r.ID, err)
-			}
-			m.Header.Set(hdrListed, string(b))
+		for i := 0; i+1 < len(hdr); i += 2 {
+			m.Header.Set(hdr[i], hdr[i+1])
 		}
 	}
 	m.Header.Set(jetstream.MsgIDHeader, id)

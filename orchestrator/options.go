@@ -124,6 +124,9 @@ type Options struct {
 	// a run found in submitting can no longer have a POST in flight, on any
 	// replica (it covers clock differences). Default 5s; tests lower it.
 	submitMargin time.Duration
+	// confirmFallback is how long an event's look waits for its confirming
+	// list's nudge before it GETs.
+	confirmFallback time.Duration
 }
 
 // Defaults of the options the daemon's environment sets. config's
@@ -198,6 +201,7 @@ func (o *Options) setDefaults() {
 	def(&o.AdmissionRetryMax, 30*time.Second)
 	def(&o.ParkInterval, o.PollMax)
 	def(&o.submitMargin, 5*time.Second)
+	def(&o.confirmFallback, 30*time.Second)
 }
 
 func (o *Options) validate() error {

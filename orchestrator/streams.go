@@ -64,8 +64,12 @@ const (
 	// at an operator request now.
 	hdrNudge = "Batchd-Nudge"
 	// hdrListed on a nudge carries the job (JSON: name, status, studio
-	// URL) as a job list that started after a workspace event showed it.
+	// URL) as a job list that started after a workspace event showed it,
+	// or "-" when the list did not answer (the tracker GETs).
 	hdrListed = "Batchd-Listed"
+	// hdrEvent on a nudge says a workspace event asked for it, and how far
+	// along it said the job was (progress: 0 on the way, 1 running, 2 ended).
+	hdrEvent = "Batchd-Event"
 	// hdrReason carries an operator's reason on a retry message.
 	hdrReason = "Batchd-Reason"
 )

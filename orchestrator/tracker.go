@@ -143,10 +143,15 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	if listed && d.nudge && !job.Status.Normal().Terminal() {
 		listed = false
 	}
-	// An event's nudge may carry the job as a list that started after the
-	// event showed it (JobChanged): that answers the look.
+	// An event's nudge: with job lists on, a shared list that starts after
+	// it answers (bulk.request); its own nudge brings the job as listed.
+	// If that nudge does not come (a crash, NATS), this message returns
+	// after Options.confirmFallback (30 s) and GETs.
 	if l := d.listed; l != nil && l.Name == r.Job.Name && r.Sys.Cancel == nil {
 		job, listed = l, true
+	} else if d.event > 0 && !d.checked && !d.redelivered && r.Sys.Cancel == nil &&
+		o.bulk.request(ep, confirmLook{run: r.ID, job: r.Job.Name, submitted: r.Job.SubmittedAt, rank: d.event - 1}) {
+		return nakAfter(o.opts.confirmFallback), nil
 	}
 	var err error
 	if listed {
