@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/backoff"
 )
@@ -47,7 +49,15 @@ type confirmLook struct {
 	job       string
 	submitted time.Time
 	rank      int
+	// seq is the tracker stream sequence of the event's nudge: the answer
+	// replaces it only if it is still the run's newest message.
+	seq uint64
 }
+
+// confirmReach bounds how old a job a confirming list reads back to: a
+// list pages back through every job created since, so the end of an
+// older job is checked with its own GET.
+const confirmReach = 2 * time.Hour
 
 type bulkWS struct {
 	ep jobs.Endpoint // one endpoint of the workspace (List reads only its workspace)
@@ -220,8 +230,8 @@ func (b *bulkStatus) list(ctx context.Context, id string) error {
 // gets a nudge carrying its job as listed (or saying the list did not
 // answer, and the tracker GETs). It reports false when lists are off for
 // ep.
-func (b *bulkStatus) request(ep *jobs.Endpoint, l confirmLook) bool {
-	if !b.covers(ep) {
+func (b *bulkStatus) request(ep *jobs.Endpoint, l confirmLook, now time.Time) bool {
+	if !b.covers(ep) || now.Sub(l.submitted) > confirmReach {
 		return false
 	}
 	id := WorkspaceID(*ep.Workspace)
@@ -235,6 +245,11 @@ func (b *bulkStatus) request(ep *jobs.Endpoint, l confirmLook) bool {
 	if wave == nil {
 		wave = &confirmWave{ep: *ep, since: l.submitted, looks: map[string]confirmLook{}}
 		w.pending = wave
+	}
+	// Two events of one job (Event Grid does not order them): the look
+	// waits for the further-along one, and answers the newest message.
+	if prev, ok := wave.looks[l.job]; ok {
+		l.rank, l.seq = max(l.rank, prev.rank), max(l.seq, prev.seq)
 	}
 	wave.looks[l.job] = l
 	if l.submitted.Before(wave.since) {
@@ -327,7 +342,19 @@ func (b *bulkStatus) answer(ctx context.Context, l confirmLook, job *jobs.Job) e
 	if r.State.Terminal() || r.Sys.Carrier != carrierTracker || r.Job == nil || r.Job.Name != l.job {
 		return nil
 	}
-	return b.o.publishTrackerChecked(ctx, r, job)
+	err = b.o.publishTrackerChecked(ctx, r, job, l.seq)
+	if wrongLastSeq(err) {
+		return nil // a newer message (another event, an operator) is the run's; it looks itself
+	}
+	return err
+}
+
+// wrongLastSeq reports a publish refused because the subject's last
+// message is not the one expected.
+func wrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 func (b *bulkStatus) nudge(ctx context.Context, id string) error {

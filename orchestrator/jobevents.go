@@ -149,7 +149,7 @@ func (o *Orchestrator) jobChanged(ctx context.Context, ev JobEvent) (string, err
 	}
 	// The nudge says how far along the event says the job is: with job
 	// lists on, the tracker has a shared list confirm it (bulk.request).
-	if err := o.publishTrackerWith(ctx, r, true, hdrEvent, strconv.Itoa(progress(st))); err != nil {
+	if err := o.publishTrackerWith(ctx, r, true, 0, hdrEvent, strconv.Itoa(progress(st))); err != nil {
 		o.wsEvents.forgetCheck(r.ID + " " + class)
 		return "", fmt.Errorf("job event %s: %w: %w", ev.ID, ErrUnavailable, err)
 	}

@@ -73,8 +73,9 @@ func (o *Orchestrator) handleTrack(ctx, stop context.Context, m jetstream.Msg) (
 				d.listed = &j
 			}
 		}
-		if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
-			d.redelivered = true
+		if md, err := m.Metadata(); err == nil {
+			d.redelivered = md.NumDelivered > 1
+			d.seq = md.Sequence.Stream
 		}
 	}
 	return o.drive(ctx, stop, &d)
@@ -101,6 +102,7 @@ type delivery struct {
 	checked     bool
 	listed      *jobs.Job
 	redelivered bool
+	seq         uint64 // the nudge's tracker stream sequence
 }
 
 // step is what a step function decides on: the run as read, the revision
@@ -627,12 +629,13 @@ func (o *Orchestrator) handOver(ctx context.Context, r *record, d *delivery) (se
 // submission, so a replay within the duplicate window is dropped; later
 // ones replace the pending message (one per subject).
 func (o *Orchestrator) publishTracker(ctx context.Context, r *record, nudge bool) error {
-	return o.publishTrackerWith(ctx, r, nudge)
+	return o.publishTrackerWith(ctx, r, nudge, 0)
 }
 
 // publishTrackerChecked nudges the run's tracker with its job as a
-// confirming list showed it (nil: the list did not answer; GET).
-func (o *Orchestrator) publishTrackerChecked(ctx context.Context, r *record, job *jobs.Job) error {
+// confirming list showed it (nil: the list did not answer; GET), if the
+// run's newest tracker message is still the one at sequence last.
+func (o *Orchestrator) publishTrackerChecked(ctx context.Context, r *record, job *jobs.Job, last uint64) error {
 	v := "-"
 	if job != nil {
 		b, err := json.Marshal(jobs.Job{Name: job.Name, Status: job.Status, StudioURL: job.StudioURL})
@@ -641,12 +644,13 @@ func (o *Orchestrator) publishTrackerChecked(ctx context.Context, r *record, job
 		}
 		v = string(b)
 	}
-	return o.publishTrackerWith(ctx, r, true, hdrListed, v)
+	return o.publishTrackerWith(ctx, r, true, last, hdrListed, v)
 }
 
 // publishTrackerWith publishes the run's tracker message with the given
-// header key and value pairs (on a nudge).
-func (o *Orchestrator) publishTrackerWith(ctx context.Context, r *record, nudge bool, hdr ...string) error {
+// header key and value pairs (on a nudge); last > 0: only if the run's
+// newest tracker message has that stream sequence.
+func (o *Orchestrator) publishTrackerWith(ctx context.Context, r *record, nudge bool, last uint64, hdr ...string) error {
 	m := nats.NewMsg(trackSubject(r.ID))
 	m.Data = []byte(`{"run_id":"` + r.ID + `"}`)
 	id := fmt.Sprintf("%s.%d.%d.%d.%s", r.ID, r.Sys.Gen, r.Attempts, r.Sys.Resubmits, r.State)
@@ -658,7 +662,11 @@ func (o *Orchestrator) publishTrackerWith(ctx context.Context, r *record, nudge 
 		}
 	}
 	m.Header.Set(jetstream.MsgIDHeader, id)
-	if _, err := o.js.PublishMsg(ctx, m); err != nil {
+	var opts []jetstream.PublishOpt
+	if last > 0 {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(last))
+	}
+	if _, err := o.js.PublishMsg(ctx, m, opts...); err != nil {
 		return fmt.Errorf("tracker message %s: %w", r.ID, err)
 	}
 	return nil

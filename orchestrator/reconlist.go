@@ -8,8 +8,9 @@ import (
 	"github.com/batchd/batchd/jobs"
 )
 
-// reconLists shares ARM job listings among the runs that reconcile on one
-// endpoint. After a crash or an outage many runs are unknown at once; each
+// reconLists shares ARM job listings among the runs that reconcile in one
+// workspace (keyed by WorkspaceID: a run lists the workspace its own
+// record names, which a config change may have moved). After a crash or an outage many runs are unknown at once; each
 // listing the workspace for itself would spend one list (several pages)
 // per run every ReconcileGrace/5 out of the poll budget that tracking
 // needs. A run instead takes a listing that started after it needed one
@@ -54,6 +55,15 @@ func (l *reconLists) cached(endpoint string, after, since time.Time) ([]jobs.Job
 		return e.last.jobs, true
 	}
 	return nil, false
+}
+
+// busy reports whether a listing of key is in flight (a caller joining it
+// spends no request).
+func (l *reconLists) busy(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.eps[key]
+	return e != nil && e.inflight != nil
 }
 
 // list returns a listing of endpoint that started at or after after and

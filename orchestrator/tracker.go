@@ -147,11 +147,17 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	// it answers (bulk.request); its own nudge brings the job as listed.
 	// If that nudge does not come (a crash, NATS), this message returns
 	// after Options.confirmFallback (30 s) and GETs.
-	if l := d.listed; l != nil && l.Name == r.Job.Name && r.Sys.Cancel == nil {
+	// Only the first delivery: the message comes back (naked) for the
+	// run's next look, which must ask the service again.
+	if l := d.listed; l != nil && !d.redelivered && l.Name == r.Job.Name && r.Sys.Cancel == nil {
 		job, listed = l, true
 	} else if d.event > 0 && !d.checked && !d.redelivered && r.Sys.Cancel == nil &&
-		o.bulk.request(ep, confirmLook{run: r.ID, job: r.Job.Name, submitted: r.Job.SubmittedAt, rank: d.event - 1}) {
-		return nakAfter(o.opts.confirmFallback), nil
+		o.bulk.request(ep, confirmLook{run: r.ID, job: r.Job.Name, submitted: r.Job.SubmittedAt, rank: d.event - 1, seq: d.seq}, now) {
+		wait := o.opts.confirmFallback
+		if !r.Sys.Deadline.IsZero() {
+			wait = min(wait, r.Sys.Deadline.Sub(now)+100*time.Millisecond)
+		}
+		return nakAfter(wait), nil
 	}
 	var err error
 	if listed {
@@ -344,14 +350,18 @@ func (o *Orchestrator) stepUnknown(st *step) (settle, error) {
 	if !now.Before(graceEnd) && graceEnd.After(after) {
 		after = graceEnd
 	}
-	list, cached := o.recon.cached(r.Endpoint, after, since)
+	wsKey := WorkspaceID(*ep.Workspace)
+	list, cached := o.recon.cached(wsKey, after, since)
 	var err error
 	if !cached {
-		if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
-			return s, nil
+		// A run that joins a listing in flight spends no budget on it.
+		if !o.recon.busy(wsKey) {
+			if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
+				return s, nil
+			}
 		}
 		lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		list, cached, err = o.recon.list(lctx, r.Endpoint, after, since, o.now, func(ctx context.Context, since time.Time) ([]jobs.Job, error) {
+		list, cached, err = o.recon.list(lctx, wsKey, after, since, o.now, func(ctx context.Context, since time.Time) ([]jobs.Job, error) {
 			return o.sub.List(ctx, *ep, since, o.pageBudget(endpointHost(ep)))
 		})
 		cancel()
