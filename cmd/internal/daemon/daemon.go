@@ -207,7 +207,16 @@ func Serve(ctx context.Context, env *config.Env, f *config.File, o Options) erro
 		log.Info("batchd stopping: no new work; steps in flight get the shutdown grace", "grace", env.ShutdownGrace)
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), env.ShutdownGrace)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		err := srv.Shutdown(sctx)
+		if errors.Is(err, context.DeadlineExceeded) {
+			// A request still in flight (a slow client, a delivery waiting
+			// on NATS) had nothing acknowledged: its sender retries. The
+			// stop itself is clean.
+			log.Warn("shutdown grace over: requests still in flight are cut off; their senders retry (nothing they sent was acknowledged)",
+				"grace", env.ShutdownGrace)
+			return srv.Close()
+		}
+		return err
 	})
 	err = g.Wait()
 	if err == nil {
