@@ -78,7 +78,7 @@ func TestShutdownCutsOffSlowRequestsAndExitsZero(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if _, err := fmt.Fprintf(conn, "POST /api/v1/pipelines/crash/runs HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{", p.addr); err != nil {
 		t.Fatal(err)
 	}
