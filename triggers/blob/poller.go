@@ -265,9 +265,11 @@ func (p *Poller) sweep(ctx context.Context, leased bool) (SweepStats, error) {
 		switch {
 		case err == nil && !held:
 			return errors.New("lost the sweep lease")
-		case err != nil && !time.Now().Before(p.lease.HeldUntil()):
-			// Another replica may hold it now: two sweeps at once would
-			// each emit what the other is emitting.
+		case err != nil && time.Until(p.lease.HeldUntil()) < p.lease.TTL()/2:
+			// The next check comes only after the next page: with less
+			// than half the lease left, another replica may hold it by
+			// then, and two sweeps at once would each emit what the other
+			// is emitting.
 			return fmt.Errorf("could not renew the sweep lease before it lapsed: %w", err)
 		}
 		return nil
