@@ -639,7 +639,10 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("the token is in the page's HTML")
 	}
 	live2 := td.run(t, token, "score", "live-2", procInputURI("live-2"), "")
-	b.do("a live run with the token", chromedp.WaitVisible(css(rowSel(live2))))
+	// Wait until the live run has ended: each of its updates re-renders
+	// the rows, and a click on a row being replaced is lost (seen once in
+	// CI, under load).
+	b.do("a live run with the token", chromedp.WaitVisible(css(rowSel(live2)+`[data-state="completed"]`)))
 	b.do("follow a link with the token", chromedp.Click(css(rowSel(tfailed)+` th a`)),
 		chromedp.WaitVisible(css(fmt.Sprintf(`.run-page[data-run-id=%q]`, tfailed))))
 	b.shot("run-detail-token")
