@@ -86,15 +86,21 @@ func (b *bulkStatus) track(ep *jobs.Endpoint, r *record) {
 	if b.interval <= 0 || ep == nil || ep.Workspace == nil || r.Job == nil {
 		return
 	}
-	id := WorkspaceID(*ep.Workspace)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.workspace(ep).tracked[r.Job.Name] = bulkJob{run: r.ID, submitted: r.Job.SubmittedAt}
+}
+
+// workspace returns ep's workspace state, made on first use. The caller
+// holds b.mu; ep has a workspace.
+func (b *bulkStatus) workspace(ep *jobs.Endpoint) *bulkWS {
+	id := WorkspaceID(*ep.Workspace)
 	w := b.ws[id]
 	if w == nil {
 		w = &bulkWS{ep: *ep, tracked: map[string]bulkJob{}}
 		b.ws[id] = w
 	}
-	w.tracked[r.Job.Name] = bulkJob{run: r.ID, submitted: r.Job.SubmittedAt}
+	return w
 }
 
 // covers reports whether jobs of ep are refreshed by job lists.
@@ -186,15 +192,10 @@ func (b *bulkStatus) list(ctx context.Context, id string) error {
 	if b.o.wsEvents.flowing(ep.Workspace, now) {
 		return nil // the events announce changes; the safety polls do the rest
 	}
-	if _, ok := b.o.takeBudget(ctx, endpointHost(&ep)); !ok {
-		return nil // over budget: the jobs' own polls carry on
+	listed, err := b.fetch(ctx, ep, since)
+	if errors.Is(err, errOverBudget) {
+		return nil // the jobs' own polls carry on
 	}
-	lctx, cancel := context.WithTimeout(ctx, time.Minute)
-	// A minute's margin: the service's creation time and batchd's
-	// submission time come from different clocks.
-	listed, err := b.o.sub.List(lctx, ep, since.Add(-time.Minute), b.o.pageBudget(endpointHost(&ep)))
-	cancel()
-	b.o.met.bulkLists.WithLabelValues(ep.Name, resultLabel(err)).Inc()
 	if err != nil {
 		return err
 	}
@@ -222,6 +223,24 @@ func (b *bulkStatus) list(ctx context.Context, id string) error {
 	return nil
 }
 
+// errOverBudget: the poll budget had no request for a list now.
+var errOverBudget = errors.New("over the poll budget")
+
+// fetch lists ep's workspace jobs created since since (less a minute: the
+// service's creation time and batchd's submission time come from
+// different clocks), every page within the poll budget, and counts it.
+func (b *bulkStatus) fetch(ctx context.Context, ep jobs.Endpoint, since time.Time) ([]jobs.Job, error) {
+	host := endpointHost(&ep)
+	if _, ok := b.o.takeBudget(ctx, host); !ok {
+		return nil, errOverBudget
+	}
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	listed, err := b.o.sub.List(lctx, ep, since.Add(-time.Minute), b.o.pageBudget(host))
+	b.o.met.bulkLists.WithLabelValues(ep.Name, resultLabel(err)).Inc()
+	return listed, err
+}
+
 // request queues a look that an event asked for (events say a job
 // changed; the service must confirm it) for the workspace's next
 // confirming list: every look queued before it starts shares it, and it
@@ -234,13 +253,8 @@ func (b *bulkStatus) request(ep *jobs.Endpoint, l confirmLook, now time.Time) bo
 	if !b.covers(ep) || now.Sub(l.submitted) > confirmReach {
 		return false
 	}
-	id := WorkspaceID(*ep.Workspace)
 	b.mu.Lock()
-	w := b.ws[id]
-	if w == nil {
-		w = &bulkWS{ep: *ep, tracked: map[string]bulkJob{}}
-		b.ws[id] = w
-	}
+	w := b.workspace(ep)
 	wave := w.pending
 	if wave == nil {
 		wave = &confirmWave{ep: *ep, since: l.submitted, looks: map[string]confirmLook{}}
@@ -300,15 +314,7 @@ func (b *bulkStatus) confirmLoop(ctx context.Context) error {
 }
 
 func (b *bulkStatus) runWave(ctx context.Context, wave *confirmWave) {
-	var listed []jobs.Job
-	err := errors.New("over the poll budget")
-	if _, ok := b.o.takeBudget(ctx, endpointHost(&wave.ep)); ok {
-		lctx, cancel := context.WithTimeout(ctx, time.Minute)
-		// A minute's margin, as in list.
-		listed, err = b.o.sub.List(lctx, wave.ep, wave.since.Add(-time.Minute), b.o.pageBudget(endpointHost(&wave.ep)))
-		cancel()
-		b.o.met.bulkLists.WithLabelValues(wave.ep.Name, resultLabel(err)).Inc()
-	}
+	listed, err := b.fetch(ctx, wave.ep, wave.since)
 	got := map[string]jobs.Job{}
 	if err == nil {
 		for _, j := range listed {
@@ -335,12 +341,9 @@ func (b *bulkStatus) runWave(ctx context.Context, wave *confirmWave) {
 // answer nudges the run of a look with what the confirming list showed
 // (nil: the list did not answer; the tracker GETs).
 func (b *bulkStatus) answer(ctx context.Context, l confirmLook, job *jobs.Job) error {
-	r, _, err := b.o.ledger.get(ctx, l.run)
-	if err != nil {
+	r, err := b.trackedRun(ctx, l.run)
+	if err != nil || r == nil || r.Job == nil || r.Job.Name != l.job {
 		return err
-	}
-	if r.State.Terminal() || r.Sys.Carrier != carrierTracker || r.Job == nil || r.Job.Name != l.job {
-		return nil
 	}
 	err = b.o.publishTrackerChecked(ctx, r, job, l.seq)
 	if wrongLastSeq(err) {
@@ -358,15 +361,25 @@ func wrongLastSeq(err error) bool {
 }
 
 func (b *bulkStatus) nudge(ctx context.Context, id string) error {
-	r, _, err := b.o.ledger.get(ctx, id)
-	if err != nil {
+	r, err := b.trackedRun(ctx, id)
+	if err != nil || r == nil {
 		return err
-	}
-	if r.State.Terminal() || r.Sys.Carrier != carrierTracker {
-		return nil
 	}
 	// A failed nudge costs only time: the run's own poll still comes.
 	return b.o.publishTracker(ctx, r, true)
+}
+
+// trackedRun reads run id; nil when it is no longer the tracker's (it
+// ended, or went back to its intake message).
+func (b *bulkStatus) trackedRun(ctx context.Context, id string) (*record, error) {
+	r, _, err := b.o.ledger.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.State.Terminal() || r.Sys.Carrier != carrierTracker {
+		return nil, nil
+	}
+	return r, nil
 }
 
 func resultLabel(err error) string {

@@ -9,20 +9,21 @@ import (
 )
 
 // reconLists shares ARM job listings among the runs that reconcile in one
-// workspace (keyed by WorkspaceID: a run lists the workspace its own
-// record names, which a config change may have moved). After a crash or an outage many runs are unknown at once; each
-// listing the workspace for itself would spend one list (several pages)
-// per run every ReconcileGrace/5 out of the poll budget that tracking
-// needs. A run instead takes a listing that started after it needed one
-// (after its POST's outcome became unknown, or after its grace ended) and
-// reaches back to its own submission; if none is cached it joins the one
-// in flight when that one qualifies, else it lists, and others join it.
+// workspace. After a crash or an outage many runs are unknown at once;
+// each listing the workspace for itself would spend one list (several
+// pages) per run every ReconcileGrace/5 out of the poll budget that
+// tracking needs. A run instead takes a listing that started after it
+// needed one (after its POST's outcome became unknown, or after its grace
+// ended) and reaches back to its own submission; if none is cached it
+// joins the one in flight when that one qualifies, else it lists, and
+// others join it. Keys are WorkspaceIDs of the runs' own records (a config
+// change may have moved an endpoint name to another workspace).
 type reconLists struct {
-	mu  sync.Mutex
-	eps map[string]*reconEndpoint
+	mu sync.Mutex
+	ws map[string]*reconWS
 }
 
-type reconEndpoint struct {
+type reconWS struct {
 	inflight *listCall
 	last     *listCall // the last listing that succeeded
 }
@@ -46,12 +47,12 @@ func (c *listCall) covers(after, since time.Time) bool {
 	return c.err == nil && !c.started.Before(after) && !c.since.After(since)
 }
 
-// cached returns the last listing of endpoint that started at or after
+// cached returns the last listing of workspace key that started at or after
 // after and reaches back to since, without listing.
-func (l *reconLists) cached(endpoint string, after, since time.Time) ([]jobs.Job, bool) {
+func (l *reconLists) cached(key string, after, since time.Time) ([]jobs.Job, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if e := l.eps[endpoint]; e != nil && e.last != nil && e.last.covers(after, since) {
+	if e := l.ws[key]; e != nil && e.last != nil && e.last.covers(after, since) {
 		return e.last.jobs, true
 	}
 	return nil, false
@@ -62,26 +63,26 @@ func (l *reconLists) cached(endpoint string, after, since time.Time) ([]jobs.Job
 func (l *reconLists) busy(key string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e := l.eps[key]
+	e := l.ws[key]
 	return e != nil && e.inflight != nil
 }
 
-// list returns a listing of endpoint that started at or after after and
+// list returns a listing of workspace key that started at or after after and
 // reaches back to since: the cached one, one in flight, or a new one made
-// by fetch (at most one in flight per endpoint). now is the orchestrator's
+// by fetch (at most one in flight per key). now is the orchestrator's
 // clock. shared is false when this call fetched.
-func (l *reconLists) list(ctx context.Context, endpoint string, after, since time.Time, now func() time.Time,
+func (l *reconLists) list(ctx context.Context, key string, after, since time.Time, now func() time.Time,
 	fetch func(ctx context.Context, since time.Time) ([]jobs.Job, error),
 ) (_ []jobs.Job, shared bool, _ error) {
 	for {
 		l.mu.Lock()
-		if l.eps == nil {
-			l.eps = map[string]*reconEndpoint{}
+		if l.ws == nil {
+			l.ws = map[string]*reconWS{}
 		}
-		e := l.eps[endpoint]
+		e := l.ws[key]
 		if e == nil {
-			e = &reconEndpoint{}
-			l.eps[endpoint] = e
+			e = &reconWS{}
+			l.ws[key] = e
 		}
 		if e.last != nil && e.last.covers(after, since) {
 			l.mu.Unlock()

@@ -361,7 +361,8 @@ func (s *leaseFailStore) Update(ctx context.Context, key string, v []byte, rev u
 	return s.Store.Update(ctx, key, v, rev)
 }
 
-// A holder whose renewal fails stops sweeping once its lease has lapsed:
+// A holder whose renewal fails stops sweeping once less than half its
+// lease is left (here, it has lapsed):
 // another replica may have taken it, and two sweeps at once emit twice.
 func TestPollerStopsWhenTheLeaseLapsesUnrenewed(t *testing.T) {
 	e := newPollEnv(t)
