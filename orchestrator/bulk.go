@@ -82,13 +82,13 @@ func newBulkStatus(o *Orchestrator, interval time.Duration) *bulkStatus {
 }
 
 // track notes a tracked job of a workspace endpoint.
-func (b *bulkStatus) track(ep *jobs.Endpoint, r *record) {
-	if b.interval <= 0 || ep == nil || ep.Workspace == nil || r.Job == nil {
+func (b *bulkStatus) track(ep *jobs.Endpoint, run, job string, submitted time.Time) {
+	if b.interval <= 0 || ep == nil || ep.Workspace == nil || job == "" {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.workspace(ep).tracked[r.Job.Name] = bulkJob{run: r.ID, submitted: r.Job.SubmittedAt}
+	b.workspace(ep).tracked[job] = bulkJob{run: run, submitted: submitted}
 }
 
 // workspace returns ep's workspace state, made on first use. The caller

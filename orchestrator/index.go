@@ -139,6 +139,11 @@ type index struct {
 	// breakWatch: a test's send on it ends the current watch as a failure
 	// would (tests of resuming after one); nothing else sends.
 	breakWatch chan struct{}
+	// onChange, when set, is told of every ledger write the watch applies
+	// (run id and revision); onStop, when the watch stops (writes until it
+	// resumes go untold). Both run on the watch goroutine and must be quick.
+	onChange func(id string, rev uint64)
+	onStop   func()
 
 	subMu sync.Mutex
 	subs  map[chan RunChange]struct{}
@@ -252,6 +257,9 @@ func (x *index) run(ctx context.Context) error {
 	defer x.close()
 	for {
 		err := x.watch(ctx)
+		if x.onStop != nil {
+			x.onStop()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -522,6 +530,11 @@ func (x *index) apply(batch []change) error {
 	x.mu.Lock()
 	x.count, x.rev = counts, rev
 	x.mu.Unlock()
+	if x.onChange != nil {
+		for _, c := range batch {
+			x.onChange(c.id, c.rev)
+		}
+	}
 	if loaded {
 		for _, c := range batch {
 			x.publish(RunChange{ID: c.id, Run: c.run})

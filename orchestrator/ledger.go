@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -122,6 +123,8 @@ type ledger struct {
 	// leaderReads: the bucket is replicated, so reads go to the stream
 	// leader (see get).
 	leaderReads bool
+	// reads counts get calls (tests: what a look at a job costs).
+	reads atomic.Int64
 }
 
 // ttl is how long r stays after it finished.
@@ -157,6 +160,7 @@ func (l *ledger) get(ctx context.Context, id string) (*record, uint64, error) {
 	if !validRunID(id) {
 		return nil, 0, ErrRunNotFound
 	}
+	l.reads.Add(1)
 	val, rev, err := kvGet(ctx, l.js, l.kv, id, l.leaderReads)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {

@@ -77,6 +77,10 @@ func (o *Orchestrator) handleTrack(ctx, stop context.Context, m jetstream.Msg) (
 			d.redelivered = md.NumDelivered > 1
 			d.seq = md.Sequence.Stream
 		}
+	} else if v := o.views.get(id); v != nil {
+		if s, ok := o.lookByView(ctx, stop, v, &d); ok {
+			return s, nil
+		}
 	}
 	return o.drive(ctx, stop, &d)
 }
@@ -103,6 +107,8 @@ type delivery struct {
 	listed      *jobs.Job
 	redelivered bool
 	seq         uint64 // the nudge's tracker stream sequence
+	// look: what lookByView found, for the full step to record.
+	look *lookOutcome
 }
 
 // step is what a step function decides on: the run as read, the revision
@@ -620,7 +626,7 @@ func (o *Orchestrator) handOver(ctx context.Context, r *record, d *delivery) (se
 		return ack(), nil
 	}
 	if r.State == StateSubmitted || r.State == StateRunning {
-		return nakAfter(o.pollDelay(r, o.now())), nil
+		return nakAfter(o.pollDelay(o.views.view(r, 0), o.now())), nil
 	}
 	return settle{}, errRedrive // unknown: start reconciling now
 }
@@ -652,7 +658,8 @@ func (o *Orchestrator) publishTrackerChecked(ctx context.Context, r *record, job
 // newest tracker message has that stream sequence.
 func (o *Orchestrator) publishTrackerWith(ctx context.Context, r *record, nudge bool, last uint64, hdr ...string) error {
 	m := nats.NewMsg(trackSubject(r.ID))
-	m.Data = []byte(`{"run_id":"` + r.ID + `"}`)
+	// No body: the subject names the run, and every byte of a tracker
+	// message is kept in memory while its block is read for the looks.
 	id := fmt.Sprintf("%s.%d.%d.%d.%s", r.ID, r.Sys.Gen, r.Attempts, r.Sys.Resubmits, r.State)
 	if nudge {
 		m.Header.Set(hdrNudge, "1")
@@ -741,6 +748,7 @@ func (o *Orchestrator) finish(ctx context.Context, r *record, rev uint64, state 
 	if r.Job != nil {
 		o.bulk.forget(r.Sys.Endpoint, r.Job.Name)
 	}
+	o.views.drop(r.ID)
 	o.releaseSlot(ctx, r)
 	o.kindOf(r).answer(ctx, r, r.full, "", false)
 	return ack(), nil

@@ -35,6 +35,7 @@ type Orchestrator struct {
 	index     *index
 	wsEvents  *wsEvents
 	bulk      *bulkStatus
+	views     *pollViews
 	recon     reconLists // job listings shared by reconciling runs
 	met       *metrics
 	log       *slog.Logger
@@ -144,6 +145,8 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 		return 0
 	}
 	o.index.ttl = o.ledger.ttlOf
+	o.views = newPollViews()
+	o.index.onChange, o.index.onStop = o.views.changed, o.views.reset
 	for _, p := range o.pipelines {
 		if p.Endpoint.MaxRunningJobs > o.maxRunning[p.Endpoint.Name] {
 			o.maxRunning[p.Endpoint.Name] = p.Endpoint.MaxRunningJobs

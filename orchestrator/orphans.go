@@ -63,7 +63,7 @@ func (o *Orchestrator) scanOrphans(ctx context.Context) (int, error) {
 				if now.Sub(s.Updated) < o.opts.OrphanAge {
 					continue
 				}
-				ok, err := o.reviveOrphan(ctx, s.ID)
+				ok, err := o.reviveOrphan(ctx, s.ID, s.Pipeline)
 				if err != nil {
 					return revived, err
 				}
@@ -80,10 +80,18 @@ func (o *Orchestrator) scanOrphans(ctx context.Context) (int, error) {
 	return revived, nil
 }
 
-// reviveOrphan drives run id again if it is unfinished and no message
-// drives it. A second message for a run is harmless (every transition is
-// compare-and-set), so a race with a step that publishes one is safe.
-func (o *Orchestrator) reviveOrphan(ctx context.Context, id string) (bool, error) {
+// reviveOrphan drives run id (of pipeline) again if it is unfinished and
+// no message drives it. A second message for a run is harmless (every
+// transition is compare-and-set), so a race with a step that publishes one
+// is safe.
+//
+// The streams are asked first: almost every run has its message, and
+// reading a run loads the ledger's message block that holds it (a scan
+// that read every unfinished run kept the whole ledger in memory).
+func (o *Orchestrator) reviveOrphan(ctx context.Context, id, pipeline string) (bool, error) {
+	if driven, err := o.driven(ctx, id, pipeline); driven || err != nil {
+		return false, err
+	}
 	r, rev, err := o.ledger.get(ctx, id)
 	if errors.Is(err, ErrRunNotFound) {
 		return false, nil
@@ -91,20 +99,11 @@ func (o *Orchestrator) reviveOrphan(ctx context.Context, id string) (bool, error
 	if err != nil || r.State.Terminal() {
 		return false, err
 	}
-	for _, subj := range []string{intakeSubject(r.Pipeline, r.ID), trackSubject(r.ID)} {
-		st := o.h.intake
-		if subj == trackSubject(r.ID) {
-			st = o.h.track
-		}
-		_, err := st.GetLastMsgForSubject(ctx, subj)
-		if err == nil {
-			return false, nil // driven
-		}
-		if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return false, fmt.Errorf("orphan scan %s: %w", id, err)
-		}
+	// A step may have moved the run (and published its message) since:
+	// no message after this read, and no write since it, is an orphan.
+	if driven, err := o.driven(ctx, id, r.Pipeline); driven || err != nil {
+		return false, err
 	}
-	// A step may have moved the run (and published its message) since.
 	if _, rev2, err := o.ledger.get(ctx, id); err != nil || rev2 != rev {
 		return false, err
 	}
@@ -122,6 +121,24 @@ func (o *Orchestrator) reviveOrphan(ctx context.Context, id string) (bool, error
 	o.log.Warn("orphan run driven again: no intake or tracker message drove it", "run", r.ID, "pipeline", r.Pipeline,
 		"state", r.State, "carrier", r.Sys.Carrier)
 	return true, nil
+}
+
+// driven reports whether run id (of pipeline) has a message in the tracker
+// or the intake stream.
+func (o *Orchestrator) driven(ctx context.Context, id, pipeline string) (bool, error) {
+	for _, c := range []struct {
+		st   jetstream.Stream
+		subj string
+	}{{o.h.track, trackSubject(id)}, {o.h.intake, intakeSubject(pipeline, id)}} {
+		_, err := c.st.GetLastMsgForSubject(ctx, c.subj)
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, fmt.Errorf("orphan scan %s: %w", id, err)
+		}
+	}
+	return false, nil
 }
 
 // republishIntake publishes the run's event to the intake again, with a

@@ -61,3 +61,32 @@ func TestOrphanScanRevivesRunWithoutTrackerMessage(t *testing.T) {
 		t.Errorf("scan with every run finished = %d, %v; want 0", n, err)
 	}
 }
+
+// The scan asks the streams whether a message drives a run before it reads
+// the run: a read loads the ledger's message block that holds it, and a
+// scan over every tracked run every few minutes loaded the whole ledger
+// (issue 16).
+func TestOrphanScanReadsNoRunThatAMessageDrives(t *testing.T) {
+	t.Parallel()
+	sub := newFakeSub()
+	sub.final = jobs.StatusRunning // never ends
+	h := newHarness(t, []*Pipeline{testPipeline(t, "p", nil)}, sub, func(o *Options) {
+		o.OrphanAge, o.OrphanInterval = time.Nanosecond, time.Hour
+	})
+	const n = 10
+	for i := range n {
+		h.emit("p", "k"+itoa(i), "azureml://datastores/ds/paths/"+itoa(i)+".csv")
+	}
+	waitFor(t, 20*time.Second, "every run running", func() bool {
+		c, _ := h.o.index.counts()
+		return c[StateRunning] == n && h.o.views.len() == n
+	})
+	r0 := h.o.ledger.reads.Load()
+	revived, err := h.o.scanOrphans(t.Context())
+	if err != nil || revived != 0 {
+		t.Fatalf("scanOrphans = %d, %v; want 0, nil", revived, err)
+	}
+	if reads := h.o.ledger.reads.Load() - r0; reads > 0 {
+		t.Errorf("the scan read %d runs from the ledger, want none: every run has its tracker message", reads)
+	}
+}

@@ -44,10 +44,10 @@ const budgetHeadroom = 1.2
 // job's first look is never delivered. The count is of all tracked runs,
 // not those of one endpoint host, and the budget is one replica's: with
 // several hosts or replicas the floor is conservative.
-func (o *Orchestrator) pollDelay(r *record, now time.Time) time.Duration {
+func (o *Orchestrator) pollDelay(v *pollView, now time.Time) time.Duration {
 	age := time.Duration(0)
-	if r.Job != nil && !r.Job.SubmittedAt.IsZero() {
-		age = now.Sub(r.Job.SubmittedAt)
+	if !v.submitted.IsZero() {
+		age = now.Sub(v.submitted)
 	}
 	d := pollInterval(age, o.opts.PollMin, o.opts.PollMax)
 	if o.opts.PollBudget > 0 {
@@ -56,12 +56,12 @@ func (o *Orchestrator) pollDelay(r *record, now time.Time) time.Duration {
 	}
 	// While the workspace delivers job events, routine polls only catch
 	// what a lost event missed.
-	if ep := r.Sys.Endpoint; ep != nil && o.wsEvents.flowing(ep.Workspace, now) {
+	if ep := v.ep; ep != nil && o.wsEvents.flowing(ep.Workspace, now) {
 		d = max(d, o.opts.EventSafetyPoll)
 	}
 	d = backoff.Jitter(d, 0.1)
-	if !r.Sys.Deadline.IsZero() {
-		if until := r.Sys.Deadline.Sub(now) + 100*time.Millisecond; until < d {
+	if !v.deadline.IsZero() {
+		if until := v.deadline.Sub(now) + 100*time.Millisecond; until < d {
 			d = max(until, 0)
 		}
 	}
@@ -102,24 +102,28 @@ func (o *Orchestrator) pageBudget(host string) jobs.ListOption {
 	})
 }
 
-// stepPoll asks the endpoint for the job's status and records what changed.
-func (o *Orchestrator) stepPoll(st *step) (settle, error) {
-	ctx, stop, r, rev, d := st.ctx, st.stop, st.r, st.rev, st.d
-	now := o.now()
-	ep := r.Sys.Endpoint
-	if r.Job == nil || ep == nil {
-		o.log.Error("run has no job to track; an operator must resolve it", "run", r.ID, "state", r.State)
-		return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil
-	}
-	if !r.Sys.Deadline.IsZero() && !now.Before(r.Sys.Deadline) {
-		return o.timeout(ctx, r, rev)
-	}
-	o.bulk.track(ep, r)
+// lookOutcome is what one look at a job found, before anything is
+// recorded: the job (from a job list or a GET), or the GET's error.
+type lookOutcome struct {
+	job    *jobs.Job
+	name   string // the job looked at
+	listed bool
+	err    error
+	events bool // the workspace's job events are flowing
+}
+
+// look asks for v's job status: from a job list when one answers, else one
+// GET within the poll budget. done: it decided to look later instead (the
+// first look's wait, no budget left, a confirming list asked for), with
+// that settle. cancel: an operator's cancel is pending.
+func (o *Orchestrator) look(ctx, stop context.Context, v *pollView, cancel bool, d *delivery, now time.Time) (out lookOutcome, s settle, done bool) {
+	ep := v.ep
+	o.bulk.track(ep, v.id, v.job, v.submitted)
 	// The first look waits PollMin, or the safety interval while the
 	// workspace's events will announce the job's changes. A nudge (an
 	// event, an operator) looks now.
 	events := o.wsEvents.flowing(ep.Workspace, now)
-	if !d.nudge && r.Sys.Cancel == nil {
+	if !d.nudge && !cancel {
 		first := o.opts.PollMin
 		switch {
 		case events:
@@ -129,15 +133,15 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 			// run if the job ended first).
 			first = max(first, o.opts.JobListInterval+o.opts.JobListInterval/5)
 		}
-		if age := now.Sub(r.Job.SubmittedAt); age < first {
+		if age := now.Sub(v.submitted); age < first {
 			wait := first - age
-			if !r.Sys.Deadline.IsZero() {
-				wait = min(wait, r.Sys.Deadline.Sub(now)+100*time.Millisecond)
+			if !v.deadline.IsZero() {
+				wait = min(wait, v.deadline.Sub(now)+100*time.Millisecond)
 			}
-			return nakAfter(wait), nil
+			return out, nakAfter(wait), true
 		}
 	}
-	job, listed := o.bulk.status(ep, r.Job.Name, r.Job.SubmittedAt, now)
+	job, listed := o.bulk.status(ep, v.job, v.submitted, now)
 	// A nudge asks for news the last list may not have (an event, an
 	// operator's cancel): only an end the list shows answers it.
 	if listed && d.nudge && !job.Status.Normal().Terminal() {
@@ -149,33 +153,95 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	// after Options.confirmFallback (30 s) and GETs.
 	// Only the first delivery: the message comes back (naked) for the
 	// run's next look, which must ask the service again.
-	if l := d.listed; l != nil && !d.redelivered && l.Name == r.Job.Name && r.Sys.Cancel == nil {
+	if l := d.listed; l != nil && !d.redelivered && l.Name == v.job && !cancel {
 		job, listed = l, true
-	} else if d.event > 0 && !d.checked && !d.redelivered && r.Sys.Cancel == nil &&
-		o.bulk.request(ep, confirmLook{run: r.ID, job: r.Job.Name, submitted: r.Job.SubmittedAt, rank: d.event - 1, seq: d.seq}, now) {
+	} else if d.event > 0 && !d.checked && !d.redelivered && !cancel &&
+		o.bulk.request(ep, confirmLook{run: v.id, job: v.job, submitted: v.submitted, rank: d.event - 1, seq: d.seq}, now) {
 		wait := o.opts.confirmFallback
-		if !r.Sys.Deadline.IsZero() {
-			wait = min(wait, r.Sys.Deadline.Sub(now)+100*time.Millisecond)
+		if !v.deadline.IsZero() {
+			wait = min(wait, v.deadline.Sub(now)+100*time.Millisecond)
 		}
-		return nakAfter(wait), nil
+		return out, nakAfter(wait), true
 	}
 	var err error
 	if listed {
-		o.met.polls.WithLabelValues(r.Endpoint, "list").Inc()
+		o.met.polls.WithLabelValues(v.endpoint, "list").Inc()
 	} else {
 		if s, ok := o.takeBudget(stop, endpointHost(ep)); !ok {
-			return s, nil
+			return out, s, true
 		}
 		gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		job, err = o.sub.Get(gctx, *ep, r.Job.Name)
+		job, err = o.sub.Get(gctx, *ep, v.job)
 		cancel()
 	}
+	out = lookOutcome{name: v.job, listed: listed, events: events}
 	if err != nil {
+		o.met.polls.WithLabelValues(v.endpoint, "error").Inc()
+		out.err = err
+		return out, settle{}, false
+	}
+	if !listed {
+		o.met.polls.WithLabelValues(v.endpoint, "ok").Inc()
+	}
+	if events && !d.nudge && !cancel && job.Status.Terminal() {
+		o.wsEvents.missedEvent(ep.Workspace)
+	}
+	out.job = job
+	return out, settle{}, false
+}
+
+// statusFailure is what a run records of a failing status request.
+func statusFailure(err error) string { return "status request failed: " + err.Error() }
+
+// lookByView is a routine look (not a nudge) at a run the tracker holds a
+// view of: when the job is as the view has it, the run is neither read nor
+// written, and the message comes back after the next interval (handled).
+// Otherwise what the look found goes with the delivery to the full step,
+// which reads the run and records it (no second request).
+func (o *Orchestrator) lookByView(ctx, stop context.Context, v *pollView, d *delivery) (settle, bool) {
+	now := o.now()
+	if !v.deadline.IsZero() && !now.Before(v.deadline) {
+		return settle{}, false
+	}
+	out, s, done := o.look(ctx, stop, v, false, d, now)
+	switch {
+	case done:
+		return s, true
+	case out.err != nil && v.failing == statusFailure(out.err), out.err == nil && v.answers(o.views, out.job):
+		return nakAfter(o.pollDelay(v, now)), true
+	}
+	d.look = &out
+	return settle{}, false
+}
+
+// stepPoll looks at the job's status (or takes the look lookByView made)
+// and records what changed.
+func (o *Orchestrator) stepPoll(st *step) (settle, error) {
+	ctx, stop, r, rev, d := st.ctx, st.stop, st.r, st.rev, st.d
+	now := o.now()
+	if r.Job == nil || r.Sys.Endpoint == nil {
+		o.log.Error("run has no job to track; an operator must resolve it", "run", r.ID, "state", r.State)
+		return nakAfter(backoff.Jitter(o.opts.ParkInterval, 0.1)), nil
+	}
+	if !r.Sys.Deadline.IsZero() && !now.Before(r.Sys.Deadline) {
+		return o.timeout(ctx, r, rev)
+	}
+	v := o.views.view(r, rev)
+	out := d.look
+	d.look = nil // a redrive looks again
+	if out == nil || out.name != r.Job.Name || r.Sys.Cancel != nil {
+		o2, s, done := o.look(ctx, stop, v, r.Sys.Cancel != nil, d, now)
+		if done {
+			o.views.put(r, rev)
+			return s, nil
+		}
+		out = &o2
+	}
+	if out.err != nil {
 		// A failing GET is not a state change: note it and look again.
-		o.met.polls.WithLabelValues(r.Endpoint, "error").Inc()
-		msg := "status request failed: " + err.Error()
+		msg := statusFailure(out.err)
 		if r.Error != msg {
-			_, _, uerr := o.ledger.update(ctx, r.ID, func(x *record) error {
+			x, xrev, uerr := o.ledger.update(ctx, r.ID, func(x *record) error {
 				if x.Job == nil || x.Job.Name != r.Job.Name || x.Error == msg {
 					return errNoChange
 				}
@@ -185,14 +251,16 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 			if uerr != nil {
 				return settle{}, uerr
 			}
+			r, rev = x, xrev
 		}
-		return nakAfter(o.pollDelay(r, now)), nil
+		o.views.put(r, rev)
+		return nakAfter(o.pollDelay(o.views.view(r, rev), now)), nil
 	}
-	if !listed {
-		o.met.polls.WithLabelValues(r.Endpoint, "ok").Inc()
-	}
-	if events && !d.nudge && r.Sys.Cancel == nil && job.Status.Terminal() {
-		o.wsEvents.missedEvent(ep.Workspace)
+	job := out.job
+	if v.answers(o.views, job) {
+		// As read: nothing to write.
+		o.views.put(r, rev)
+		return nakAfter(o.pollDelay(v, now)), nil
 	}
 	r.Job.Status = job.Status
 	if job.StudioURL != "" {
@@ -212,7 +280,7 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 		return o.jobFailed(ctx, r, rev, job)
 	}
 	name := r.Job.Name
-	x, _, err := o.ledger.update(ctx, r.ID, func(x *record) error {
+	x, xrev, err := o.ledger.update(ctx, r.ID, func(x *record) error {
 		if x.Job == nil || x.Job.Name != name || (x.State != StateSubmitted && x.State != StateRunning) {
 			return errStale
 		}
@@ -246,7 +314,8 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	if x.State != r.State {
 		o.logRun(x)
 	}
-	return nakAfter(o.pollDelay(x, now)), nil
+	o.views.put(x, xrev)
+	return nakAfter(o.pollDelay(o.views.view(x, xrev), now)), nil
 }
 
 // jobFailed retries a failed job if the pipeline's retry policy allows

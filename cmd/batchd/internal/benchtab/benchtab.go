@@ -333,9 +333,24 @@ func LoadAverage() [3]float64 {
 // ProcessMemory reads a process's resident set (VmRSS) and its peak (VmHWM),
 // in MiB.
 func ProcessMemory(pid int) (rss, peak float64, err error) {
+	m, err := ProcessMemoryParts(pid)
+	return m.RSS, m.Peak, err
+}
+
+// Memory is a process's memory from /proc/<pid>/status, in MiB: resident
+// (VmRSS) and its anonymous (RssAnon: the Go heap, stacks) and file-backed
+// (RssFile: the binary, mapped files such as the run index) parts, and the
+// peak (VmHWM).
+type Memory struct {
+	RSS, Anon, File, Peak float64
+}
+
+// ProcessMemoryParts reads pid's Memory.
+func ProcessMemoryParts(pid int) (Memory, error) {
+	var m Memory
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		return 0, 0, fmt.Errorf("read process status: %w", err)
+		return m, fmt.Errorf("read process status: %w", err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
@@ -345,10 +360,14 @@ func ProcessMemory(pid int) (rss, peak float64, err error) {
 		kb, _ := strconv.ParseFloat(f[1], 64)
 		switch f[0] {
 		case "VmRSS:":
-			rss = kb / 1024
+			m.RSS = kb / 1024
+		case "RssAnon:":
+			m.Anon = kb / 1024
+		case "RssFile:":
+			m.File = kb / 1024
 		case "VmHWM:":
-			peak = kb / 1024
+			m.Peak = kb / 1024
 		}
 	}
-	return rss, peak, nil
+	return m, nil
 }
