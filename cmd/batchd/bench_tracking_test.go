@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,7 +52,7 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 	sizes := []int{benchScaled(10000), benchScaled(30000), benchScaled(100000)}
 	sample := benchScaled(2000)
 	settle := 20 * time.Second
-	window := 20 * time.Second
+	window := 30 * time.Second
 	dir := b.TempDir()
 	bin := procBuild(b, dir)
 	sim := jobstest.New(b, jobstest.Options{Outcome: func(j jobstest.JobView) jobstest.Lifecycle {
@@ -73,33 +74,9 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 
 	ctx, cancel := context.WithTimeout(b.Context(), 20*time.Minute)
 	defer cancel()
-	submit := func(keys []string) time.Duration {
-		start := time.Now()
-		var wg sync.WaitGroup
-		var failed atomic.Int64
-		sem := make(chan struct{}, 32)
-		for _, key := range keys {
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				if err := procEmit(ctx, p.url, key, procInputURI(key)); err != nil {
-					failed.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		if n := failed.Load(); n > 0 {
-			b.Fatalf("%d submissions were not accepted", n)
-		}
-		return time.Since(start)
-	}
-	tracked := func() int {
-		m := benchMetrics(p.url())
-		return int(m[`batchd_runs{state="submitted"}`] + m[`batchd_runs{state="running"}`])
-	}
-	statusRequests := func() int64 {
-		return sim.Count(jobstest.RouteGet) + sim.Count(jobstest.RouteARMGet) + sim.Count(jobstest.RouteARMList)
-	}
+	submit := func(keys []string) time.Duration { return benchSubmit(ctx, b, p, keys) }
+	tracked := func() int { return benchTracked(p) }
+	statusRequests := func() int64 { return benchStatusRequests(sim) }
 
 	var xs, rss, peaks, rates []float64
 	var parts string // of the last size's RSS
@@ -116,17 +93,43 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 			return sim.JobCount() >= n && tracked() >= n
 		})
 		time.Sleep(settle) // steady tracking: the submission burst is over
-		mem, err := benchtab.ProcessMemoryParts(p.cmd.Process.Pid)
-		if err != nil {
-			b.Fatal(err)
-		}
-		r, peak := mem.RSS, mem.Peak
+		// RSS swings with the garbage collector's cycle (the heap grows to
+		// twice what is live, then drops): the figure is the mean of a
+		// sample every second over the window, beside its range.
 		gm := benchMetrics(p.url())
-		parts = fmt.Sprintf("anonymous %.0f MiB + file-backed %.0f MiB (the binary and the run index's mapped pages); Go heap in use %.0f MiB, next GC at %.0f MiB",
-			mem.Anon, mem.File, gm["go_memstats_heap_inuse_bytes"]/(1<<20), gm["go_memstats_next_gc_bytes"]/(1<<20))
-		c0, t0 := statusRequests(), time.Now()
-		time.Sleep(window)
+		c0, t0, cpu0 := statusRequests(), time.Now(), gm["process_cpu_seconds_total"]
+		var mems []benchtab.Memory
+		var heap []float64
+		for time.Since(t0) < window {
+			mem, err := benchtab.ProcessMemoryParts(p.cmd.Process.Pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			mems = append(mems, mem)
+			heap = append(heap, benchMetrics(p.url())["go_memstats_heap_inuse_bytes"]/(1<<20))
+			time.Sleep(time.Second)
+		}
 		rate := float64(statusRequests()-c0) / time.Since(t0).Seconds()
+		cpu := (benchMetrics(p.url())["process_cpu_seconds_total"] - cpu0) / time.Since(t0).Seconds()
+		mean := func(f func(benchtab.Memory) float64) float64 {
+			s := 0.0
+			for _, m := range mems {
+				s += f(m)
+			}
+			return s / float64(len(mems))
+		}
+		r, peak := mean(func(m benchtab.Memory) float64 { return m.RSS }), mems[len(mems)-1].Peak
+		lo, hi := r, r
+		for _, m := range mems {
+			lo, hi = min(lo, m.RSS), max(hi, m.RSS)
+		}
+		hsum := 0.0
+		for _, h := range heap {
+			hsum += h
+		}
+		parts = fmt.Sprintf("mean of %d samples over %s, range %.0f–%.0f MiB: anonymous %.0f MiB + file-backed %.0f MiB (the binary and the run index's mapped pages); Go heap in use %.0f MiB; %.2f CPU cores while tracking",
+			len(mems), window, lo, hi, mean(func(m benchtab.Memory) float64 { return m.Anon }), mean(func(m benchtab.Memory) float64 { return m.File }),
+			hsum/float64(len(heap)), cpu)
 		b.Logf("%d jobs tracked: VmRSS %.1f MiB (peak %.1f; %s), %.0f status requests/s (budget %d)", n, r, peak, parts, rate, benchPollBudget)
 		xs, rss, peaks, rates = append(xs, float64(n)), append(rss, r), append(peaks, peak), append(rates, rate)
 	}
@@ -328,4 +331,102 @@ func benchMetrics(base string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// benchSubmit submits one event per key through p's API (32 at once) and
+// returns how long it took; any submission not accepted is fatal.
+func benchSubmit(ctx context.Context, b *testing.B, p *batchdProc, keys []string) time.Duration {
+	b.Helper()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	sem := make(chan struct{}, 32)
+	for _, key := range keys {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := procEmit(ctx, p.url, key, procInputURI(key)); err != nil {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d submissions were not accepted", n)
+	}
+	return time.Since(start)
+}
+
+// benchTracked is the number of runs p tracks (submitted or running).
+func benchTracked(p *batchdProc) int {
+	m := benchMetrics(p.url())
+	return int(m[`batchd_runs{state="submitted"}`] + m[`batchd_runs{state="running"}`])
+}
+
+// benchStatusRequests counts every request the simulator got for a job's
+// status: GETs (scoring and ARM) and ARM job list pages.
+func benchStatusRequests(sim *jobstest.Sim) int64 {
+	return sim.Count(jobstest.RouteGet) + sim.Count(jobstest.RouteARMGet) + sim.Count(jobstest.RouteARMList)
+}
+
+// benchBulkStatus is the bulk status row (issue 16 item 4): jobs that stay
+// running, tracked by `batchd serve` with job lists (the default interval)
+// and then by a second process job by job (BATCHD_JOB_LIST_INTERVAL=0),
+// each with the tracking row's poll bounds and budget; after a settle, the
+// status requests (GETs and list pages) over a window, per tracked job and
+// hour.
+func benchBulkStatus(b *testing.B, rep *benchtab.Report) {
+	n := benchScaled(20000)
+	settle, window := 30*time.Second, 2*time.Minute
+	dir := b.TempDir()
+	bin := procBuild(b, dir)
+	ctx, cancel := context.WithTimeout(b.Context(), 20*time.Minute)
+	defer cancel()
+	type result struct {
+		perJobHour, gets, pages float64
+		age                     time.Duration
+	}
+	measure := func(name, listInterval string) result {
+		sim := jobstest.New(b, jobstest.Options{Outcome: func(jobstest.JobView) jobstest.Lifecycle {
+			return jobstest.Stuck(jobs.StatusRunning)
+		}})
+		sd := filepath.Join(dir, name)
+		if err := os.MkdirAll(sd, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		env := procSimEnv(b, sim, sd)
+		env["BATCHD_POLL_MIN"] = benchPollMin.String()
+		env["BATCHD_POLL_MAX"] = benchPollMax.String()
+		env["BATCHD_POLL_BUDGET"] = strconv.Itoa(benchPollBudget)
+		env["BATCHD_JOB_LIST_INTERVAL"] = listInterval
+		env["BATCHD_LOG_LEVEL"] = "warn"
+		p := newProc(b, bin, env, name)
+		p.start()
+		defer p.stop(syscall.SIGTERM)
+		keys := make([]string, n)
+		for i := range keys {
+			keys[i] = name + "-" + strconv.Itoa(i)
+		}
+		start := time.Now()
+		benchSubmit(ctx, b, p, keys)
+		procWaitFor(b, 10*time.Minute, fmt.Sprintf("%d jobs tracked", n), func() bool { return benchTracked(p) >= n })
+		time.Sleep(settle) // steady: every job has had its first looks
+		g0, l0, t0 := sim.Count(jobstest.RouteGet)+sim.Count(jobstest.RouteARMGet), sim.Count(jobstest.RouteARMList), time.Now()
+		time.Sleep(window)
+		hours := time.Since(t0).Hours()
+		gets := float64(sim.Count(jobstest.RouteGet) + sim.Count(jobstest.RouteARMGet) - g0)
+		pages := float64(sim.Count(jobstest.RouteARMList) - l0)
+		r := result{perJobHour: (gets + pages) / float64(n) / hours, gets: gets / hours, pages: pages / hours,
+			age: time.Since(start) - window/2}
+		b.Logf("%s: %d tracked, %.0f GETs and %.0f list pages per hour, %.2f requests per tracked job-hour (jobs about %s old)",
+			name, n, r.gets, r.pages, r.perJobHour, r.age.Round(time.Second))
+		return r
+	}
+	lists := measure("lists", (30 * time.Second).String())
+	byJob := measure("job-by-job", "0")
+	rep.Add(benchtab.Figure{Group: "bulk status", Name: fmt.Sprintf("status requests per tracked job-hour, %d running jobs, job lists every 30 s", n),
+		Unit: "req", Batchd: lists.perJobHour, Reference: benchtab.Ref(byJob.perJobHour), RefName: "job by job (lists off)",
+		Note: fmt.Sprintf("with lists %.0f GETs + %.0f list pages per hour, job by job %.0f GETs; jobs about %s old (poll bounds %s…%s, budget %d/s)",
+			lists.gets, lists.pages, byJob.gets, lists.age.Round(time.Minute), benchPollMin, benchPollMax, benchPollBudget)})
+	b.ReportMetric(0, "ns/op")
 }
