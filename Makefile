@@ -58,7 +58,7 @@ demo: deps build
 
 ## bench: the benchmark suite (see docs/BENCHMARKS.md)
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m ./...
 
 ## soak: the chaos soak: every trigger, injected Azure faults, batchd killed
 ## about every 30 s, NATS restarted twice; fails unless lost=0 duplicate=0 and

@@ -140,10 +140,8 @@ type index struct {
 	// would (tests of resuming after one); nothing else sends.
 	breakWatch chan struct{}
 	// onChange, when set, is told of every ledger write the watch applies
-	// (run id and revision); onStop, when the watch stops (writes until it
-	// resumes go untold). Both run on the watch goroutine and must be quick.
+	// (run id and revision), on the watch goroutine: it must be quick.
 	onChange func(id string, rev uint64)
-	onStop   func()
 
 	subMu sync.Mutex
 	subs  map[chan RunChange]struct{}
@@ -257,9 +255,6 @@ func (x *index) run(ctx context.Context) error {
 	defer x.close()
 	for {
 		err := x.watch(ctx)
-		if x.onStop != nil {
-			x.onStop()
-		}
 		if ctx.Err() != nil {
 			return nil
 		}

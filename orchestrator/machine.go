@@ -77,9 +77,17 @@ func (o *Orchestrator) handleTrack(ctx, stop context.Context, m jetstream.Msg) (
 			d.redelivered = md.NumDelivered > 1
 			d.seq = md.Sequence.Stream
 		}
-	} else if v := o.views.get(id); v != nil {
-		if s, ok := o.lookByView(ctx, stop, v, &d); ok {
-			return s, nil
+	}
+	// A nudge stays the run's tracker message (one per run) and comes back
+	// for every later look: its first delivery did what it asked, so its
+	// redeliveries are routine looks too.
+	o.views.begin(id)
+	defer o.views.end(id)
+	if !d.nudge || d.redelivered {
+		if v := o.views.get(id); v != nil {
+			if s, ok := o.lookByView(ctx, stop, v, &d); ok {
+				return s, nil
+			}
 		}
 	}
 	return o.drive(ctx, stop, &d)
@@ -625,6 +633,7 @@ func (o *Orchestrator) handOver(ctx context.Context, r *record, d *delivery) (se
 		}
 		return ack(), nil
 	}
+	o.views.drop(r.ID) // the job may be another one (an adopted job)
 	if r.State == StateSubmitted || r.State == StateRunning {
 		return nakAfter(o.pollDelay(o.views.view(r, 0), o.now())), nil
 	}

@@ -146,7 +146,7 @@ func New(ctx context.Context, opts Options) (*Orchestrator, error) {
 	}
 	o.index.ttl = o.ledger.ttlOf
 	o.views = newPollViews()
-	o.index.onChange, o.index.onStop = o.views.changed, o.views.reset
+	o.index.onChange = o.views.changed
 	for _, p := range o.pipelines {
 		if p.Endpoint.MaxRunningJobs > o.maxRunning[p.Endpoint.Name] {
 			o.maxRunning[p.Endpoint.Name] = p.Endpoint.MaxRunningJobs

@@ -1,8 +1,8 @@
 package orchestrator
 
 import (
+	"encoding/json"
 	"hash/maphash"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,12 +20,14 @@ import (
 // A view is never written back and never decides a change: a look whose
 // answer differs from it in anything that matters (status, studio URL, an
 // error, a deadline passed) goes the full way, which reads the run and
-// writes with compare-and-set. So a view that is stale (another replica
-// moved the run) costs one full look, not a wrong decision. What a look
-// could miss with a stale view is a change that needs the tracker without
-// a change in the job: operator requests, which come with a nudge (a
-// nudge always goes the full way), and anything else the ledger watch
-// reports, which drops the view.
+// writes with compare-and-set. What a look could miss with a stale view is
+// a change of the run that needs the tracker without a change of the job
+// (an operator's resolve, a run another replica moved on). So views are
+// kept current by the ledger watch, which drops a view of a run written
+// since (late, by the watch's lag: a nudge's first delivery, which carries
+// operator requests, always goes the full way); and a step does not keep a
+// view of what it read when the watch reported a newer write meanwhile
+// (pollViews.busy).
 type pollView struct {
 	rev       uint64 // the ledger revision the view was taken at
 	id        string
@@ -45,19 +47,61 @@ type pollView struct {
 type pollViews struct {
 	mu    sync.Mutex
 	views map[string]*pollView
+	// busy holds the runs whose tracker message is being handled, with the
+	// newest revision the watch reported meanwhile: a step that read the
+	// run before that write must not keep a view of what it read.
+	busy map[string]*busyRun
 	// eps interns endpoint configurations, so that views share them.
 	eps  map[string]*jobs.Endpoint
 	seed maphash.Seed
 }
 
+type busyRun struct {
+	n    int    // deliveries in hand (more than one only after an AckWait ran out)
+	seen uint64 // the newest revision the watch reported since the first began
+}
+
 func newPollViews() *pollViews {
-	return &pollViews{views: map[string]*pollView{}, eps: map[string]*jobs.Endpoint{}, seed: maphash.MakeSeed()}
+	return &pollViews{views: map[string]*pollView{}, busy: map[string]*busyRun{}, eps: map[string]*jobs.Endpoint{}, seed: maphash.MakeSeed()}
+}
+
+// begin and end bracket the handling of a tracker message of run id.
+func (p *pollViews) begin(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.busy[id]
+	if b == nil {
+		b = &busyRun{}
+		p.busy[id] = b
+	}
+	b.n++
+}
+
+func (p *pollViews) end(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b := p.busy[id]; b != nil {
+		if b.n--; b.n <= 0 {
+			delete(p.busy, id)
+		}
+	}
 }
 
 func (p *pollViews) get(id string) *pollView {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.views[id]
+}
+
+// ids lists the runs with a view (tests).
+func (p *pollViews) ids() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, 0, len(p.views))
+	for id := range p.views {
+		out = append(out, id)
+	}
+	return out
 }
 
 func (p *pollViews) len() int {
@@ -80,6 +124,10 @@ func (p *pollViews) put(r *record, rev uint64) {
 	v := p.view(r, rev)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if b := p.busy[r.ID]; b != nil && b.seen > rev {
+		delete(p.views, r.ID) // written since it was read
+		return
+	}
 	v.ep = p.intern(r.Sys.Endpoint)
 	p.views[r.ID] = v
 }
@@ -96,15 +144,11 @@ func (p *pollViews) view(r *record, rev uint64) *pollView {
 
 // intern returns the shared copy of ep. The caller holds p.mu.
 func (p *pollViews) intern(ep *jobs.Endpoint) *jobs.Endpoint {
-	var b strings.Builder
-	for _, s := range []string{ep.Name, ep.ScoringURI, ep.Deployment} {
-		b.WriteString(s)
-		b.WriteByte(0)
+	k, err := json.Marshal(ep) // every field: a field added later is part of the key
+	if err != nil {
+		return ep
 	}
-	if w := ep.Workspace; w != nil {
-		b.WriteString(WorkspaceID(*w))
-	}
-	key := b.String()
+	key := string(k)
 	if e, ok := p.eps[key]; ok {
 		return e
 	}
@@ -129,21 +173,18 @@ func (p *pollViews) drop(id string) {
 }
 
 // changed is the ledger watch's report of a write (or delete) of run id at
-// rev: a view taken at another revision is dropped.
+// rev: a view taken before it is dropped. (A watch that stops resumes from
+// the revision after the last it applied, with history: no write goes
+// unreported, only late.)
 func (p *pollViews) changed(id string, rev uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if v, ok := p.views[id]; ok && v.rev != rev {
+	if v, ok := p.views[id]; ok && v.rev < rev {
 		delete(p.views, id)
 	}
-}
-
-// reset drops every view: the ledger watch stopped, and writes made until
-// it resumes would not be reported.
-func (p *pollViews) reset() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	clear(p.views)
+	if b := p.busy[id]; b != nil {
+		b.seen = max(b.seen, rev)
+	}
 }
 
 // answers reports whether job, as a look found it, is what the view

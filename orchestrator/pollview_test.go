@@ -43,9 +43,26 @@ func TestPollViews(t *testing.T) {
 			t.Errorf("%s: a run that is not simply polled keeps a view", name)
 		}
 	}
-	p.reset()
-	if p.len() != 0 {
-		t.Errorf("reset left %d views", p.len())
+	p.changed("b", 3) // a late report of an older write
+	if p.get("b") == nil {
+		t.Error("a report of a write older than the view dropped it")
+	}
+
+	// A step that read the run at 4 while the watch reported a write at 5
+	// keeps no view of what it read; one that read the newest does.
+	p.begin("e")
+	p.changed("e", 5)
+	p.put(run("e", StateRunning), 4)
+	if p.get("e") != nil {
+		t.Error("a view of a read older than a reported write was kept")
+	}
+	p.put(run("e", StateRunning), 5)
+	if p.get("e") == nil {
+		t.Error("a view of the newest write was refused")
+	}
+	p.end("e")
+	if len(p.busy) != 0 {
+		t.Errorf("busy runs left after end: %v", p.busy)
 	}
 
 	// answers: what a look may find without a write.

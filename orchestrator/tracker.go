@@ -105,11 +105,9 @@ func (o *Orchestrator) pageBudget(host string) jobs.ListOption {
 // lookOutcome is what one look at a job found, before anything is
 // recorded: the job (from a job list or a GET), or the GET's error.
 type lookOutcome struct {
-	job    *jobs.Job
-	name   string // the job looked at
-	listed bool
-	err    error
-	events bool // the workspace's job events are flowing
+	job  *jobs.Job
+	name string // the job looked at
+	err  error
 }
 
 // look asks for v's job status: from a job list when one answers, else one
@@ -174,7 +172,7 @@ func (o *Orchestrator) look(ctx, stop context.Context, v *pollView, cancel bool,
 		job, err = o.sub.Get(gctx, *ep, v.job)
 		cancel()
 	}
-	out = lookOutcome{name: v.job, listed: listed, events: events}
+	out = lookOutcome{name: v.job}
 	if err != nil {
 		o.met.polls.WithLabelValues(v.endpoint, "error").Inc()
 		out.err = err
@@ -207,6 +205,9 @@ func (o *Orchestrator) lookByView(ctx, stop context.Context, v *pollView, d *del
 	switch {
 	case done:
 		return s, true
+	case o.views.get(v.id) != v:
+		// The watch dropped the view while the look was out: the run was
+		// written since. The full step reads it.
 	case out.err != nil && v.failing == statusFailure(out.err), out.err == nil && v.answers(o.views, out.job):
 		return nakAfter(o.pollDelay(v, now)), true
 	}
@@ -321,6 +322,7 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 // jobFailed retries a failed job if the pipeline's retry policy allows
 // another attempt, and ends the run failed otherwise.
 func (o *Orchestrator) jobFailed(ctx context.Context, r *record, rev uint64, job *jobs.Job) (settle, error) {
+	o.views.drop(r.ID) // the run ends, or its next attempt has another job
 	now := o.now()
 	what := fmt.Sprintf("job %s failed", r.Job.Name)
 	if job.Error != "" {

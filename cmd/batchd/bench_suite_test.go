@@ -46,6 +46,7 @@ func BenchmarkBatchd(b *testing.B) {
 	b.Run("online", func(b *testing.B) { benchOnline(b, rep) })
 	b.Run("tracking", func(b *testing.B) { benchTracking(b, rep) })
 	b.Run("bulk-status", func(b *testing.B) { benchBulkStatus(b, rep) })
+	b.Run("starvation", func(b *testing.B) { benchStarvation(b, rep) })
 	b.Run("history", func(b *testing.B) { benchHistory(b, rep) })
 	b.Run("cluster", func(b *testing.B) { benchCluster(b, rep) })
 	rep.Finish()

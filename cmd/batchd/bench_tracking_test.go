@@ -430,3 +430,70 @@ func benchBulkStatus(b *testing.B, rep *benchtab.Report) {
 			lists.gets, lists.pages, byJob.gets, lists.age.Round(time.Minute), benchPollMin, benchPollMax, benchPollBudget)})
 	b.ReportMetric(0, "ns/op")
 }
+
+// benchStarvation is the no-starvation row (issue 16 item 5): 300,000 jobs
+// that stay running, tracked at once by `batchd serve` with the tracking
+// row's poll bounds and budget. When more jobs are tracked than the budget
+// can look at within BATCHD_POLL_MAX, every interval stretches to
+// tracked × 1.2 ÷ budget (360 s here); so every job must be looked at
+// within that, ±10 % jitter. After every job has had its first looks (one
+// stretched interval), the row counts each job's status reads over a window
+// of 1.25 intervals: a job with none was starved.
+func benchStarvation(b *testing.B, rep *benchtab.Report) {
+	n := benchScaled(300000)
+	dir := b.TempDir()
+	bin := procBuild(b, dir)
+	sim := jobstest.New(b, jobstest.Options{Outcome: func(jobstest.JobView) jobstest.Lifecycle {
+		return jobstest.Stuck(jobs.StatusRunning)
+	}})
+	env := procSimEnv(b, sim, dir)
+	env["BATCHD_POLL_MIN"] = benchPollMin.String()
+	env["BATCHD_POLL_MAX"] = benchPollMax.String()
+	env["BATCHD_POLL_BUDGET"] = strconv.Itoa(benchPollBudget)
+	env["BATCHD_LOG_LEVEL"] = "warn"
+	p := newProc(b, bin, env, "starvation")
+	p.start()
+	defer p.stop(syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(b.Context(), 60*time.Minute)
+	defer cancel()
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "s-" + strconv.Itoa(i)
+	}
+	benchSubmit(ctx, b, p, keys)
+	procWaitFor(b, 20*time.Minute, fmt.Sprintf("%d jobs tracked", n), func() bool { return sim.JobCount() >= n && benchTracked(p) >= n })
+	interval := max(benchPollMax, time.Duration(float64(n)*1.2/benchPollBudget*float64(time.Second)))
+	time.Sleep(interval) // every job has had its first looks
+	polls := func() map[string]int {
+		m := make(map[string]int, n)
+		for _, j := range sim.Jobs() {
+			m[j.Name] = j.Polls
+		}
+		return m
+	}
+	before, t0 := polls(), time.Now()
+	window := interval + interval/4
+	time.Sleep(window)
+	after := polls()
+	var looks []time.Duration // per job, as a Duration only to reuse benchPct
+	starved := 0
+	for name, c := range after {
+		d := c - before[name]
+		if d == 0 {
+			starved++
+		}
+		looks = append(looks, time.Duration(d)*time.Millisecond)
+	}
+	mem, err := benchtab.ProcessMemoryParts(p.cmd.Process.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("%d tracked, interval %s, window %s: %d jobs not looked at; looks per job min %.0f, p50 %.0f; RSS %.0f MiB",
+		len(after), interval, time.Since(t0).Round(time.Second), starved, benchPct(looks, 0), benchPct(looks, 0.5), mem.RSS)
+	rep.Add(benchtab.Figure{Group: "tracking", Name: fmt.Sprintf("jobs not looked at within 1.25 stretched intervals, %d tracked", len(after)),
+		Unit: "jobs", Batchd: float64(starved), Reference: benchtab.Ref(interval.Seconds()), RefName: "stretched interval (s)",
+		Target: "0", Met: benchtab.Met(starved == 0 && len(after) >= n),
+		Note: fmt.Sprintf("window %s; looks per job: min %.0f, median %.0f; RSS %.0f MiB; poll bounds %s…%s, budget %d/s",
+			window, benchPct(looks, 0), benchPct(looks, 0.5), mem.RSS, benchPollMin, benchPollMax, benchPollBudget)})
+	b.ReportMetric(0, "ns/op")
+}
