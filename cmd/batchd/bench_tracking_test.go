@@ -62,12 +62,9 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		return jobstest.Stuck(jobs.StatusRunning)
 	}})
 	env := procSimEnv(b, sim, dir)
-	env["BATCHD_POLL_MIN"] = benchPollMin.String()
-	env["BATCHD_POLL_MAX"] = benchPollMax.String()
-	env["BATCHD_POLL_BUDGET"] = strconv.Itoa(benchPollBudget)
+	benchTrackingEnv(env)
 	env["BATCHD_SUBMIT_TIMEOUT"] = "30s"
 	env["BATCHD_RECONCILE_GRACE"] = "1m"
-	env["BATCHD_LOG_LEVEL"] = "warn"
 	p := newProc(b, bin, env, "tracking")
 	p.start()
 	started := time.Now()
@@ -395,11 +392,8 @@ func benchBulkStatus(b *testing.B, rep *benchtab.Report) {
 			b.Fatal(err)
 		}
 		env := procSimEnv(b, sim, sd)
-		env["BATCHD_POLL_MIN"] = benchPollMin.String()
-		env["BATCHD_POLL_MAX"] = benchPollMax.String()
-		env["BATCHD_POLL_BUDGET"] = strconv.Itoa(benchPollBudget)
+		benchTrackingEnv(env)
 		env["BATCHD_JOB_LIST_INTERVAL"] = listInterval
-		env["BATCHD_LOG_LEVEL"] = "warn"
 		p := newProc(b, bin, env, name)
 		p.start()
 		defer p.stop(syscall.SIGTERM)
@@ -447,10 +441,7 @@ func benchStarvation(b *testing.B, rep *benchtab.Report) {
 		return jobstest.Stuck(jobs.StatusRunning)
 	}})
 	env := procSimEnv(b, sim, dir)
-	env["BATCHD_POLL_MIN"] = benchPollMin.String()
-	env["BATCHD_POLL_MAX"] = benchPollMax.String()
-	env["BATCHD_POLL_BUDGET"] = strconv.Itoa(benchPollBudget)
-	env["BATCHD_LOG_LEVEL"] = "warn"
+	benchTrackingEnv(env)
 	p := newProc(b, bin, env, "starvation")
 	p.start()
 	defer p.stop(syscall.SIGTERM)
@@ -496,4 +487,13 @@ func benchStarvation(b *testing.B, rep *benchtab.Report) {
 		Note: fmt.Sprintf("window %s; looks per job: min %.0f, median %.0f; RSS %.0f MiB; poll bounds %s…%s, budget %d/s",
 			window, benchPct(looks, 0), benchPct(looks, 0.5), mem.RSS, benchPollMin, benchPollMax, benchPollBudget)})
 	b.ReportMetric(0, "ns/op")
+}
+
+// benchTrackingEnv sets the tracking rows' poll bounds and budget (the
+// figures are reported against them) and a quiet log.
+func benchTrackingEnv(env map[string]string) {
+	env["BATCHD_POLL_MIN"] = benchPollMin.String()
+	env["BATCHD_POLL_MAX"] = benchPollMax.String()
+	env["BATCHD_POLL_BUDGET"] = strconv.Itoa(benchPollBudget)
+	env["BATCHD_LOG_LEVEL"] = "warn"
 }
