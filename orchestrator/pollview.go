@@ -114,22 +114,24 @@ func (p *pollViews) len() int {
 func (p *pollViews) studioHash(url string) uint64 { return maphash.String(p.seed, url) }
 
 // put keeps r at revision rev as its view, if r is a job being polled with
-// no operator request pending; else it drops any view of r.
-func (p *pollViews) put(r *record, rev uint64) {
+// no operator request pending; else it drops any view of r. It returns r's
+// view, kept or not (for the next look's delay).
+func (p *pollViews) put(r *record, rev uint64) *pollView {
+	v := p.view(r, rev)
 	if r.Job == nil || r.Sys.Endpoint == nil || r.Sys.Cancel != nil || r.Sys.Resolve != nil ||
 		r.Sys.Carrier != carrierTracker || (r.State != StateSubmitted && r.State != StateRunning) {
 		p.drop(r.ID)
-		return
+		return v
 	}
-	v := p.view(r, rev)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if b := p.busy[r.ID]; b != nil && b.seen > rev {
 		delete(p.views, r.ID) // written since it was read
-		return
+		return v
 	}
 	v.ep = p.intern(r.Sys.Endpoint)
 	p.views[r.ID] = v
+	return v
 }
 
 // view is r's view at rev (not kept; it shares r's endpoint).

@@ -254,8 +254,7 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 			}
 			r, rev = x, xrev
 		}
-		o.views.put(r, rev)
-		return nakAfter(o.pollDelay(o.views.view(r, rev), now)), nil
+		return nakAfter(o.pollDelay(o.views.put(r, rev), now)), nil
 	}
 	job := out.job
 	if v.answers(o.views, job) {
@@ -315,8 +314,7 @@ func (o *Orchestrator) stepPoll(st *step) (settle, error) {
 	if x.State != r.State {
 		o.logRun(x)
 	}
-	o.views.put(x, xrev)
-	return nakAfter(o.pollDelay(o.views.view(x, xrev), now)), nil
+	return nakAfter(o.pollDelay(o.views.put(x, xrev), now)), nil
 }
 
 // jobFailed retries a failed job if the pipeline's retry policy allows
