@@ -1038,8 +1038,11 @@ func (s *soak) audit() {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every run's API record and status page, not only the newest ones
+	// the front page happens to show when the soak ends.
 	for _, r := range runs {
 		add("/api/v1/runs/"+r.ID, get("/api/v1/runs/"+r.ID))
+		add("/runs/"+r.ID, get("/runs/"+r.ID))
 	}
 	nc, js := s.connect()
 	defer nc.Close()

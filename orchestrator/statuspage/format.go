@@ -46,8 +46,12 @@ func redactURI(s string) string {
 		}
 		return s
 	}
+	hidePass := false
 	if _, hasPass := u.User.Password(); hasPass {
-		u.User = url.UserPassword(u.User.Username(), "REDACTED")
+		// url.URL escapes brackets in a password, so a stand-in goes
+		// through String and the marker replaces it after.
+		u.User = url.UserPassword(u.User.Username(), passStandIn)
+		hidePass = true
 	}
 	if u.RawQuery != "" {
 		parts := strings.Split(u.RawQuery, "&")
@@ -58,13 +62,24 @@ func redactURI(s string) string {
 				name = k
 			}
 			if slices.Contains(secretParams, strings.ToLower(name)) {
-				parts[i] = k + "=REDACTED"
+				parts[i] = k + "=" + redacted
 			}
 		}
 		u.RawQuery = strings.Join(parts, "&")
 	}
-	return u.String()
+	out := u.String()
+	if hidePass {
+		out = strings.Replace(out, ":"+passStandIn+"@", ":"+redacted+"@", 1)
+	}
+	return out
 }
+
+// redacted is what the page shows for a hidden value: the ledger's own
+// marker (intake's scrub writes sig=[redacted]), so the page and the API
+// say the same, and a value already hidden is not hidden again.
+const redacted = "[redacted]"
+
+const passStandIn = "batchd-hidden-password"
 
 // secretHeader reports whether a message header's value should be hidden
 // (runs stored before intake scrubbed headers may still hold one).

@@ -38,9 +38,13 @@ func TestSafeURL(t *testing.T) {
 func TestRedactURI(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"https://a.blob.core.windows.net/c/x.csv", "https://a.blob.core.windows.net/c/x.csv"},
-		{"https://a.blob.core.windows.net/c/x.csv?sv=2024-01-01&se=2030&sig=abc%2Bdef", "https://a.blob.core.windows.net/c/x.csv?sv=2024-01-01&se=2030&sig=REDACTED"},
-		{"https://a.example/x?SIG=1&token=2&keep=3", "https://a.example/x?SIG=REDACTED&token=REDACTED&keep=3"},
-		{"https://user:pa55@a.example/x", "https://user:REDACTED@a.example/x"},
+		{"https://a.blob.core.windows.net/c/x.csv?sv=2024-01-01&se=2030&sig=abc%2Bdef", "https://a.blob.core.windows.net/c/x.csv?sv=2024-01-01&se=2030&sig=[redacted]"},
+		// What the ledger holds after intake's scrub shows as it is, so the
+		// page and the API say the same and no audit takes the marker for
+		// a signature.
+		{"https://a.blob.core.windows.net/c/x.csv?sv=2025-01-05&sig=[redacted]", "https://a.blob.core.windows.net/c/x.csv?sv=2025-01-05&sig=[redacted]"},
+		{"https://a.example/x?SIG=1&token=2&keep=3", "https://a.example/x?SIG=[redacted]&token=[redacted]&keep=3"},
+		{"https://user:pa55@a.example/x", "https://user:[redacted]@a.example/x"},
 		{"azureml://datastores/raw/paths/in/x.csv", "azureml://datastores/raw/paths/in/x.csv"},
 		{"https://a.example/%zz?sig=secret", "https://a.example/%zz?[query hidden]"},
 	}
@@ -98,7 +102,7 @@ func TestMainInput(t *testing.T) {
 			"z": {Type: jobs.TypeUriFile, URI: "https://a/z"}, "a": {Type: jobs.TypeLiteral, Value: "7"}, "m": {Type: jobs.TypeUriFolder, URI: "https://a/m/"},
 		}}}, "https://a/m/", 2},
 		{"only literals", orchestrator.Run{Request: &jobs.JobRequest{Inputs: map[string]jobs.Input{"n": {Type: jobs.TypeLiteral, Value: "7"}}}}, "n = 7", 0},
-		{"a blob event", orchestrator.Run{Event: orchestrator.Event{Blob: &orchestrator.BlobEvent{URL: "https://a/b?sig=x"}}}, "https://a/b?sig=REDACTED", 0},
+		{"a blob event", orchestrator.Run{Event: orchestrator.Event{Blob: &orchestrator.BlobEvent{URL: "https://a/b?sig=x"}}}, "https://a/b?sig=[redacted]", 0},
 		{"a cron slot", orchestrator.Run{Event: orchestrator.Event{Schedule: &orchestrator.ScheduleEvent{Time: at}}}, "slot 2030-01-02 03:00:00 UTC", 0},
 		{"a message", orchestrator.Run{Event: orchestrator.Event{Message: &orchestrator.MessageEvent{Subject: "jobs.in"}}}, "message on jobs.in", 0},
 		{"nothing", orchestrator.Run{}, "", 0},

@@ -306,7 +306,7 @@ func TestRunsRows(t *testing.T) {
 	}
 	want := map[string]map[string]string{
 		"done": {"Run": "done", "Pipeline": "score", "Trigger": "eventgrid",
-			"Input": "https://acct.blob.core.windows.net/in/a.csv?sv=2024&sig=REDACTED +1 more", "State": "completed",
+			"Input": "https://acct.blob.core.windows.net/in/a.csv?sv=2024&sig=[redacted] +1 more", "State": "completed",
 			"Job": "job-good (Azure ML studio, new tab)", "Age": "1h ago", "Duration": "1m 30s"},
 		"evil": {"Run": "evil", "Pipeline": "score", "Trigger": "eventgrid",
 			"Input": "https://acct.blob.core.windows.net/in/evil.csv", "State": "running",

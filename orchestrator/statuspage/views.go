@@ -542,7 +542,7 @@ func eventOf(ev orchestrator.Event) eventView {
 		for _, h := range slices.Sorted(maps.Keys(m.Headers)) {
 			val := m.Headers[h]
 			if secretHeader(h) {
-				val = "REDACTED"
+				val = redacted
 			}
 			v.Message = append(v.Message, labelled{"Header " + h, val})
 		}
