@@ -45,6 +45,7 @@ func BenchmarkBatchd(b *testing.B) {
 	b.Run("pushed-completion", func(b *testing.B) { benchJobEvents(b, rep) })
 	b.Run("online", func(b *testing.B) { benchOnline(b, rep) })
 	b.Run("tracking", func(b *testing.B) { benchTracking(b, rep) })
+	b.Run("tracking-events", func(b *testing.B) { benchEventsAtScale(b, rep) })
 	b.Run("bulk-status", func(b *testing.B) { benchBulkStatus(b, rep) })
 	b.Run("starvation", func(b *testing.B) { benchStarvation(b, rep) })
 	b.Run("history", func(b *testing.B) { benchHistory(b, rep) })

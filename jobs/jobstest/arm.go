@@ -44,6 +44,7 @@ func (s *Sim) handleARMGet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "UserError", fmt.Sprintf("Job '%s' was not found.", name))
 		return
 	}
+	j.gets++
 	resp := s.armJob(j, j.status(time.Now(), true))
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, resp)

@@ -106,7 +106,8 @@ type JobView struct {
 	CreatedBy      string // oid of the token that created it
 	CreatedAt      time.Time
 	Status         jobs.Status
-	Polls          int    // status reads so far
+	Polls          int    // status reads so far (GETs and list pages that showed it)
+	Gets           int    // GET requests for it (data plane and ARM)
 	Body           []byte // the POST body, with Options.RecordBodies
 }
 
@@ -118,7 +119,7 @@ type job struct {
 	body                                                          []byte
 	created                                                       time.Time
 	lc                                                            *Lifecycle
-	step, seen, polls                                             int32
+	step, seen, polls, gets                                       int32
 	cancel                                                        uint8
 	// ended is when a status read first found the job finished (Unix ns;
 	// 0: not yet).
@@ -133,7 +134,7 @@ type namedIO struct {
 func (j *job) view(status jobs.Status) JobView {
 	v := JobView{
 		Seq: j.seq, Name: j.name, Endpoint: j.endpoint, Deployment: j.deployment, RequestID: j.requestID, Repeatability: j.repeat,
-		ExperimentName: j.experiment, CreatedBy: j.by, CreatedAt: j.created, Status: status, Polls: int(j.polls),
+		ExperimentName: j.experiment, CreatedBy: j.by, CreatedAt: j.created, Status: status, Polls: int(j.polls), Gets: int(j.gets),
 		Inputs: map[string]IO{}, Body: j.body,
 	}
 	for _, in := range j.inputs {
@@ -385,6 +386,7 @@ func (s *Sim) handleGet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "UserError", fmt.Sprintf("Job '%s' not found in endpoint '%s'.", name, epName))
 		return
 	}
+	j.gets++
 	resp := s.dataPlaneJob(j, j.status(time.Now(), true))
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, resp)

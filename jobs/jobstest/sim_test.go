@@ -562,3 +562,20 @@ func TestPeakRunning(t *testing.T) {
 		t.Errorf("PeakRunning(other) = %d, want 0", got)
 	}
 }
+
+// Gets counts GET requests for a job (data plane and ARM); Polls also
+// counts the list pages that showed it.
+func TestJobGetsAndPolls(t *testing.T) {
+	sim := jobstest.New(t, jobstest.Options{Lifecycle: jobstest.Stuck(jobs.StatusRunning)})
+	tok := sim.Token(jobstest.AudienceML, sim.Tenant(), "app", time.Hour)
+	mgmt := sim.Token(jobstest.AudienceARM, sim.Tenant(), "app", time.Hour)
+	a := call(t, sim, "POST", sim.ScoringURI("ep"), tok, body, nil)
+	name, _ := a.body["name"].(string)
+	call(t, sim, "GET", sim.ScoringURI("ep")+"/"+name, tok, "", nil)
+	call(t, sim, "GET", armURL(sim, "/"+name+"?api-version=2024-04-01"), mgmt, "", nil)
+	call(t, sim, "GET", armURL(sim, "?api-version=2024-04-01"), mgmt, "", nil)
+	v, _ := sim.Job(name)
+	if v.Gets != 2 || v.Polls != 3 {
+		t.Errorf("Gets %d, Polls %d; want 2 GETs and 3 reads (the list's too)", v.Gets, v.Polls)
+	}
+}
