@@ -162,9 +162,11 @@ func benchEventsScaleRound(b *testing.B, n, sample int, events bool) benchEvents
 	env := procSimEnv(b, sim, dir)
 	benchTrackingEnv(env)
 	env["BATCHD_WEBHOOK_SECRET"] = eventsSecret
-	if !events {
-		env["BATCHD_JOB_LIST_INTERVAL"] = "0" // the reference polls job by job
-	} // with events, the default: lists confirm the events' looks (bulk lists pause while events flow)
+	if events {
+		// The default: lists confirm the events' looks (bulk lists pause
+		// while events flow). The reference polls job by job only.
+		delete(env, "BATCHD_JOB_LIST_INTERVAL")
+	}
 	p := newProc(b, procBuild(b, dir), env, name)
 	p.start()
 	defer p.stop(syscall.SIGTERM)

@@ -25,8 +25,9 @@ import (
 
 // benchHistory is a year of history: 1,000,000 finished runs in the state
 // directory, written into the ledger directly in its real format (the Run
-// JSON, one key per run id, with the Retention TTL a finished run gets),
-// spread over four pipelines and three end states. Then:
+// JSON, one key per run id, with the Retention TTL a finished run gets; and
+// the run's claim on its job in batchd_jobs, which lasts as long), spread
+// over four pipelines and three end states. Then:
 //
 //   - the first start after them (the index file does not exist yet, as
 //     after an upgrade: a rebuild from the ledger) → /readyz 200;
@@ -117,7 +118,8 @@ func benchHistory(b *testing.B, rep *benchtab.Report) {
 const benchLedgerDedupe = 2 * time.Minute
 
 // benchSeedLedger writes n finished runs into the ledger of the embedded
-// NATS store at storeDir, as batchd writes them.
+// NATS store at storeDir, as batchd writes them, each with its claim on its
+// job.
 func benchSeedLedger(b *testing.B, storeDir string, n int) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(b.Context(), 30*time.Minute)
@@ -147,6 +149,8 @@ func benchSeedLedger(b *testing.B, storeDir string, n int) {
 		idb := make([]byte, 16)
 		_, _ = rand.Read(idb)
 		id := hex.EncodeToString(idb)
+		// A job name as Azure ML gives it (batchjob-<uuid>).
+		job := "batchjob-" + id[:8] + "-" + id[8:12] + "-" + id[12:16] + "-" + id[16:20] + "-" + id[20:]
 		created := start.Add(time.Duration(i) * step)
 		pipeline := "hist-" + strconv.Itoa(i%4)
 		st := states[(i/4)%len(states)]
@@ -156,12 +160,12 @@ func benchSeedLedger(b *testing.B, storeDir string, n int) {
 			Event: orchestrator.Event{Pipeline: pipeline, Key: uri + "#0x8D4BCC2E4835CD0", Source: orchestrator.SourceEventGrid,
 				Fields: map[string]string{"uri": uri}},
 			Endpoint: "sim", Attempts: 1,
-			Job: &orchestrator.JobRef{Name: "batchjob-" + id[:12], Status: jobs.Status(st), SubmittedAt: created.Add(time.Second),
+			Job: &orchestrator.JobRef{Name: job, Status: jobs.Status(st), SubmittedAt: created.Add(time.Second),
 				FinishedAt: created.Add(10 * time.Minute)},
 			History: []orchestrator.Transition{
 				{State: orchestrator.StateReceived, At: created},
 				{State: orchestrator.StateSubmitting, At: created.Add(500 * time.Millisecond)},
-				{State: orchestrator.StateSubmitted, At: created.Add(time.Second), Reason: "job batchjob-" + id[:12]},
+				{State: orchestrator.StateSubmitted, At: created.Add(time.Second), Reason: "job " + job},
 				{State: st, At: created.Add(10 * time.Minute), Reason: "job ended " + string(st)},
 			},
 			Created: created, Updated: created.Add(10 * time.Minute),
@@ -176,7 +180,16 @@ func benchSeedLedger(b *testing.B, storeDir string, n int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if batch = append(batch, f); len(batch) == 2000 {
+		// The run's claim on its job (batchd_jobs: job name -> run id),
+		// which every submission writes and the bucket keeps for the
+		// retention period, as long as the run's record.
+		claim := nats.NewMsg("$KV." + orchestrator.BucketJobs + ".j." + job)
+		claim.Data = []byte(id)
+		fc, err := br.JS.PublishMsgAsync(claim)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if batch = append(batch, f, fc); len(batch) >= 2000 {
 			wait()
 		}
 	}
@@ -187,5 +200,12 @@ func benchSeedLedger(b *testing.B, storeDir string, n int) {
 	}
 	if got := st.CachedInfo().State.Msgs; got < uint64(n) { //nolint:gosec // n > 0
 		b.Fatalf("the ledger holds %d runs after seeding %d", got, n)
+	}
+	cl, err := br.JS.Stream(ctx, "KV_"+orchestrator.BucketJobs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if got := cl.CachedInfo().State.Msgs; got < uint64(n) { //nolint:gosec // n > 0
+		b.Fatalf("the job claims bucket holds %d claims after seeding %d", got, n)
 	}
 }
