@@ -336,7 +336,8 @@ func (c *Client) Cancel(ctx context.Context, ep Endpoint, name string) error {
 // of jobs with equal times, proves no order and does not stop the paging.
 //
 // A BeforePage option is called before every page after the first (a
-// caller's request budget); its error ends the listing with that error.
+// caller's request budget); its error ends the listing with that error. A
+// Keep option filters the jobs and may end the listing early.
 func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time, opts ...ListOption) ([]Job, error) {
 	var lo listOptions
 	for _, o := range opts {
@@ -383,7 +384,9 @@ func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time, opts ..
 			}
 			if j.CreatedAt.IsZero() {
 				descending, allOlder = false, false
-				out = append(out, *j)
+				if stop := lo.take(&out, j); stop {
+					return out, nil
+				}
 				continue
 			}
 			switch {
@@ -398,7 +401,9 @@ func (c *Client) List(ctx context.Context, ep Endpoint, since time.Time, opts ..
 				continue
 			}
 			allOlder = false
-			out = append(out, *j)
+			if stop := lo.take(&out, j); stop {
+				return out, nil
+			}
 		}
 		if descending && decreased && allOlder {
 			break
@@ -418,6 +423,30 @@ type ListOption func(*listOptions)
 
 type listOptions struct {
 	beforePage func(ctx context.Context) error
+	keep       func(Job) (keep, more bool)
+}
+
+// take adds j to out unless a Keep option drops it, and reports whether
+// the Keep option wants no more.
+func (o *listOptions) take(out *[]Job, j *Job) (stop bool) {
+	if o.keep == nil {
+		*out = append(*out, *j)
+		return false
+	}
+	keep, more := o.keep(*j)
+	if keep {
+		*out = append(*out, *j)
+	}
+	return !more
+}
+
+// Keep makes List pass every job it would return to f, in the service's
+// order (newest first): List returns only the jobs f keeps, and stops
+// paging as soon as f answers more = false, with the jobs kept so far and
+// no error. A caller that wants a few known jobs holds only those, and
+// reads only the pages down to the last of them.
+func Keep(f func(j Job) (keep, more bool)) ListOption {
+	return func(o *listOptions) { o.keep = f }
 }
 
 // BeforePage makes List call f before it requests each page after the

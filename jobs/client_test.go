@@ -430,6 +430,45 @@ func TestList(t *testing.T) {
 	}
 }
 
+// A Keep option holds only the jobs it keeps and ends the listing once it
+// wants no more: two jobs on the second page of three cost two pages.
+func TestListKeep(t *testing.T) {
+	h := newHarness(t, jobstest.Options{ListPageSize: 10})
+	ep := h.sim.WorkspaceEndpoint("ep")
+	var names []string
+	for i := range 25 {
+		req := jobs.JobRequest{Inputs: map[string]jobs.Input{"d": {Type: jobs.TypeUriFile, URI: "https://a.blob.core.windows.net/c/" + string(rune('a'+i)) + ".csv"}}}
+		j, err := h.submit(ep, req)
+		if err != nil {
+			t.Fatalf("Submit: %v", err)
+		}
+		names = append(names, j.Name)
+	}
+	want := map[string]bool{names[12]: true, names[10]: true} // newest first: page 2 of 3
+	seen := 0
+	got, err := h.c.List(context.Background(), ep, time.Time{}, jobs.Keep(func(j jobs.Job) (bool, bool) {
+		seen++
+		if !want[j.Name] {
+			return false, true
+		}
+		delete(want, j.Name)
+		return true, len(want) > 0
+	}))
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	var gotNames []string
+	for _, j := range got {
+		gotNames = append(gotNames, j.Name)
+	}
+	if diff := cmp.Diff([]string{names[12], names[10]}, gotNames); diff != "" {
+		t.Errorf("kept (-want +got):\n%s", diff)
+	}
+	if pages := h.sim.Count(jobstest.RouteARMList); pages != 2 || seen != 15 {
+		t.Errorf("read %d pages and %d jobs, want 2 pages and 15 jobs (stop at the last kept one)", pages, seen)
+	}
+}
+
 // When the service lists oldest first, no page can prove the rest older:
 // every page is read and filtered.
 func TestListUnsorted(t *testing.T) {

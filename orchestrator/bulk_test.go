@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/jobstest"
 )
@@ -99,4 +101,40 @@ func TestBulkStatusDoesNotAnswerANudgeWithOlderNews(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.waitState(id, StateCompleted, 10*time.Second)
+}
+
+// A confirming list keeps only its wave's jobs, each once, and stops when
+// every look is found, or when it has read confirmExtraJobs more jobs than
+// the wave has looks (the rest of its looks get GETs).
+func TestConfirmWaveKeeper(t *testing.T) {
+	t.Parallel()
+	wave := &confirmWave{looks: map[string]confirmLook{"a": {}, "b": {}}}
+	keep := wave.keeper()
+	type answer struct{ keep, more bool }
+	var got []answer
+	for _, name := range []string{"x", "a", "y", "a", "b"} { // "a" twice: the list shifted
+		k, m := keep(jobs.Job{Name: name})
+		got = append(got, answer{k, m})
+	}
+	want := []answer{{false, true}, {true, true}, {false, true}, {false, true}, {true, false}}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(answer{})); diff != "" {
+		t.Errorf("keeper (-want +got):\n%s", diff)
+	}
+
+	// "b" is never listed: the list stops after len(looks)+confirmExtraJobs jobs.
+	keep = wave.keeper()
+	read := 0
+	for more := true; more; read++ {
+		name := "other-" + itoa(read)
+		if read == 3 {
+			name = "a"
+		}
+		_, more = keep(jobs.Job{Name: name})
+		if read > 10*confirmExtraJobs {
+			t.Fatal("the list never stops")
+		}
+	}
+	if read != len(wave.looks)+confirmExtraJobs {
+		t.Errorf("read %d jobs, want %d", read, len(wave.looks)+confirmExtraJobs)
+	}
 }
