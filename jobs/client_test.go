@@ -376,22 +376,31 @@ func TestWorkspaceRequired(t *testing.T) {
 	}
 }
 
-func TestList(t *testing.T) {
+// listHarness submits 25 jobs (a.csv … y.csv) to a simulator that lists
+// 10 per page, and returns them in creation order.
+func listHarness(t *testing.T) (*harness, jobs.Endpoint, []*jobs.Job) {
+	t.Helper()
 	h := newHarness(t, jobstest.Options{ListPageSize: 10})
 	ep := h.sim.WorkspaceEndpoint("ep")
-	var names []string
-	var cut time.Time
+	var out []*jobs.Job
 	for i := range 25 {
 		req := jobs.JobRequest{Inputs: map[string]jobs.Input{"d": {Type: jobs.TypeUriFile, URI: "https://a.blob.core.windows.net/c/" + string(rune('a'+i)) + ".csv"}}}
 		j, err := h.submit(ep, req)
 		if err != nil {
 			t.Fatalf("Submit: %v", err)
 		}
-		names = append(names, j.Name)
-		if i == 19 {
-			cut = j.CreatedAt
-		}
+		out = append(out, j)
 	}
+	return h, ep, out
+}
+
+func TestList(t *testing.T) {
+	h, ep, listed := listHarness(t)
+	names := make([]string, len(listed))
+	for i, j := range listed {
+		names[i] = j.Name
+	}
+	cut := listed[19].CreatedAt
 
 	// A budgeting caller is asked before every page after the first.
 	asked := 0
@@ -433,16 +442,10 @@ func TestList(t *testing.T) {
 // A Keep option holds only the jobs it keeps and ends the listing once it
 // wants no more: two jobs on the second page of three cost two pages.
 func TestListKeep(t *testing.T) {
-	h := newHarness(t, jobstest.Options{ListPageSize: 10})
-	ep := h.sim.WorkspaceEndpoint("ep")
-	var names []string
-	for i := range 25 {
-		req := jobs.JobRequest{Inputs: map[string]jobs.Input{"d": {Type: jobs.TypeUriFile, URI: "https://a.blob.core.windows.net/c/" + string(rune('a'+i)) + ".csv"}}}
-		j, err := h.submit(ep, req)
-		if err != nil {
-			t.Fatalf("Submit: %v", err)
-		}
-		names = append(names, j.Name)
+	h, ep, listed := listHarness(t)
+	names := make([]string, len(listed))
+	for i, j := range listed {
+		names[i] = j.Name
 	}
 	want := map[string]bool{names[12]: true, names[10]: true} // newest first: page 2 of 3
 	seen := 0
