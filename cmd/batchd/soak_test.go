@@ -666,7 +666,7 @@ func (s *soak) check() {
 		}
 	}
 	if operated > 0 {
-		runs = s.settle(2 * time.Minute)
+		runs = s.settle(4 * time.Minute)
 	}
 
 	byKey := map[string]map[string]orchestrator.RunSummary{}
@@ -843,10 +843,38 @@ func (s *soak) allHaveRuns(runs []orchestrator.RunSummary) bool {
 // finished or waits for an operator, or until d has passed.
 func (s *soak) settle(d time.Duration) []orchestrator.RunSummary {
 	var runs []orchestrator.RunSummary
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+	// A run unfinished at every look since it was first seen so: the
+	// cron keeps firing, so a timed-out settle names the runs that held
+	// it (more than 30 s), not just the newest tick.
+	since := map[string]time.Time{}
+	for deadline := time.Now().Add(d); ; time.Sleep(250 * time.Millisecond) {
 		var err error
 		if runs, err = procListAll(s.p.url()); err == nil && settled(runs) && s.allHaveRuns(runs) {
+			return runs
+		}
+		now := time.Now()
+		open := map[string]bool{}
+		for _, r := range runs {
+			if !r.State.Terminal() {
+				open[r.ID] = true
+				if _, ok := since[r.ID]; !ok {
+					since[r.ID] = now
+				}
+			}
+		}
+		for id := range since {
+			if !open[id] {
+				delete(since, id)
+			}
+		}
+		if now.After(deadline) {
 			break
+		}
+	}
+	for _, r := range runs {
+		if at, ok := since[r.ID]; ok && time.Since(at) > 30*time.Second {
+			s.t.Logf("settle timed out: run %s (%s %s) unfinished for %s: %s (%s)", r.ID, r.Pipeline, r.Key,
+				time.Since(at).Round(time.Second), r.State, r.Reason)
 		}
 	}
 	return runs
