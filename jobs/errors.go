@@ -254,8 +254,8 @@ var secretParam = regexp.MustCompile(`(?i)(\b|\\u0026|\\u003f|%26|%3f)(sig|accou
 
 func redact(s string) string {
 	s = jwtLike.ReplaceAllString(s, "[redacted token]")
-	s = bearerLike.ReplaceAllString(s, "Bearer [redacted]")
-	return secretParam.ReplaceAllString(s, "$1$2$3[redacted]")
+	s = bearerLike.ReplaceAllString(s, "Bearer "+Redacted)
+	return secretParam.ReplaceAllString(s, "$1$2$3"+Redacted)
 }
 
 // oneLine keeps the first line of s, at most n bytes of it, redacted.

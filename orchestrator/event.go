@@ -102,7 +102,7 @@ func scrub(ev *Event) {
 		for k, v := range m.Headers {
 			s := jobs.Redact(v)
 			if SecretHeader(k) {
-				s = "[redacted]"
+				s = jobs.Redacted
 			}
 			if s != v {
 				if h == nil {

@@ -456,13 +456,13 @@ func (s *scoring) scrub(text string) string {
 	if s.cred != nil {
 		for _, v := range []string{s.cred.value, s.cred.keys.Primary, s.cred.keys.Secondary} {
 			if len(v) >= 8 {
-				text = strings.ReplaceAll(text, v, "[redacted]")
+				text = strings.ReplaceAll(text, v, jobs.Redacted)
 			}
 		}
 	}
 	for k := range s.tried {
 		if len(k) >= 8 {
-			text = strings.ReplaceAll(text, k, "[redacted]")
+			text = strings.ReplaceAll(text, k, jobs.Redacted)
 		}
 	}
 	return jobs.OneLine(text, 500)
@@ -478,7 +478,7 @@ func (s *scoring) scrubBody(b []byte) []byte {
 	}
 	for _, v := range []string{s.cred.value, s.cred.keys.Primary, s.cred.keys.Secondary} {
 		if len(v) >= 8 && bytes.Contains(b, []byte(v)) {
-			b = bytes.ReplaceAll(b, []byte(v), []byte("[redacted]"))
+			b = bytes.ReplaceAll(b, []byte(v), []byte(jobs.Redacted))
 		}
 	}
 	return b

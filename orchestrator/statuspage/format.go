@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/orchestrator"
 )
 
@@ -74,10 +75,10 @@ func redactURI(s string) string {
 	return out
 }
 
-// redacted is what the page shows for a hidden value: the ledger's own
-// marker (intake's scrub writes sig=[redacted]), so the page and the API
+// redacted is what the page shows for a hidden value: the marker intake's
+// scrub writes into the ledger (sig=[redacted]), so the page and the API
 // say the same, and a value already hidden is not hidden again.
-const redacted = "[redacted]"
+const redacted = jobs.Redacted
 
 const passStandIn = "batchd-hidden-password"
 
