@@ -6,13 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/batchd/batchd/cmd/batchd/internal/benchtab"
-	"github.com/batchd/batchd/jobs"
 	"github.com/batchd/batchd/jobs/jobstest"
 	"github.com/batchd/batchd/orchestrator"
 )
@@ -149,12 +147,7 @@ func benchEventsScaleRound(b *testing.B, n, sample int, events bool) benchEvents
 	if events {
 		name = "events"
 	}
-	sim := jobstest.New(b, jobstest.Options{Outcome: func(j jobstest.JobView) jobstest.Lifecycle {
-		if strings.Contains(j.Inputs["data"].URI, "/done-") {
-			return jobstest.Lifecycle{Steps: []jobstest.Step{{Status: jobs.StatusRunning, After: benchDoneAfter}, {Status: jobs.StatusCompleted}}}
-		}
-		return jobstest.Stuck(jobs.StatusRunning)
-	}})
+	sim := benchDoneSim(b)
 	dir := filepath.Join(b.TempDir(), name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
@@ -206,44 +199,10 @@ func benchEventsScaleRound(b *testing.B, n, sample int, events bool) benchEvents
 		done[i] = "done-" + name + "-" + strconv.Itoa(i)
 	}
 	benchSubmit(ctx, b, p, done)
-	wait := benchDoneAfter + 2*benchPollMax + 2*time.Minute
-	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if int(benchMetrics(p.url())[`batchd_runs{state="completed"}`]) >= sample {
-			break
-		}
-	}
+	_, s := benchSampleDone(b, p, sim, sample, benchDoneAfter+2*benchPollMax+2*time.Minute)
 	res.pages = float64(sim.Count(jobstest.RouteARMList) - pages0)
-	byURI := map[string]jobstest.JobView{}
-	for _, j := range sim.Jobs() {
-		byURI[j.Inputs["data"].URI] = j
-	}
-	runs, err := procListAll(p.url())
-	if err != nil {
-		b.Fatal(err)
-	}
-	var delays []time.Duration
-	for _, r := range runs {
-		if !strings.HasPrefix(r.Key, "done-") {
-			continue
-		}
-		j, ok := byURI[procInputURI(r.Key)]
-		if !ok {
-			b.Fatalf("sample run %s has no job in the simulator", r.Key)
-		}
-		res.gets += float64(j.Gets)
-		switch {
-		case r.State == orchestrator.StateCompleted:
-			delays = append(delays, r.Updated.Sub(j.CreatedAt.Add(benchDoneAfter)))
-		case r.State.Terminal():
-			b.Fatalf("sample run %s is %s, want completed", r.Key, r.State)
-		default:
-			res.late++
-		}
-	}
-	if len(delays) == 0 {
-		b.Fatalf("no sample run completed (%d late)", res.late)
-	}
-	res.p50, res.p99 = benchPct(delays, 0.5)/1000, benchPct(delays, 0.99)/1000
+	res.gets, res.late = float64(s.gets), s.late
+	res.p50, res.p99 = benchPct(s.delays, 0.5)/1000, benchPct(s.delays, 0.99)/1000
 	res.perJob = (res.gets + res.pages) / float64(sample)
 	if events {
 		res.note = fmt.Sprintf("%+v", sim.EventStats())

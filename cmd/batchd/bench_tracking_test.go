@@ -55,12 +55,7 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 	window := 30 * time.Second
 	dir := b.TempDir()
 	bin := procBuild(b, dir)
-	sim := jobstest.New(b, jobstest.Options{Outcome: func(j jobstest.JobView) jobstest.Lifecycle {
-		if strings.Contains(j.Inputs["data"].URI, "/done-") {
-			return jobstest.Lifecycle{Steps: []jobstest.Step{{Status: jobs.StatusRunning, After: benchDoneAfter}, {Status: jobs.StatusCompleted}}}
-		}
-		return jobstest.Stuck(jobs.StatusRunning)
-	}})
+	sim := benchDoneSim(b)
 	env := procSimEnv(b, sim, dir)
 	benchTrackingEnv(env)
 	env["BATCHD_SUBMIT_TIMEOUT"] = "30s"
@@ -139,44 +134,9 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 		doneKeys = append(doneKeys, "done-"+strconv.Itoa(i))
 	}
 	submit(doneKeys)
-	// A sample job that is not completed by the deadline is reported (as
-	// missing), not fatal: a saturated tracker is a result, not a crash.
 	sampleWait := benchDoneAfter + 2*benchPollMax + 5*time.Minute
-	for deadline := time.Now().Add(sampleWait); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if int(benchMetrics(p.url())[`batchd_runs{state="completed"}`]) >= sample {
-			break
-		}
-	}
-	jobsByURI := map[string]jobstest.JobView{}
-	for _, j := range sim.Jobs() {
-		jobsByURI[j.Inputs["data"].URI] = j
-	}
-	runs, err := procListAll(p.url())
-	if err != nil {
-		b.Fatal(err)
-	}
-	var delays []time.Duration
-	late := 0
-	for _, r := range runs {
-		if !strings.HasPrefix(r.Key, "done-") {
-			continue
-		}
-		if r.State != orchestrator.StateCompleted {
-			if !r.State.Terminal() {
-				late++
-				continue
-			}
-			b.Fatalf("sample run %s is %s, want completed", r.Key, r.State)
-		}
-		j, ok := jobsByURI[procInputURI(r.Key)]
-		if !ok {
-			b.Fatalf("sample run %s has no job in the simulator", r.Key)
-		}
-		delays = append(delays, r.Updated.Sub(j.CreatedAt.Add(benchDoneAfter)))
-	}
-	if len(delays)+late != sample || len(delays) == 0 {
-		b.Fatalf("%d sample runs completed and %d not yet, want %d in all", len(delays), late, sample)
-	}
+	runs, done := benchSampleDone(b, p, sim, sample, sampleWait)
+	delays, late := done.delays, done.late
 	lateNote := ""
 	if late > 0 {
 		lateNote = fmt.Sprintf("; %d of %d sample runs were still not completed %s after their jobs were created (left out of the percentiles)",
@@ -239,6 +199,69 @@ func benchTracking(b *testing.B, rep *benchtab.Report) {
 	b.Logf("completion delay: p50 %.1f s, p99 %.1f s; cold start: empty %v, 100k %v; tokens %v", benchPct(delays, 0.5)/1000,
 		benchPct(delays, 0.99)/1000, empty, warm, tokens)
 	b.ReportMetric(0, "ns/op")
+}
+
+// benchDoneSim is the tracking rows' simulator: a job whose input names
+// "/done-" (a completion sample's) completes benchDoneAfter after its
+// creation; every other job stays running.
+func benchDoneSim(b *testing.B) *jobstest.Sim {
+	return jobstest.New(b, jobstest.Options{Outcome: func(j jobstest.JobView) jobstest.Lifecycle {
+		if strings.Contains(j.Inputs["data"].URI, "/done-") {
+			return jobstest.Lifecycle{Steps: []jobstest.Step{{Status: jobs.StatusRunning, After: benchDoneAfter}, {Status: jobs.StatusCompleted}}}
+		}
+		return jobstest.Stuck(jobs.StatusRunning)
+	}})
+}
+
+// benchSample is what became of a completion sample (runs keyed "done-…").
+type benchSample struct {
+	delays []time.Duration // from each completed sample job's end to its run's end
+	late   int             // sample runs not finished by the deadline
+	gets   int             // GET requests for the sample's jobs
+}
+
+// benchSampleDone waits up to wait for sample runs to complete and
+// returns every run with what became of the sample. A sample run that is
+// not completed by then is counted late (a saturated tracker is a result,
+// not a crash); one that ended otherwise, or has no job, is fatal.
+func benchSampleDone(b *testing.B, p *batchdProc, sim *jobstest.Sim, sample int, wait time.Duration) ([]orchestrator.RunSummary, benchSample) {
+	b.Helper()
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if int(benchMetrics(p.url())[`batchd_runs{state="completed"}`]) >= sample {
+			break
+		}
+	}
+	jobsByURI := map[string]jobstest.JobView{}
+	for _, j := range sim.Jobs() {
+		jobsByURI[j.Inputs["data"].URI] = j
+	}
+	runs, err := procListAll(p.url())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var s benchSample
+	for _, r := range runs {
+		if !strings.HasPrefix(r.Key, "done-") {
+			continue
+		}
+		j, ok := jobsByURI[procInputURI(r.Key)]
+		if !ok {
+			b.Fatalf("sample run %s has no job in the simulator", r.Key)
+		}
+		s.gets += j.Gets
+		switch {
+		case r.State == orchestrator.StateCompleted:
+			s.delays = append(s.delays, r.Updated.Sub(j.CreatedAt.Add(benchDoneAfter)))
+		case r.State.Terminal():
+			b.Fatalf("sample run %s is %s, want completed", r.Key, r.State)
+		default:
+			s.late++
+		}
+	}
+	if len(s.delays)+s.late != sample || len(s.delays) == 0 {
+		b.Fatalf("%d sample runs completed and %d not yet, want %d in all", len(s.delays), s.late, sample)
+	}
+	return runs, s
 }
 
 // benchEmptyStarts times three starts of serve on fresh, empty state dirs
